@@ -6,8 +6,8 @@ sees clean arrays: images as (H, W, 3) uint8 RGB, masks as (H, W) uint8 class in
 
 from __future__ import annotations
 
-import contextlib
 import colorsys
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -20,7 +20,7 @@ from .errors import InputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".npy")
-MAX_CLASSES = 77  # the CLIP context has 77 positions; position 0 is background
+MAX_CLASSES = 76  # K classes take CLIP positions 0..K-1 (0 = start token = background)
 
 
 def set_max_image_pixels(limit: int | None) -> None:
@@ -108,7 +108,7 @@ def as_image_array(image: np.ndarray | Image.Image | str | os.PathLike, name: st
 
 
 def _mask_from_numbers(arr: np.ndarray, name: str) -> np.ndarray:
-    """Validate a numeric mask array: 2-D, finite, whole, non-negative, below MAX_CLASSES."""
+    """Validate a numeric mask array: 2-D, finite, whole, non-negative, below 256."""
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim != 2:

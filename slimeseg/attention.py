@@ -1,0 +1,157 @@
+"""Attention capture as diffusers attention processors (installed with `unet.set_attn_processor`).
+
+Cross-attention layers record the scores QK^T/sqrt(d) of the K class tokens only (a (N, K)
+product beside the fused attention). Self-attention layers never materialise their (N, N)
+matrix: the WAS map S = R @ A_sa^T equals attention with the class maps R as extra value
+channels, so one fused scaled-dot-product call gives both the layer output and its WAS map.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
+from torch import nn
+
+
+class AttentionStore:
+    """Buffers for one UNet forward: per-layer class maps and the running WAS sum."""
+
+    def __init__(self, num_classes: int, latent_hw: tuple[int, int], want_was: bool = True,
+                 want_probs: bool = False, keep_self_probs: bool = False,
+                 values_fn: Callable[[AttentionStore, tuple[int, int]], torch.Tensor] | None = None):
+        self.num_classes = num_classes
+        self.latent_hw = latent_hw
+        self.want_was = want_was
+        self.want_probs = want_probs  # also keep softmax-over-77 probabilities (reference variant)
+        self.keep_self_probs = keep_self_probs  # tests only: keep explicit (N, N) self-attention
+        self.values_fn = values_fn  # (store, (h, w)) -> R (B, K, h*w): what the WAS map spreads
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything captured (call before each forward)."""
+        self.cross: list[torch.Tensor] = []  # each (B, K, h, w): pre-softmax scores, head mean
+        self.cross_probs: list[torch.Tensor] = []  # each (B, K, h, w): softmax over all tokens
+        self.self_probs: list[torch.Tensor] = []  # each (B, N, N): head mean
+        self.was_sum: torch.Tensor | None = None  # (B, K, N)
+        self.was_count = 0
+        self._values: dict[int, torch.Tensor] = {}
+
+    def hw_for(self, n: int) -> tuple[int, int]:
+        """Spatial size of a layer with `n` positions, from the latent's aspect ratio."""
+        lh, lw = self.latent_hw
+        f = math.sqrt(lh * lw / n)
+        h, w = round(lh / f), round(lw / f)
+        if h * w != n:
+            raise RuntimeError(f"cannot map {n} positions onto the {lh}x{lw} latent grid")
+        return h, w
+
+    def values(self, n: int) -> torch.Tensor:
+        """R (B, K, n) for a self-attention layer of n positions, computed once per forward."""
+        if n not in self._values:
+            if self.values_fn is None:
+                raise RuntimeError("AttentionStore.values_fn is not set")
+            self._values[n] = self.values_fn(self, self.hw_for(n))
+        return self._values[n]
+
+    def was(self) -> torch.Tensor:
+        """WAS maps averaged over layers and heads: (B, K, h, w) at the latent resolution."""
+        if self.was_sum is None:
+            raise RuntimeError("no WAS map was captured (no self-attention layer ran)")
+        b, k, n = self.was_sum.shape
+        return (self.was_sum / self.was_count).view(b, k, *self.hw_for(n))
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, heads*d) -> (B, heads, N, d)."""
+    b, n, _ = x.shape
+    return x.view(b, n, heads, -1).transpose(1, 2)
+
+
+class CaptureProcessor:
+    """A drop-in for AttnProcessor2_0 that also feeds an AttentionStore.
+
+    role "cross": records class-token scores; role "self": adds the WAS product.
+    """
+
+    def __init__(self, store: AttentionStore, role: str):
+        if role not in ("cross", "self"):
+            raise ValueError(f"role must be 'cross' or 'self', got {role!r}")
+        self.store = store
+        self.role = role
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 *args, **kwargs) -> torch.Tensor:
+        if attention_mask is not None or attn.spatial_norm is not None or hidden_states.ndim != 3:
+            raise NotImplementedError("attention capture supports SD 1.x/2.x transformer blocks only")
+        residual = hidden_states
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        q = _split_heads(attn.to_q(hidden_states), attn.heads)  # (B, H, N, d)
+        k = _split_heads(attn.to_k(context), attn.heads)  # (B, H, M, d)
+        v = _split_heads(attn.to_v(context), attn.heads)  # (B, H, M, d)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        b, heads, n, d = q.shape
+        store = self.store
+        kk = store.num_classes
+
+        if self.role == "cross":
+            # 1. class-token scores QK^T/sqrt(d), mean over heads: (B, K, h, w)
+            scores = (q @ k[:, :, :kk].transpose(-1, -2)) * attn.scale  # (B, H, N, K)
+            h, w = store.hw_for(n)
+            store.cross.append(scores.float().mean(1).transpose(1, 2).reshape(b, kk, h, w))
+            if store.want_probs:
+                probs = ((q @ k.transpose(-1, -2)) * attn.scale).float().softmax(-1)[..., :kk]
+                store.cross_probs.append(probs.mean(1).transpose(1, 2).reshape(b, kk, h, w))
+            out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        elif store.want_was:
+            # 2. WAS: attention with R^T as extra value channels gives S^T = A_sa @ R^T
+            r = store.values(n).to(v.dtype)  # (B, K, N)
+            extra = r.transpose(1, 2)[:, None].expand(b, heads, n, kk)  # (B, H, N, K)
+            pad = (-(d + kk)) % 8  # fused kernels prefer head dims in multiples of 8
+            parts = [v, extra] + ([v.new_zeros(b, heads, n, pad)] if pad else [])
+            both = F.scaled_dot_product_attention(q, k, torch.cat(parts, -1), scale=attn.scale)
+            out = both[..., :d]
+            was = both[..., d:d + kk].float().mean(1).transpose(1, 2)  # (B, K, N)
+            store.was_sum = was if store.was_sum is None else store.was_sum + was
+            store.was_count += 1
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        if self.role == "self" and store.keep_self_probs:
+            probs = ((q @ k.transpose(-1, -2)) * attn.scale).float().softmax(-1)
+            store.self_probs.append(probs.mean(1))  # (B, N, N)
+
+        out = out.transpose(1, 2).reshape(b, n, heads * d).to(q.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+@contextlib.contextmanager
+def capture(unet: nn.Module, roles: dict[str, str], store: AttentionStore) -> Iterator[AttentionStore]:
+    """Install capture processors on `roles` layers, fused SDPA elsewhere; restore on exit."""
+    original = dict(unet.attn_processors)
+    unknown = set(roles) - set(original)
+    if unknown:
+        raise KeyError(f"no such attention layers: {sorted(unknown)[:3]}")
+    fused = AttnProcessor2_0()
+    # set_attn_processor pops from the dict it is given: always hand it a fresh one
+    unet.set_attn_processor({name: CaptureProcessor(store, roles[name]) if name in roles else fused
+                             for name in original})
+    try:
+        yield store
+    finally:
+        unet.set_attn_processor(dict(original))

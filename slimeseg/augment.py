@@ -1,0 +1,94 @@
+"""Training-time augmentation of (image, mask) pairs, as the reference code does it.
+
+Per step: a random square crop that keeps > 30 % of one class (the class cycles from step to
+step), resized to the model's input size; horizontal flip; rotation (border = background);
+Gaussian blur of the image. One seeded torch.Generator drives every draw, so runs repeat.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .config import SlimeConfig
+
+
+def _uniform(gen: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+
+def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image (3, H, W) bilinear (antialiased) and mask (H, W) nearest to size x size."""
+    img = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=True)[0]
+    msk = F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest")[0, 0]
+    return img.clamp(0, 1), msk.long()
+
+
+def _crop(image: torch.Tensor, mask: torch.Tensor, cfg: SlimeConfig, gen: torch.Generator,
+          focus: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random square crop of side in [min_crop_ratio, 1] x min(H, W) keeping part of `focus`."""
+    h, w = mask.shape
+    total = int((mask == focus).sum()) if focus is not None else 0
+    best = None
+    for _ in range(20):
+        side = max(1, int(round(_uniform(gen, cfg.min_crop_ratio, 1.0) * min(h, w))))
+        y = int(torch.randint(0, h - side + 1, (), generator=gen))
+        x = int(torch.randint(0, w - side + 1, (), generator=gen))
+        if total == 0:
+            best = (y, x, side)
+            break
+        kept = int((mask[y:y + side, x:x + side] == focus).sum())
+        if kept > cfg.crop_keep_fraction * total:
+            best = (y, x, side)
+            break
+    if best is None:  # no crop kept enough of the class: use the whole image
+        return image, mask
+    y, x, side = best
+    return image[:, y:y + side, x:x + side], mask[y:y + side, x:x + side]
+
+
+def _rotate(image: torch.Tensor, mask: torch.Tensor, degrees: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate about the centre; uncovered borders become black (image) and background (mask)."""
+    a = math.radians(degrees)
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]])
+    grid = F.affine_grid(theta[None], [1, 1, *mask.shape], align_corners=False)
+    img = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    msk = F.grid_sample(mask[None, None].float(), grid, mode="nearest", padding_mode="zeros",
+                        align_corners=False)[0, 0]
+    return img, msk.long()
+
+
+def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a (3, H, W) image."""
+    radius = max(1, int(math.ceil(2 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = image.shape[0]
+    out = F.conv2d(F.pad(image[None], (radius, radius, 0, 0), mode="replicate"),
+                   k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"),
+                   k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return out[0]
+
+
+def augment(image: torch.Tensor, mask: torch.Tensor, cfg: SlimeConfig, gen: torch.Generator,
+            focus: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random augmentation of image (3, H, W) in [0, 1] and mask (H, W), at image_size."""
+    # 1. crop (keeping > crop_keep_fraction of class `focus`), then resize to the model size
+    if _uniform(gen) < cfg.crop_p:
+        image, mask = _crop(image, mask, cfg, gen, focus)
+    image, mask = resize_pair(image, mask, cfg.image_size)
+    # 2. horizontal flip
+    if _uniform(gen) < cfg.flip_p:
+        image, mask = image.flip(-1), mask.flip(-1)
+    # 3. rotation
+    if _uniform(gen) < cfg.rotate_p and cfg.rotate_degrees > 0:
+        image, mask = _rotate(image, mask, _uniform(gen, -cfg.rotate_degrees, cfg.rotate_degrees))
+    # 4. Gaussian blur (image only)
+    if _uniform(gen) < cfg.blur_p:
+        image = _blur(image, _uniform(gen, 0.1, 2.0) * cfg.image_size / 512)
+    return image.clamp(0, 1), mask

@@ -1,0 +1,62 @@
+"""From captured attention to per-class maps: A_ca, the WAS values R, and the final scores.
+
+Shapes follow METHOD.md with (h, w) the latent resolution (64x64 for 512 px images on SD).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .attention import AttentionStore
+
+
+def _mean_resized(maps: list[torch.Tensor], hw: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize each (B, K, h', w') map to hw and average over layers: (B, K, h, w)."""
+    if not maps:
+        raise RuntimeError("no cross-attention map was captured")
+    total = None
+    for m in maps:
+        r = m if tuple(m.shape[-2:]) == hw else F.interpolate(m, size=hw, mode="bilinear",
+                                                                 align_corners=False)
+        total = r if total is None else total + r
+    return total / len(maps)
+
+
+def class_scores(store: AttentionStore, hw: tuple[int, int]) -> torch.Tensor:
+    """A_ca: pre-softmax class-token scores, head- and layer-averaged, at hw: (B, K, h, w)."""
+    return _mean_resized(store.cross, hw)
+
+
+def class_probs(store: AttentionStore, hw: tuple[int, int]) -> torch.Tensor:
+    """Reference variant: softmax over all 77 tokens, then head- and layer-averaged: (B, K, h, w)."""
+    return _mean_resized(store.cross_probs, hw)
+
+
+def train_values(store: AttentionStore, hw: tuple[int, int]) -> torch.Tensor:
+    """R for training and default inference: softmax of A_ca over the K classes: (B, K, h*w)."""
+    return class_scores(store, hw).softmax(1).flatten(2)
+
+
+def reference_values(store: AttentionStore, hw: tuple[int, int]) -> torch.Tensor:
+    """R as the reference code's test time: 77-token probabilities, background zeroed below its mean."""
+    probs = class_probs(store, hw).flatten(2).clone()  # (B, K, N)
+    bg = probs[:, 0]
+    probs[:, 0] = torch.where(bg > bg.mean(-1, keepdim=True), bg, torch.zeros_like(bg))
+    return probs
+
+
+def was_direct(values: torch.Tensor, self_attention: torch.Tensor) -> torch.Tensor:
+    """S = R @ A_sa^T written out (the reference formula), for checks: (B, K, N)."""
+    return values @ self_attention.transpose(-1, -2)
+
+
+def reference_rescale(was: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Min-max rescale each class's WAS map into that class's cross-attention range: (B, K, h, w)."""
+    s = was.flatten(2)
+    p = probs.flatten(2)
+    s_min, s_max = s.amin(-1, keepdim=True), s.amax(-1, keepdim=True)
+    p_min, p_max = p.amin(-1, keepdim=True), p.amax(-1, keepdim=True)
+    coef = (s_max - s_min) / (p_max - p_min)
+    coef = torch.where(torch.isfinite(coef) & (coef != 0), coef, torch.full_like(coef, 1e-7))
+    return (s / coef + (p_min - s_min / coef)).view_as(was)

@@ -1,0 +1,236 @@
+"""Loading a frozen Stable Diffusion (any 1.x/2.x in diffusers layout) and choosing SLiMe's layers.
+
+Only what SLiMe needs is kept: the UNet, the VAE *encoder* and the noise schedule. The text
+encoder is loaded on demand to encode a prompt once, then released.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import resolve_model
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+_VOLATILE_KEYS = {"transformers_version", "torch_dtype", "dtype", "architectures", "use_cache"}
+
+
+@dataclass
+class LayerPlan:
+    """Which attention processors give SLiMe's maps, by processor name."""
+
+    cross: list[str]  # attn2 layers whose class-token scores form A_ca
+    self_: list[str]  # attn1 layers whose attention forms the WAS maps (latent resolution)
+
+    def roles(self) -> dict[str, str]:
+        """Processor name -> "cross" | "self" for every captured layer."""
+        return {**{n: "cross" for n in self.cross}, **{n: "self" for n in self.self_}}
+
+
+def plan_layers(unet: nn.Module) -> LayerPlan:
+    """Pick layers by resolution, as the reference does for SD 2.1 base (METHOD.md).
+
+    Up block i of an n-block UNet works at latent / 2**(n-1-i). Cross-attention maps come from
+    the up-block layers at 1/4 and 1/2 of the latent size (at 1/2 all but the block's last
+    attention, like the reference's up_blocks[2].attentions[0..1]); self-attention from the
+    up-block layers at full latent resolution.
+    """
+    n = len(unet.up_blocks)
+    cross: list[str] = []
+    self_: list[str] = []
+    for i, block in enumerate(unet.up_blocks):
+        attentions = getattr(block, "attentions", None)
+        if not attentions:
+            continue
+        factor = 2 ** (n - 1 - i)
+        for j, transformer in enumerate(attentions):
+            depth = len(transformer.transformer_blocks)
+            for b in range(depth):
+                prefix = f"up_blocks.{i}.attentions.{j}.transformer_blocks.{b}"
+                if factor == 4 or (factor == 2 and (j < len(attentions) - 1 or len(attentions) == 1)):
+                    cross.append(f"{prefix}.attn2.processor")
+                if factor == 1:
+                    self_.append(f"{prefix}.attn1.processor")
+    if not cross:  # a shallow UNet: fall back to every up-block cross-attention below full size
+        for i, block in enumerate(unet.up_blocks):
+            if getattr(block, "attentions", None) and 2 ** (n - 1 - i) > 1:
+                for j, transformer in enumerate(block.attentions):
+                    for b in range(len(transformer.transformer_blocks)):
+                        cross.append(f"up_blocks.{i}.attentions.{j}.transformer_blocks.{b}.attn2.processor")
+    if not cross or not self_:
+        raise ModelError(
+            "this UNet has no cross-attention up blocks below, or no self-attention up block at, "
+            "the latent resolution; SLiMe needs SD 1.x/2.x's structure"
+        )
+    return LayerPlan(cross=cross, self_=self_)
+
+
+def config_fingerprint(*configs: dict) -> str:
+    """A short hash of model configs (structure, not weights) to tie artifacts to a model."""
+    clean = []
+    for cfg in configs:
+        clean.append({k: v for k, v in sorted(dict(cfg).items())
+                      if not k.startswith("_") and k not in _VOLATILE_KEYS})
+    blob = json.dumps(clean, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _load_error(model: str, exc: Exception) -> ModelError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = "folder" if Path(model).exists() else "model id"
+    return ModelError(f"cannot load Stable Diffusion {where} '{model}': {first}")
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """`None` -> CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelError(f"unknown device '{device}': {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device '{device}' asked for, but CUDA is not available here")
+    return dev
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`None` -> float32 on CPU, float16 on CUDA; names like "bf16" accepted."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype '{dtype}' (choose from {', '.join(sorted(DTYPES))})")
+    return DTYPES[dtype]
+
+
+@dataclass
+class StableDiffusion:
+    """The frozen parts of SD that SLiMe uses, on one device and dtype."""
+
+    model_id: str
+    revision: str | None
+    unet: nn.Module
+    vae_encoder: nn.Module
+    quant_conv: nn.Module | None
+    scaling_factor: float
+    alphas_cumprod: torch.Tensor  # (T,) float32, on the device
+    prediction_type: str
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str
+    plan: LayerPlan
+    local_files_only: bool = False
+    _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def context_dim(self) -> int:
+        """Width D of the text-encoder output the UNet cross-attends to."""
+        return int(self.unet.config.cross_attention_dim)
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1], (B, 3, H, W) -> latents (B, 4, H/8, W/8): encoder mean x scaling factor."""
+        x = images.to(self.device, self.dtype) * 2 - 1  # SD expects RGB in [-1, 1]
+        h = self.vae_encoder(x)
+        if self.quant_conv is not None:
+            h = self.quant_conv(h)
+        mean = h[:, : h.shape[1] // 2]
+        return mean * self.scaling_factor
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Forward diffusion q(x_t | x_0) of the checkpoint's schedule."""
+        a = self.alphas_cumprod[t].to(latents.dtype).view(-1, 1, 1, 1)
+        return a.sqrt() * latents + (1 - a).sqrt() * noise
+
+    def ldm_target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the UNet is trained to predict: the noise, or v for v-prediction checkpoints."""
+        if self.prediction_type == "v_prediction":
+            a = self.alphas_cumprod[t].to(latents.dtype).view(-1, 1, 1, 1)
+            return a.sqrt() * noise - (1 - a).sqrt() * latents
+        return noise
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """CLIP text-encoder output (1, 77, D) for `prompt`; the encoder is loaded, used, released."""
+        if prompt in self._prompt_cache:
+            return self._prompt_cache[prompt]
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        kw = {"revision": self.revision, "local_files_only": self.local_files_only}
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(self.model_id, subfolder="tokenizer", **kw)
+            encoder = CLIPTextModel.from_pretrained(self.model_id, subfolder="text_encoder", **kw)
+        except Exception as exc:  # hub/IO errors come in many types
+            raise _load_error(self.model_id, exc) from None
+        ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        encoder.eval()
+        out = encoder(ids)[0].to(torch.float32)  # (1, 77, D)
+        del encoder, tokenizer
+        gc.collect()
+        self._prompt_cache[prompt] = out
+        return out
+
+
+def load_stable_diffusion(
+    model: str,
+    revision: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    local_files_only: bool | None = None,
+) -> StableDiffusion:
+    """Load SD's UNet, VAE encoder and schedule from a hub id or local diffusers folder."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    model_id = resolve_model(model)
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    if local_files_only is None:
+        local_files_only = os.path.isdir(model_id) or os.environ.get("HF_HUB_OFFLINE") == "1"
+    kw = {"revision": revision, "local_files_only": local_files_only}
+    if os.path.exists(model_id) and not os.path.isdir(model_id):
+        raise ModelError(f"'{model_id}' is a file; give a diffusers model folder or a hub id")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dt, **kw)
+        vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dt, **kw)
+        scheduler = DDPMScheduler.from_pretrained(model_id, subfolder="scheduler", **kw)
+        text_config = CLIPTextConfig.from_pretrained(model_id, subfolder="text_encoder", **kw)
+    except Exception as exc:
+        raise _load_error(model_id, exc) from None
+    if unet.config.in_channels != vae.config.latent_channels:
+        raise ModelError(f"'{model_id}': UNet takes {unet.config.in_channels} channels but the VAE "
+                         f"makes {vae.config.latent_channels}; not a text-to-image SD checkpoint")
+    encoder, quant_conv = vae.encoder, getattr(vae, "quant_conv", None)
+    scaling = float(vae.config.scaling_factor)
+    del vae  # the decoder is never needed
+    for module in (unet, encoder, quant_conv):
+        if module is not None:
+            module.requires_grad_(False)
+            module.eval()
+            module.to(dev)
+    alphas = scheduler.alphas_cumprod.to(dev, torch.float32)
+    fingerprint = config_fingerprint(unet.config, text_config.to_dict())
+    return StableDiffusion(
+        model_id=model_id, revision=revision, unet=unet, vae_encoder=encoder, quant_conv=quant_conv,
+        scaling_factor=scaling, alphas_cumprod=alphas,
+        prediction_type=str(scheduler.config.get("prediction_type", "epsilon")),
+        device=dev, dtype=dt, fingerprint=fingerprint, plan=plan_layers(unet),
+        local_files_only=bool(local_files_only),
+    )
