@@ -249,8 +249,8 @@ class Segmenter:
                     raise TrainingError(f"embeddings became non-finite at step {step + 1}; stopped, "
                                         "keeping the last good embeddings (try a lower --lr)")
                 step += 1
-                logged = {n: round(float(v), 5) for n, v in losses.items()}
-                logged["loss"] = round(float(loss), 5)
+                logged = {n: round(float(v.detach()), 5) for n, v in losses.items()}
+                logged["loss"] = round(float(loss.detach()), 5)
                 history["loss"].append(logged["loss"])
                 bar.set_postfix(loss=f"{logged['loss']:.4f}", refresh=False)
                 bar.update(1)

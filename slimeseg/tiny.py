@@ -80,8 +80,12 @@ def _tie_self_attention(unet: nn.Module, scale: float) -> None:
             module.to_k.weight.copy_(w)
 
 
-def build_tiny_sd(seed: int = 0, qk_scale: float = 10.0, words=DEFAULT_WORDS):
-    """Build the tiny SD pipeline in memory (UNet 4 blocks: 3 cross-attention + 1 plain)."""
+def build_tiny_sd(seed: int = 0, qk_scale: float = 10.0, words=DEFAULT_WORDS, width: int = 32):
+    """Build the tiny SD pipeline in memory (UNet 4 blocks: 3 cross-attention + 1 plain).
+
+    `width` is the UNet's first block width (and the text width); other widths make a model
+    of another configuration, e.g. to test that artifacts refuse the wrong model.
+    """
     from diffusers import (
         AutoencoderKL,
         DDPMScheduler,
@@ -93,17 +97,17 @@ def build_tiny_sd(seed: int = 0, qk_scale: float = 10.0, words=DEFAULT_WORDS):
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(words)
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4,
         vocab_size=len(tokenizer), max_position_embeddings=77,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, projection_dim=32,
+        pad_token_id=tokenizer.pad_token_id, projection_dim=width,
     ))
     unet = UNet2DConditionModel(
         sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 32, 64, 64), norm_num_groups=8,
+        block_out_channels=(width, width, 2 * width, 2 * width), norm_num_groups=8,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=32, attention_head_dim=2, use_linear_projection=True,
+        cross_attention_dim=width, attention_head_dim=2, use_linear_projection=True,
     )
     _tie_self_attention(unet, qk_scale)
     vae = AutoencoderKL(
@@ -123,10 +127,10 @@ def build_tiny_sd(seed: int = 0, qk_scale: float = 10.0, words=DEFAULT_WORDS):
     )
 
 
-def save_tiny_sd(out_dir: str | Path, seed: int = 0, qk_scale: float = 10.0) -> Path:
+def save_tiny_sd(out_dir: str | Path, seed: int = 0, qk_scale: float = 10.0, width: int = 32) -> Path:
     """Write the tiny SD in diffusers layout (loadable with `from_pretrained`) plus a README."""
     out = Path(out_dir)
-    pipe = build_tiny_sd(seed=seed, qk_scale=qk_scale)
+    pipe = build_tiny_sd(seed=seed, qk_scale=qk_scale, width=width)
     pipe.save_pretrained(out)
     (out / "README.md").write_text(
         f"# slimeseg tiny test model\n\n{TINY_NOTE}\n\nMade by `slimeseg tiny-model` "

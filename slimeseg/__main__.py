@@ -1,0 +1,7 @@
+"""`python -m slimeseg` = the `slimeseg` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

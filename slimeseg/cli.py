@@ -1,0 +1,328 @@
+"""The `slimeseg` command line: a thin shell over the library.
+
+Only settings the user typed reach SlimeConfig; every other value is the dataclass default.
+Errors the user can fix print one line (`error: ...`) and exit 2; `--debug` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import AUGMENT_PRESETS, DEFAULT_MODEL, MODELS
+from .errors import InputError, SlimeError
+
+EXIT_USAGE_ERROR = 2
+EXIT_PARTIAL_FAILURE = 1
+
+
+def _comma_list(text: str) -> list[str]:
+    items = [c.strip() for c in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"empty class name in '{text}'")
+    return items
+
+
+def _add_model_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--model", default=default,
+                   help=f"preset ({', '.join(MODELS)}), hub id or local diffusers folder"
+                        + (f" (default: {default})" if default else " (default: the one the embeddings were made with)"))
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) to pin")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="UNet precision (default: float32 on CPU, float16 on CUDA)")
+
+
+def _add_config_args(p: argparse.ArgumentParser, train: bool) -> None:
+    """Flags that map onto SlimeConfig fields; all default to None = 'not set'."""
+    p.add_argument("--image-size", type=int, dest="image_size", help="SD input side (default 512)")
+    p.add_argument("--seed", type=int, help="random seed for repeatable runs (default 0)")
+    p.add_argument("--no-was", dest="use_was", action="store_const", const=False,
+                   help="cross-attention maps only (ablation: no WAS maps)")
+    if train:
+        p.add_argument("--steps", type=int, help="optimisation steps (default: 200 x number of images)")
+        p.add_argument("--epochs", type=int, help="passes over the training pairs (default 200)")
+        p.add_argument("--lr", type=float, help="Adam learning rate (default 0.1)")
+        p.add_argument("--alpha", type=float, help="weight of the WAS-map MSE loss (default 1)")
+        p.add_argument("--beta", type=float, help="weight of the diffusion loss (default 0.005)")
+        p.add_argument("--ldm-guidance", type=float, dest="ldm_guidance",
+                       help="classifier-free guidance scale inside the diffusion loss (reference: 100)")
+        p.add_argument("--no-augment", dest="augment", action="store_const", const=False,
+                       help="train on the images as they are")
+        p.add_argument("--preset", choices=sorted(AUGMENT_PRESETS),
+                       help="augmentation preset of the paper (crop ratio, rotation)")
+        p.add_argument("--min-crop-ratio", type=float, dest="min_crop_ratio")
+        p.add_argument("--rotate-degrees", type=float, dest="rotate_degrees")
+    p.add_argument("--tiles", type=int, help="n x n overlapping crops at inference (reference: 2)")
+    p.add_argument("--normalization", choices=["train", "reference"],
+                   help="inference map normalisation (default: train, as in training)")
+    p.add_argument("--t-test", type=int, dest="t_test", help="inference timestep (default 100)")
+
+
+_CONFIG_KEYS = ("image_size", "seed", "use_was", "steps", "epochs", "lr", "alpha", "beta",
+                "ldm_guidance", "augment", "min_crop_ratio", "rotate_degrees", "tiles",
+                "normalization", "t_test")
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The SlimeConfig fields the user actually set on the command line."""
+    out = {k: getattr(args, k) for k in _CONFIG_KEYS if getattr(args, k, None) is not None}
+    if getattr(args, "preset", None):
+        out = {**AUGMENT_PRESETS[args.preset], **out}
+    return out
+
+
+def _check_writable_file(path: Path) -> None:
+    """Fail before hours of work if the output file cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError(f"{path}: output is a directory; give a file name like car.safetensors")
+    if not parent.is_dir():
+        raise InputError(f"{path}: output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{path}: output directory {parent} is not writable")
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from .artifact import Learned
+    from .segmenter import Segmenter
+
+    if not args.image or not args.mask:
+        raise InputError("give at least one --image and one --mask")
+    if len(args.image) != len(args.mask):
+        raise InputError(f"{len(args.image)} --image but {len(args.mask)} --mask; give one mask per image")
+    out = Path(args.out)
+    _check_writable_file(out)
+    resume = Learned.load(args.resume) if args.resume else None
+    seg = Segmenter.from_pretrained(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
+    try:
+        learned = seg.fit(args.image, args.mask, args.classes, progress=not args.quiet,
+                          checkpoint_path=checkpoint if args.checkpoint_every else None,
+                          checkpoint_every=args.checkpoint_every, resume=resume,
+                          **config_overrides(args))
+    except KeyboardInterrupt:
+        if args.checkpoint_every:
+            print(f"interrupted; progress saved to {checkpoint} (continue with --resume {checkpoint})",
+                  file=sys.stderr)
+        return 130
+    learned.save(out)
+    if args.checkpoint_every and checkpoint.exists():
+        checkpoint.unlink()
+    losses = learned.history.get("loss") or [float("nan")]
+    print(f"saved {out} ({len(args.classes)} classes, {learned.history.get('steps_done')} steps, "
+          f"final loss {losses[-1]:.4f})")
+    return 0
+
+
+def _output_names(inputs: list[Path]) -> dict[Path, str]:
+    """Output stem per input; two inputs that would write the same file are an error."""
+    names: dict[str, Path] = {}
+    out: dict[Path, str] = {}
+    for path in inputs:
+        stem = path.stem
+        if stem in names:
+            raise InputError(f"{path}: would write the same output '{stem}.png' as {names[stem]}; "
+                             "rename one of them")
+        names[stem] = path
+        out[path] = stem
+    return out
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .artifact import Learned
+    from .io import (
+        IMAGE_EXTENSIONS,
+        atomic_path,
+        list_images,
+        load_image,
+        palette,
+        save_labels,
+        save_overlay,
+    )
+    from .segmenter import Segmenter
+
+    learned = Learned.load(args.learned)
+    inputs: list[Path] = []
+    for item in args.inputs:
+        p = Path(item)
+        if p.is_dir():
+            inputs.extend(list_images(p))
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise InputError(f"{p}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")
+            inputs.append(p)
+        else:
+            raise InputError(f"{p}: no such file or directory")
+    names = _output_names(inputs)
+    out_dir = Path(args.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot create output directory ({exc.strerror})") from None
+    if not os.access(out_dir, os.W_OK):
+        raise InputError(f"{out_dir}: output directory is not writable")
+    model = args.model or learned.model_id
+    seg = Segmenter.from_pretrained(model, revision=args.revision or learned.revision,
+                                    device=args.device, dtype=args.dtype)
+    try:
+        seg.set_learned(learned)
+    except SlimeError as exc:
+        raise InputError(f"{args.learned}: {exc}") from None
+    with atomic_path(out_dir / "classes.json") as tmp:
+        tmp.write_text(json.dumps({"classes": learned.classes,
+                                   "palette": palette(learned.num_classes).tolist(),
+                                   "model": learned.model_id, "embeddings": str(args.learned)}, indent=2))
+    overrides = config_overrides(args)
+    todo = [p for p in inputs if args.overwrite or not (
+        (out_dir / f"{names[p]}.png").exists() and (out_dir / f"{names[p]}.overlay.png").exists())]
+    skipped = len(inputs) - len(todo)
+    failed: list[tuple[Path, str]] = []
+    from tqdm.auto import tqdm
+
+    for path in tqdm(todo, desc="segment", unit="img", disable=args.quiet, dynamic_ncols=True):
+        try:
+            image = load_image(path)
+            labels = seg.predict(image, **overrides)
+            save_overlay(out_dir / f"{names[path]}.overlay.png", image, labels)
+            save_labels(out_dir / f"{names[path]}.png", labels, learned.num_classes)
+        except SlimeError as exc:
+            failed.append((path, str(exc)))
+            print(f"error: {exc}", file=sys.stderr)
+    done = len(todo) - len(failed)
+    print(f"segmented {done} image(s) into {out_dir}" + (f", skipped {skipped} already done" if skipped else "")
+          + (f", {len(failed)} failed" if failed else ""))
+    return EXIT_PARTIAL_FAILURE if failed else 0
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from .tiny import TINY_NOTE, save_tiny_sd
+
+    out = Path(args.dir)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise InputError(f"{out}: directory is not empty (use --overwrite)")
+    save_tiny_sd(out, seed=args.seed)
+    print(f"wrote a tiny Stable Diffusion to {out}\nnote: {TINY_NOTE}")
+    return 0
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .scenes import SHAPE_CLASSES, shapes_scene
+
+    out = Path(args.dir)
+    (out / "test").mkdir(parents=True, exist_ok=True)
+    image, mask = shapes_scene(0, args.size)
+    Image.fromarray(image).save(out / "train.png")
+    Image.fromarray(mask).save(out / "train_mask.png")
+    for s in range(1, args.count + 1):
+        Image.fromarray(shapes_scene(s, args.size)[0]).save(out / "test" / f"scene{s}.png")
+    (out / "classes.txt").write_text("\n".join(SHAPE_CLASSES) + "\n")
+    print(f"wrote {out}/train.png, {out}/train_mask.png (classes {','.join(SHAPE_CLASSES)}) "
+          f"and {args.count} test images in {out}/test")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimeseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="learn class embeddings from example image(s) and mask(s)")
+    p.add_argument("--image", action="append", default=[], help="example image (repeat for few-shot)")
+    p.add_argument("--mask", action="append", default=[],
+                   help="its mask: index/palette PNG or .npy of class indices (repeat)")
+    p.add_argument("--classes", type=_comma_list, required=True,
+                   help="comma-separated class names, background first: background,body,wheel")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--checkpoint-every", type=int, default=0, dest="checkpoint_every",
+                   help="save a resumable checkpoint every N steps (and on Ctrl-C)")
+    p.add_argument("--checkpoint", help="checkpoint file (default: OUT.ckpt)")
+    p.add_argument("--resume", help="continue from a checkpoint made with --checkpoint-every")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_model_args(p, DEFAULT_MODEL)
+    _add_config_args(p, train=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("segment", help="segment images with learned embeddings")
+    p.add_argument("learned", help="a .safetensors file made by `slimeseg train`")
+    p.add_argument("inputs", nargs="+", help="images and/or folders of images")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_model_args(p, None)
+    _add_config_args(p, train=False)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("tiny-model", help="write a tiny untrained SD for offline trials and tests")
+    p.add_argument("dir", help="output folder (diffusers layout)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_tiny_model)
+
+    p = sub.add_parser("example", help="write a synthetic example (image, mask, test images) to try")
+    p.add_argument("dir", help="output folder")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--count", type=int, default=3, help="number of test images")
+    p.set_defaults(func=cmd_example)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `slimeseg` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    _quiet_third_party()
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", UserWarning)
+            warnings.showwarning = _show_warning
+            return func(args)
+    except SlimeError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings reach the user as one `warning: ...` line, without source locations."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _quiet_third_party() -> None:
+    """Silence library chatter that says nothing to a slimeseg user."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("transformers", "diffusers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except Exception:  # older versions: chatter is harmless
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
