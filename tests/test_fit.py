@@ -69,7 +69,7 @@ def test_resume_refuses_other_settings(segmenter, scene, tmp_path):
     image, mask, classes = scene
     ckpt = tmp_path / "c.ckpt"
     segmenter.fit([image], [mask], classes, progress=False, image_size=128, steps=4,
-                  checkpoint_path=ckpt, checkpoint_every=2, callback=lambda s, t, l: s < 2)
+                  checkpoint_path=ckpt, checkpoint_every=2, callback=lambda s, t, losses: s < 2)
     with pytest.raises(InputError, match="settings"):
         segmenter.fit([image], [mask], classes, progress=False, image_size=128, steps=4, lr=0.5,
                       resume=Learned.load(ckpt))
