@@ -232,6 +232,104 @@ def cmd_example(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- eval, reproduce
+EVAL_FORMATS = {"folder": "folder", "pascal-part": "pascal-part", "celeba-hq": "celebamask-hq",
+                "celebamask-hq": "celebamask-hq", "slime": "slime"}  # CLI name -> reader
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .artifact import Learned
+    from .datasets import load_dataset
+    from .evaluate import check_classes, evaluate_learned, format_report
+    from .segmenter import Segmenter
+
+    out = Path(args.out)
+    _check_writable_file(out)
+    fmt = EVAL_FORMATS[args.format]
+    if fmt == "pascal-part" and not args.category:
+        raise InputError(f"{args.dataset}: --format pascal-part needs --category car or horse")
+    learned = Learned.load(args.learned)
+    options = {"category": args.category} if fmt == "pascal-part" else {}
+    dataset = load_dataset(args.dataset, format=fmt, **options)
+    check_classes(learned.classes, dataset.classes, str(args.learned), str(args.dataset))
+    seg = Segmenter.from_pretrained(args.model or learned.model_id, revision=args.revision or learned.revision,
+                                    device=args.device, dtype=args.dtype)
+    try:
+        seg.set_learned(learned)
+    except SlimeError as exc:
+        raise InputError(f"{args.learned}: {exc}") from None
+    report = evaluate_learned(seg, learned, dataset, per_image=args.per_image, batch_size=args.batch_size,
+                              progress=not args.quiet, learned_path=args.learned,
+                              dataset_path=args.dataset, dataset_format=fmt, **config_overrides(args))
+    _write_json(out, report)
+    print(format_report(report))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .evaluate import reproduce
+
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_writable_file(out)
+    result = reproduce(args.model, args.dataset, args.shots, args.seeds, args.data, steps=args.steps,
+                       image_size=args.image_size, use_was=args.use_was, use_ce=args.use_ce,
+                       use_mse=args.use_mse, use_ldm=args.use_ldm, tiles=args.tiles,
+                       normalization=args.normalization, device=args.device, dtype=args.dtype,
+                       revision=args.revision, progress=not args.quiet,
+                       echo=None if args.quiet else print)
+    print(result.table())
+    if out is not None:
+        _write_json(out, result.to_dict())
+        print(f"wrote {out}")
+    return 0
+
+
+def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
+    """`slimeseg eval` and `slimeseg reproduce`."""
+    p = sub.add_parser("eval", help="score learned embeddings on a labelled dataset (per-class IoU, mIoU)")
+    p.add_argument("learned", help="a .safetensors file made by `slimeseg train`")
+    p.add_argument("dataset", help="dataset folder (PASCAL-Part: the folder holding Annotations_Part)")
+    p.add_argument("--format", choices=list(EVAL_FORMATS), default="folder", help="dataset layout (default folder)")
+    p.add_argument("--category", choices=["car", "horse"], help="PASCAL-Part category (with --format pascal-part)")
+    p.add_argument("--per-image", action="store_true", dest="per_image",
+                   help="also report the reference code's per-image IoU")
+    p.add_argument("--batch-size", type=int, default=4, dest="batch_size", help="images per UNet pass")
+    p.add_argument("--out", required=True, help="JSON report file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_model_args(p, None)
+    _add_config_args(p, train=False)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("reproduce", help="the paper's k-shot experiment: train and score over seeds")
+    p.add_argument("--dataset", choices=["car", "horse", "celeba"], required=True)
+    p.add_argument("--shots", type=int, choices=[1, 10], required=True, help="training examples per seed")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    p.add_argument("--data", required=True,
+                   help="car/horse: PASCAL-Part folder; celeba: SLiMe layout (train_*/, test/) or CelebAMask-HQ folder")
+    p.add_argument("--steps", type=int, help="optimisation steps per seed (default: 200 x training images)")
+    p.add_argument("--image-size", type=int, dest="image_size", help="SD input side (default 512)")
+    p.add_argument("--no-was", dest="use_was", action="store_const", const=False,
+                   help="ablation: cross-attention maps only, in training and inference")
+    for term in ("ce", "mse", "ldm"):
+        p.add_argument(f"--no-{term}", dest=f"use_{term}", action="store_const", const=False,
+                       help=f"ablation: switch off the {term.upper()} loss")
+    p.add_argument("--tiles", type=int, help="inference tiles (default: 2 for celeba, else 1)")
+    p.add_argument("--normalization", choices=["train", "reference"], help="inference map normalisation")
+    p.add_argument("--out", help="JSON results file")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_model_args(p, DEFAULT_MODEL)
+    p.set_defaults(func=cmd_reproduce)
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimeseg", description=__doc__.splitlines()[0])
@@ -275,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--count", type=int, default=3, help="number of test images")
     p.set_defaults(func=cmd_example)
+
+    _add_eval_parsers(sub)
     return parser
 
 
