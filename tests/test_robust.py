@@ -276,3 +276,18 @@ def test_nan_loss_keeps_last_good_embeddings(example, tiny_dir, tmp_path, capsys
     assert f"saved in {ckpt}" in err, err
     good = Learned.load(ckpt)
     assert torch.isfinite(good.context).all() and good.history["steps_done"] >= 1
+
+
+def test_exif_rotated_image_and_mask_pair_up(tmp_path):
+    """A photo and its mask that both carry an orientation tag are rotated alike and still match."""
+    from slimeseg.segmenter import prepare_examples
+
+    image, mask = shapes_scene(0, 64)
+    image, mask = image[:, :48], mask[:, :48]  # not square, so a missed rotation shows
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(image).save(tmp_path / "photo.jpg", exif=exif)
+    Image.fromarray(mask).save(tmp_path / "photo_mask.png", exif=exif)
+    (ex,) = prepare_examples([tmp_path / "photo.jpg"], [tmp_path / "photo_mask.png"], SHAPE_CLASSES)
+    assert tuple(ex.image.shape[1:]) == tuple(ex.mask.shape) == (48, 64)
+    np.testing.assert_array_equal(ex.mask.numpy(), np.rot90(mask, -1))
