@@ -220,6 +220,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             inputs.append(p)
         else:
             raise InputError(f"{p}: no such file or directory")
+    inputs = list(dict.fromkeys(inputs))  # a file named twice (alone and in its folder) runs once
     names = _output_names(inputs)
     out_dir = Path(args.out)
     try:
