@@ -6,6 +6,7 @@ file from a newer format or for another model is refused with a clear message.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -20,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .config import SlimeConfig
 from .errors import ArtifactError
 from .io import atomic_path
 
@@ -27,6 +29,8 @@ FORMAT_VERSION = 1
 _KIND = "slimeseg.learned"
 _REQUIRED = {"format": str, "format_version": int, "classes": list, "model_id": str,
              "fingerprint": str, "config": dict}
+_OPTIONAL = (("revision", str, "a string or null"), ("image_hashes", list, "a list"),
+             ("history", dict, "an object"))
 
 
 def image_hash(image: np.ndarray) -> str:
@@ -111,6 +115,8 @@ class Learned:
         if not torch.isfinite(context).all():
             raise ArtifactError(f"{path}: embeddings hold NaN or infinite values")
         state = {n[len("state."):]: t for n, t in tensors.items() if n.startswith("state.")}
+        if state:
+            _validate_state(state, context, k, path)
         return cls(context=context.float(), classes=list(meta["classes"]), model_id=meta["model_id"],
                    fingerprint=meta["fingerprint"], config=meta["config"], revision=meta.get("revision"),
                    image_hashes=list(meta.get("image_hashes") or []), uncond=tensors.get("uncond"),
@@ -131,3 +137,56 @@ def _validate(meta: Any, path: Path) -> None:
     classes = meta["classes"]
     if not 2 <= len(classes) <= 77 or not all(isinstance(c, str) and c for c in classes):
         raise ArtifactError(f"{path}: metadata must name 2 to 77 classes")
+    for key, typ, what in _OPTIONAL:
+        if meta.get(key) is not None and not isinstance(meta[key], typ):
+            raise ArtifactError(f"{path}: metadata field '{key}' is not {what}")
+    if not all(isinstance(h, str) for h in meta.get("image_hashes") or []):
+        raise ArtifactError(f"{path}: metadata field 'image_hashes' must be a list of strings")
+    _validate_config(meta["config"], path)
+
+
+def _validate_state(state: dict[str, torch.Tensor], context: torch.Tensor, k: int, path: Path) -> None:
+    """A checkpoint's resume state must have the pieces `Segmenter.fit` restores, well formed."""
+    rng_size = torch.Generator().get_state().numel()
+    ok = (state.get("step") is not None and state["step"].dtype == torch.int64 and state["step"].numel() == 1
+          and state.get("rng") is not None and state["rng"].dtype == torch.uint8
+          and state["rng"].shape == (rng_size,)
+          and state.get("order") is not None and state["order"].dtype == torch.int64
+          and state["order"].ndim == 1)
+    adam = [state.get(n) for n in ("adam_exp_avg", "adam_exp_avg_sq", "adam_step")]
+    if any(t is not None for t in adam):
+        ok = ok and all(t is not None for t in adam) and adam[2].numel() == 1 and all(
+            t.shape == (k - 1, context.shape[1]) and t.is_floating_point() for t in adam[:2])
+    if not ok:
+        raise ArtifactError(f"{path}: checkpoint resume state is incomplete or malformed")
+
+
+def _config_types() -> dict[str, tuple[type, ...]]:
+    """The JSON types each SlimeConfig field accepts, from its annotation (int also for floats)."""
+    simple = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
+    types: dict[str, tuple[type, ...]] = {}
+    for f in dataclasses.fields(SlimeConfig):
+        parts = [t.strip() for t in str(f.type).split("|")]
+        allowed: tuple[type, ...] = ()
+        for part in parts:
+            base = part.split("[")[0]
+            allowed += simple.get(base, (str,) if base == "Literal" else (dict,) if base == "dict" else ())
+        types[f.name] = allowed
+    return types
+
+
+def _validate_config(config: dict[str, Any], path: Path) -> None:
+    """Known config keys must have the right JSON types and valid values; unknown keys are ignored."""
+    for key, allowed in _config_types().items():
+        if key not in config:
+            continue
+        value = config[key]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise ArtifactError(f"{path}: metadata config '{key}' has a wrong type "
+                                f"({type(value).__name__})")
+    if config.get("image_size", 64) < 64:
+        raise ArtifactError(f"{path}: metadata config 'image_size' must be >= 64")
+    try:
+        SlimeConfig.from_dict(config)
+    except (ValueError, TypeError) as exc:
+        raise ArtifactError(f"{path}: metadata config is invalid ({exc})") from None

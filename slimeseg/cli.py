@@ -7,9 +7,11 @@ Errors the user can fix print one line (`error: ...`) and exit 2; `--debug` show
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import AUGMENT_PRESETS, DEFAULT_MODEL, MODELS
-from .errors import InputError, SlimeError
+from .errors import InputError, SlimeError, TrainingError
 
 EXIT_USAGE_ERROR = 2
 EXIT_PARTIAL_FAILURE = 1
+EXIT_BUG = 3
+
+log = logging.getLogger(__name__)
 
 
 def _comma_list(text: str) -> list[str]:
@@ -38,6 +43,22 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="UNet precision (default: float32 on CPU, float16 on CUDA)")
+
+
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-image-pixels", type=int, dest="max_image_pixels", metavar="N",
+                   help="refuse images with more pixels than this, a guard against decompression "
+                        "bombs (default: Pillow's, about 89 million; 0: no limit)")
+
+
+def _apply_input_args(args: argparse.Namespace) -> None:
+    from .io import set_max_image_pixels
+
+    limit = getattr(args, "max_image_pixels", None)
+    if limit is not None:
+        if limit < 0:
+            raise InputError(f"--max-image-pixels must be >= 0 (0: no limit), got {limit}")
+        set_max_image_pixels(limit or None)
 
 
 def _add_config_args(p: argparse.ArgumentParser, train: bool) -> None:
@@ -99,6 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise InputError("give at least one --image and one --mask")
     if len(args.image) != len(args.mask):
         raise InputError(f"{len(args.image)} --image but {len(args.mask)} --mask; give one mask per image")
+    _apply_input_args(args)
     out = Path(args.out)
     _check_writable_file(out)
     resume = Learned.load(args.resume) if args.resume else None
@@ -113,7 +135,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.checkpoint_every:
             print(f"interrupted; progress saved to {checkpoint} (continue with --resume {checkpoint})",
                   file=sys.stderr)
+        else:
+            print("interrupted (use --checkpoint-every N to keep progress)", file=sys.stderr)
         return 130
+    except TrainingError as exc:
+        good = seg.learned  # fit leaves the embeddings from before the failing update here
+        if good is None or not good.history.get("steps_done"):
+            raise
+        if not args.checkpoint_every:  # with checkpoints on, fit has saved them already
+            good.save(checkpoint)
+        raise TrainingError(f"{exc}; the last good embeddings ({good.history['steps_done']} steps) "
+                            f"are saved in {checkpoint}") from None
     learned.save(out)
     if args.checkpoint_every and checkpoint.exists():
         checkpoint.unlink()
@@ -123,18 +155,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def safe_stem(stem: str) -> str:
+    """An output name from an input's stem: only [A-Za-z0-9._-], never hidden, never empty."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", stem)
+    if name.startswith("."):
+        name = "_" + name[1:]
+    return name or "_"
+
+
 def _output_names(inputs: list[Path]) -> dict[Path, str]:
-    """Output stem per input; two inputs that would write the same file are an error."""
-    names: dict[str, Path] = {}
+    """Output stem per input; two inputs that would write the same file are an error.
+
+    Stems are sanitised (see `safe_stem`) and compared case-insensitively, covering every file an
+    input writes (`name.png` and `name.overlay.png`), as case-insensitive file systems would.
+    """
+    owners: dict[str, Path] = {}
     out: dict[Path, str] = {}
     for path in inputs:
-        stem = path.stem
-        if stem in names:
-            raise InputError(f"{path}: would write the same output '{stem}.png' as {names[stem]}; "
-                             "rename one of them")
-        names[stem] = path
+        stem = safe_stem(path.stem)
+        for file in (f"{stem}.png", f"{stem}.overlay.png"):
+            other = owners.get(file.lower())
+            if other is not None and other != path:
+                raise InputError(f"{path}: would write the same output '{file}' as {other}; "
+                                 "rename one of them")
+        owners[f"{stem}.png".lower()] = owners[f"{stem}.overlay.png".lower()] = path
         out[path] = stem
     return out
+
+
+def _remove_stale_temp_files(out_dir: Path) -> int:
+    """Delete temp files an interrupted run left behind (atomic writes that never got renamed)."""
+    removed = 0
+    for tmp in out_dir.glob(".*.tmp"):
+        if tmp.is_file() and re.fullmatch(r"\.(.+\.png|classes\.json)\.[^.]+\.tmp", tmp.name):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed += 1
+    return removed
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -150,6 +207,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     )
     from .segmenter import Segmenter
 
+    _apply_input_args(args)
     learned = Learned.load(args.learned)
     inputs: list[Path] = []
     for item in args.inputs:
@@ -162,6 +220,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             inputs.append(p)
         else:
             raise InputError(f"{p}: no such file or directory")
+    inputs = list(dict.fromkeys(inputs))  # a file named twice (alone and in its folder) runs once
     names = _output_names(inputs)
     out_dir = Path(args.out)
     try:
@@ -170,6 +229,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise InputError(f"{out_dir}: cannot create output directory ({exc.strerror})") from None
     if not os.access(out_dir, os.W_OK):
         raise InputError(f"{out_dir}: output directory is not writable")
+    if _remove_stale_temp_files(out_dir):
+        log.info("removed temp files left by an interrupted run in %s", out_dir)
     model = args.model or learned.model_id
     seg = Segmenter.from_pretrained(model, revision=args.revision or learned.revision,
                                     device=args.device, dtype=args.dtype)
@@ -197,6 +258,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         except SlimeError as exc:
             failed.append((path, str(exc)))
             print(f"error: {exc}", file=sys.stderr)
+        except MemoryError:
+            failed.append((path, "out of memory"))
+            print(f"error: {path}: image is too large to segment (out of memory)", file=sys.stderr)
     done = len(todo) - len(failed)
     print(f"segmented {done} image(s) into {out_dir}" + (f", skipped {skipped} already done" if skipped else "")
           + (f", {len(failed)} failed" if failed else ""))
@@ -349,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="continue from a checkpoint made with --checkpoint-every")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(p, DEFAULT_MODEL)
+    _add_input_args(p)
     _add_config_args(p, train=True)
     p.set_defaults(func=cmd_train)
 
@@ -359,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(p, None)
+    _add_input_args(p)
     _add_config_args(p, train=False)
     p.set_defaults(func=cmd_segment)
 
@@ -398,6 +464,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line, the traceback only with --debug
+        if args.debug:
+            raise
+        msg = " ".join(str(exc).split())
+        print(f"error: unexpected {type(exc).__name__}: {msg} (a bug in slimeseg? rerun with --debug "
+              "for the traceback and report it)", file=sys.stderr)
+        return EXIT_BUG
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -10,6 +10,7 @@ import colorsys
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -35,21 +36,33 @@ def _open(path: Path, what: str) -> Image.Image:
     if path.is_dir():
         raise InputError(f"{path}: expected a {what} file, got a directory")
     try:
-        img = Image.open(path)
-        img.load()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # Pillow's metadata chatter would not name the file
+            img = Image.open(path)
+            img.load()
     except Image.DecompressionBombError as exc:
         raise InputError(
             f"{path}: {what} is too large ({exc}); raise the limit with --max-image-pixels"
         ) from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not a readable {what} (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path}: corrupt or truncated {what} ({exc})") from None
+    except MemoryError:
+        raise InputError(f"{path}: {what} is too large to decode in memory") from None
+    except Exception as exc:  # Pillow's decoders raise many types on damaged files
+        raise InputError(f"{path}: corrupt or truncated {what} ({_one_line(exc)})") from None
+    if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+        warnings.warn(f"{path}: {what} is very large ({img.width}x{img.height} pixels); "
+                      "decoding it takes a lot of memory", stacklevel=3)
     try:
         img = ImageOps.exif_transpose(img)  # honour the camera's orientation tag
     except Exception:  # a broken EXIF block must not make the pixels unreadable
         pass
     return img
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (some decoders' messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
@@ -74,7 +87,10 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB, EXIF orientation applied."""
     path = Path(path)
     img = _open(path, "image")
-    arr = _to_uint8_rgb(img)
+    try:
+        arr = _to_uint8_rgb(img)
+    except (ValueError, OSError) as exc:  # modes Pillow cannot convert (LAB, HSV, ...)
+        raise InputError(f"{path}: unsupported image mode {img.mode} ({_one_line(exc)})") from None
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise InputError(f"{path}: image has no pixels")
     return arr
@@ -141,13 +157,19 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
         if not path.exists():
             raise InputError(f"{path}: mask file not found")
         try:
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(path, allow_pickle=False)  # never unpickle: a .npy is data, not code
         except ValueError as exc:
-            raise InputError(f"{path}: not a plain numeric .npy array ({exc})") from None
-        except (OSError, EOFError) as exc:
-            raise InputError(f"{path}: corrupt or truncated .npy file ({exc})") from None
-        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-            raise InputError(f"{path}: .npy mask has unsupported dtype {getattr(arr, 'dtype', '?')}")
+            raise InputError(f"{path}: not a plain numeric .npy array ({_one_line(exc)})") from None
+        except MemoryError:
+            raise InputError(f"{path}: .npy mask is too large to load") from None
+        except Exception as exc:  # numpy's header parser raises several types on damaged files
+            raise InputError(f"{path}: corrupt or truncated .npy file ({_one_line(exc)})") from None
+        if not isinstance(arr, np.ndarray):  # an .npz archive renamed to .npy
+            if hasattr(arr, "close"):
+                arr.close()
+            raise InputError(f"{path}: not a single .npy array (an .npz archive?)")
+        if arr.dtype.kind not in "biuf":
+            raise InputError(f"{path}: .npy mask has unsupported dtype {arr.dtype}")
         return _mask_from_numbers(arr, str(path))
     if path.suffix.lower() in (".jpg", ".jpeg"):
         raise InputError(

@@ -6,10 +6,13 @@ capture -> class maps -> label maps at each image's own size.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +89,26 @@ def prepare_examples(images: Sequence[ImageLike], masks: Sequence[ImageLike],
         warnings.warn(f"class(es) {', '.join(absent)} appear in no mask; they cannot be learned",
                       stacklevel=3)
     return examples
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it when the block ends.
+
+    Only in the main thread with Python's default handler; elsewhere the block runs as is.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 class Segmenter:
@@ -185,6 +208,14 @@ class Segmenter:
                 learned.state = self._state(optimizer, gen, done, order)
             return learned
 
+        # the RNG and pair order as of the last completed step: a Ctrl-C or error mid-step
+        # rewinds to them, so a saved checkpoint is exactly that step's state
+        committed = (gen.get_state(), list(order))
+
+        def rewind() -> None:
+            gen.set_state(committed[0])
+            order[:] = committed[1]
+
         store = AttentionStore(k, hw, want_was=cfg.use_was and cfg.use_mse,
                                values_fn=maps.train_values)
         latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -238,20 +269,23 @@ class Segmenter:
                 if not torch.isfinite(loss):
                     raise TrainingError(f"loss became {loss.item()} at step {step + 1}; stopped, "
                                         "keeping the last good embeddings (try a lower --lr)")
-                # 5. update the K-1 class embeddings (undone if it made them non-finite)
+                # 5. update the K-1 class embeddings (undone if it made them non-finite);
+                # Ctrl-C waits until the step is whole
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                before = trainable.detach().clone()
-                optimizer.step()
-                if not torch.isfinite(trainable).all():
-                    with torch.no_grad():
-                        trainable.copy_(before)
-                    raise TrainingError(f"embeddings became non-finite at step {step + 1}; stopped, "
-                                        "keeping the last good embeddings (try a lower --lr)")
-                step += 1
-                logged = {n: round(float(v.detach()), 5) for n, v in losses.items()}
-                logged["loss"] = round(float(loss.detach()), 5)
-                history["loss"].append(logged["loss"])
+                with _sigint_deferred():
+                    before = trainable.detach().clone()
+                    optimizer.step()
+                    if not torch.isfinite(trainable).all():
+                        with torch.no_grad():
+                            trainable.copy_(before)
+                        raise TrainingError(f"embeddings became non-finite at step {step + 1}; stopped, "
+                                            "keeping the last good embeddings (try a lower --lr)")
+                    step += 1
+                    logged = {n: round(float(v.detach()), 5) for n, v in losses.items()}
+                    logged["loss"] = round(float(loss.detach()), 5)
+                    history["loss"].append(logged["loss"])
+                    committed = (gen.get_state(), list(order))
                 bar.set_postfix(loss=f"{logged['loss']:.4f}", refresh=False)
                 bar.update(1)
                 if checkpoint_path and checkpoint_every and step % checkpoint_every == 0 and step < total:
@@ -260,9 +294,11 @@ class Segmenter:
                     break
         except KeyboardInterrupt:
             if checkpoint_path:
+                rewind()
                 snapshot(step).save(checkpoint_path)
             raise
         except TrainingError:
+            rewind()
             good = snapshot(step)  # the embeddings before the failing update
             if checkpoint_path:
                 good.save(checkpoint_path)
