@@ -100,7 +100,7 @@ def layers_to_mask(layers: list[np.ndarray], num_classes: int, size: tuple[int, 
 def legend_html(classes: list[str], note: str = "") -> str:
     """Class name + colour swatch for each class (background: as is, unpainted)."""
     if not classes:
-        return "<div class='slime-legend'><em>no classes yet</em></div>"
+        return f"<div class='slime-legend'><em>{html.escape(note or 'no classes yet')}</em></div>"
     colors = palette(max(len(classes), 2))
     items = []
     for k, name in enumerate(classes):
@@ -156,6 +156,9 @@ CSS = """
 .slime-note {font-size:.9em; opacity:.8}
 .slime-progress .slime-bar {height:14px; background:#e5e7eb; border-radius:7px; overflow:hidden; margin:.3em 0}
 .slime-progress .slime-bar > div {height:100%; background:#f97316; transition:width .3s}
+/* keep thumbnails at a fixed column count: Gradio stretches a lone image to the full width */
+#examples_gallery .grid-container {grid-template-columns: repeat(4, minmax(0, 1fr)) !important}
+#results .grid-container {grid-template-columns: repeat(4, minmax(0, 1fr)) !important}
 """
 
 
@@ -237,6 +240,9 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
               request: gr.Request) -> Any:
         if not sess.images:
             raise gr.Error("Add at least one painted example first.")
+        if steps is None or int(steps) < 1:
+            raise gr.Error("Steps must be a whole number of at least 1.")
+        seed = 0 if seed is None else seed
         flag = threading.Event()
         key = request.session_hash or "default"
         _stop_flags[key] = flag
@@ -421,8 +427,10 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
             with gr.Column(scale=1):
                 segment_btn = gr.Button("Segment", variant="primary", elem_id="segment")
                 labels_zip = gr.File(label="Label maps (zip)", interactive=False, height=90, elem_id="labels_zip")
-        result_legend = gr.HTML(legend_html([]), elem_id="result_legend")
-        results = gr.Gallery(label="Originals and overlays", columns=2, height="auto", preview=False,
+        result_legend = gr.HTML(legend_html([], "Train or load learned embeddings, then segment."),
+                                elem_id="result_legend")
+        results = gr.Gallery(label="Originals and overlays (each original, then its overlay)",
+                             columns=4, height=420, preview=False,
                              object_fit="contain",
                              elem_id="results")
 

@@ -250,6 +250,13 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
                 timeout=60_000)
             page.wait_for_selector("#loss_plot canvas, #loss_plot svg")
             shot(page, "04-training")
+            # a second user meanwhile waits in the queue and sees a position
+            other = context.new_page()
+            other.goto(app_server)
+            other.locator("#segment").click()
+            other.wait_for_function(
+                "document.querySelector('#results').innerText.toLowerCase().includes('queue')")
+            shot(other, "04b-second-user-queued")
             page.locator("#stop").click()
             page.wait_for_selector("#train_progress [data-state='stopped early']", timeout=60_000)
             steps_done = int(page.locator("#train_progress .slime-progress").get_attribute("data-step"))
@@ -264,6 +271,9 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
             assert learned.classes == SHAPE_CLASSES
             assert learned.history["steps_done"] == steps_done
             assert learned.config["image_size"] == 64
+            # once the model is free the queued job runs: nothing learned there yet, says so
+            other.get_by_text("Train or load learned embeddings first").first.wait_for()
+            other.close()
 
             # the downloaded artifact works outside the app
             labels = Segmenter.from_pretrained(str(tiny_dir), device="cpu").predict(
@@ -297,11 +307,14 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
                     lab = np.asarray(Image.open(fh))
             assert lab.shape == (size, size) and lab.max() < len(SHAPE_CLASSES)
 
-            # refused uploads say why
+            # refused uploads say why: wrong type, too large
             (tmp_path / "notes.txt").write_text("not an image")
             page.locator("#segment_files input[type=file]").set_input_files(tmp_path / "notes.txt")
-            page.wait_for_timeout(1000)
-            shot(page, "07-refused-upload")
+            page.get_by_text("Invalid file type").first.wait_for()
+            (tmp_path / "huge.png").write_bytes(b"\0" * (26 * 1024 * 1024))
+            page.locator("#segment_files input[type=file]").set_input_files(tmp_path / "huge.png")
+            page.get_by_text("exceed the maximum allowed size").first.wait_for()
+            shot(page, "07-refused-uploads")
         finally:
             browser.close()
     assert not outside, f"the page tried to reach the internet: {outside}"
