@@ -217,7 +217,7 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
             raise gr.Error(str(exc)) from None
         sess.images = [*sess.images, image]
         sess.masks = [*sess.masks, mask]
-        return sess, _example_gallery(sess), _examples_text(sess)
+        return sess, _example_gallery(sess), _examples_text(sess), None  # mask upload: used up
 
     def _example_gallery(sess: Session) -> list[tuple[np.ndarray, str]]:
         return [(overlay(img, msk, alpha=0.6), f"example {i + 1}")
@@ -439,7 +439,7 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
         class_name.submit(add_class, [class_name, sess], [sess, class_name, classes_legend])
         reset_btn.click(reset_classes, [sess], [sess, classes_legend, examples_gallery, examples_info])
         add_example_btn.click(add_example, [editor, mask_file, sess],
-                              [sess, examples_gallery, examples_info])
+                              [sess, examples_gallery, examples_info, mask_file])
         clear_btn.click(clear_examples, [sess], [sess, examples_gallery, examples_info])
         train_btn.click(train, [steps, image_size, seed, sess],
                         [progress, loss_plot, artifact_out, result_legend],

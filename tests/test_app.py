@@ -239,7 +239,17 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
             info = page.locator("#examples_info").inner_text()
             assert "Not painted" not in info, info
             page.wait_for_selector("#examples_gallery img")
-            shot(page, "03-example-added")
+            # few-shot: a second example, this one with a ready mask instead of paint
+            image2, mask2 = shapes_scene(5, size)
+            Image.fromarray(image2).save(tmp_path / "example2.png")
+            Image.fromarray(mask2).save(tmp_path / "example2_mask.png")
+            page.locator("#example_editor input[type=file]").set_input_files(tmp_path / "example2.png")
+            page.locator("#mask_upload input[type=file]").set_input_files(tmp_path / "example2_mask.png")
+            page.wait_for_selector("#mask_upload a")  # the upload finished
+            page.locator("#add_example").click()
+            page.wait_for_function("document.querySelector('#examples_info').innerText.includes('2 example')")
+            assert page.locator("#examples_gallery img").count() == 2
+            shot(page, "03-examples-added")
 
             # 2. train (image size 64), watch progress, stop early and keep the result
             page.locator("#steps input").fill("300")
@@ -271,6 +281,7 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
             assert learned.classes == SHAPE_CLASSES
             assert learned.history["steps_done"] == steps_done
             assert learned.config["image_size"] == 64
+            assert len(learned.image_hashes) == 2  # both examples were trained on
             # once the model is free the queued job runs: nothing learned there yet, says so
             other.get_by_text("Train or load learned embeddings first").first.wait_for()
             other.close()
