@@ -46,6 +46,7 @@ MAX_UPLOAD = "25mb"  # per file, enforced by the server before our code sees it
 MAX_SIDE = 4096  # pixels per side of any uploaded image
 MAX_SEGMENT_FILES = 50  # images per "Segment" click
 CONCURRENCY_ID = "model"  # train and segment share one model: one job at a time, others queue
+MAX_STEPS = 20000  # per training run
 BRUSH_CLASSES = 12  # classes that can be painted with the brush (more: upload a mask)
 _POLL_S = 0.4  # how often the progress display refreshes while training
 
@@ -236,12 +237,17 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
         sess.images, sess.masks = [], []
         return sess, [], _examples_text(sess)
 
-    def train(steps: float, image_size: float, seed: float, sess: Session,
-              request: gr.Request) -> Any:
+    def check_train(steps: float | None, image_size: float, seed: float | None,
+                    sess: Session) -> None:
+        """Refuse a training job at once (before it waits in the queue) if it cannot run."""
         if not sess.images:
             raise gr.Error("Add at least one painted example first.")
-        if steps is None or int(steps) < 1:
-            raise gr.Error("Steps must be a whole number of at least 1.")
+        if steps is None or not 1 <= int(steps) <= MAX_STEPS:
+            raise gr.Error(f"Steps must be a whole number from 1 to {MAX_STEPS}.")
+
+    def train(steps: float, image_size: float, seed: float | None, sess: Session,
+              request: gr.Request) -> Any:
+        check_train(steps, image_size, seed, sess)
         seed = 0 if seed is None else seed
         flag = threading.Event()
         key = request.session_hash or "default"
@@ -267,7 +273,8 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
         step, loss = 0, None
         worker.start()
         try:
-            yield progress_html(0, total_steps, None, "starting"), _loss_frame(losses), gr.skip(), gr.skip()
+            yield (progress_html(0, total_steps, None, "starting"), _loss_frame(losses), gr.skip(),
+                   gr.skip(), gr.skip())
             while worker.is_alive() or not updates.empty():
                 worker.join(_POLL_S)
                 fresh = False
@@ -277,7 +284,8 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
                     fresh = True
                 if fresh:
                     state = "stopping" if flag.is_set() else "training"
-                    yield progress_html(step, total_steps, loss, state), _loss_frame(losses), gr.skip(), gr.skip()
+                    yield (progress_html(step, total_steps, loss, state), _loss_frame(losses),
+                           gr.skip(), gr.skip(), gr.skip())
         finally:  # the tab went away or the run ended: never leave a fit running on the model
             flag.set()
             worker.join()
@@ -292,7 +300,7 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
         done = learned.history.get("steps_done", step)
         state = "stopped early" if done < total_steps else "done"
         yield (progress_html(done, total_steps, loss, state), _loss_frame(losses), str(out),
-               legend_html(learned.classes, f"Trained {done} steps; ready to segment."))
+               legend_html(learned.classes, f"Trained {done} steps; ready to segment."), sess)
 
     def _loss_frame(losses: list[tuple[int, float]]) -> Any:
         return pd.DataFrame(losses or [(0, float("nan"))], columns=["step", "loss"]).dropna()
@@ -324,13 +332,17 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
         return (sess, legend_html(learned.classes, f"Loaded {path.name}; ready to segment."),
                 str(dest))
 
-    def segment(files: list[Any] | None, sess: Session) -> tuple[Any, ...]:
+    def check_segment(files: list[Any] | None, sess: Session) -> None:
+        """Refuse a segmentation job at once (before it waits in the queue) if it cannot run."""
         if not sess.learned_path:
             raise gr.Error("Train or load learned embeddings first.")
         if not files:
             raise gr.Error("Drop one or more images to segment.")
         if len(files) > MAX_SEGMENT_FILES:
             raise gr.Error(f"{len(files)} images given; at most {MAX_SEGMENT_FILES} at a time.")
+
+    def segment(files: list[Any] | None, sess: Session) -> tuple[Any, ...]:
+        check_segment(files, sess)
         learned = Learned.load(sess.learned_path)
         out_dir = sess.workdir()
         gallery: list[tuple[np.ndarray, str]] = []
@@ -405,7 +417,7 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
             with gr.Column(scale=2):
                 gr.Markdown("### 2. Train")
                 with gr.Row():
-                    steps = gr.Number(label="Steps", value=200, minimum=1, maximum=10000,
+                    steps = gr.Number(label="Steps", value=200, minimum=1, maximum=MAX_STEPS,
                                       precision=0, elem_id="steps")
                     image_size = gr.Radio(label="Image size", choices=[64, 128, 256, 384, 512, 768],
                                           value=512, elem_id="image_size")
@@ -441,13 +453,15 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
         add_example_btn.click(add_example, [editor, mask_file, sess],
                               [sess, examples_gallery, examples_info, mask_file])
         clear_btn.click(clear_examples, [sess], [sess, examples_gallery, examples_info])
-        train_btn.click(train, [steps, image_size, seed, sess],
-                        [progress, loss_plot, artifact_out, result_legend],
+        train_btn.click(check_train, [steps, image_size, seed, sess], None, queue=False).success(
+                        train, [steps, image_size, seed, sess],
+                        [progress, loss_plot, artifact_out, result_legend, sess],
                         concurrency_limit=1, concurrency_id=CONCURRENCY_ID, show_progress="minimal")
         stop_btn.click(stop, None, None, queue=False)
         artifact_in.upload(load_artifact, [artifact_in, sess], [sess, result_legend, artifact_out],
                            concurrency_limit=1, concurrency_id="load")
-        segment_btn.click(segment, [seg_files, sess], [results, result_legend, labels_zip],
+        segment_btn.click(check_segment, [seg_files, sess], None, queue=False).success(
+                          segment, [seg_files, sess], [results, result_legend, labels_zip],
                           concurrency_limit=1, concurrency_id=CONCURRENCY_ID)
     demo.queue(default_concurrency_limit=1)
     return demo
