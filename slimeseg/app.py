@@ -10,6 +10,7 @@ unpainted pixels are background (class 0). Painted colours map back to class ind
 nearest palette colour (`layers_to_mask`).
 """
 
+import atexit
 import html
 import json
 import os
@@ -145,8 +146,19 @@ class Session:
     learned_path: str | None = None  # the artifact in use (trained here or loaded)
 
     def workdir(self) -> Path:
-        """A fresh folder for this session's outputs (served back as downloads)."""
-        return Path(tempfile.mkdtemp(prefix="slimeseg-app-"))
+        """A fresh folder for outputs served back as downloads (removed when the server exits)."""
+        return Path(tempfile.mkdtemp(dir=_scratch_root()))
+
+
+_SCRATCH: list[Path] = []
+
+
+def _scratch_root() -> Path:
+    """One temporary folder per server process for all outputs; deleted at exit."""
+    if not _SCRATCH:
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="slimeseg-app-")))
+        atexit.register(shutil.rmtree, _SCRATCH[0], ignore_errors=True)
+    return _SCRATCH[0]
 
 
 # ---------------------------------------------------------------------------- the app
@@ -383,7 +395,8 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
 
     # ------------------------------------------------------------ layout
     start = Session()
-    with gr.Blocks(title="slimeseg", analytics_enabled=False) as demo:
+    # delete_cache: Gradio's copies of uploads and downloads older than a day, checked hourly
+    with gr.Blocks(title="slimeseg", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         sess = gr.State(start)
         gr.Markdown("## slimeseg: segment images like one example\n"
                     "1. Upload an example image, add your classes, paint them. "

@@ -89,10 +89,11 @@ def test_brush_colours_are_the_overlay_palette():
     assert "1: car &lt;b&gt;" in html and brush_colors()[0] in html
 
 
-def test_training_and_segmenting_share_one_queue(segmenter):
+def test_training_and_segmenting_share_one_queue_and_no_telemetry(segmenter):
     from slimeseg.app import build_app
 
     demo = build_app(segmenter)
+    assert demo.analytics_enabled is False  # also stops Gradio's version check
     fns = {fn.name: fn for fn in demo.fns.values()}
     for name in ("train", "segment"):
         assert fns[name].concurrency_id == CONCURRENCY_ID
