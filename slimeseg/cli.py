@@ -394,6 +394,17 @@ def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_reproduce)
 
 
+
+def cmd_app(args: argparse.Namespace) -> int:
+    try:
+        from .app import launch
+    except ImportError as exc:
+        raise InputError(f"the web app needs Gradio ({exc}); install it with: pip install 'slimeseg[app]'") from None
+    launch(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype,
+           revision=args.revision)
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimeseg", description=__doc__.splitlines()[0])
@@ -441,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_example)
 
     _add_eval_parsers(sub)
+
+    p = sub.add_parser("app", help="a local web app: paint an example, train, segment in the browser")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, help="port (default: 7860 or the next free one)")
+    _add_model_args(p, DEFAULT_MODEL)
+    p.set_defaults(func=cmd_app)
     return parser
 
 
