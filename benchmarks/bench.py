@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                     "step+encode adds the separately timed encode. Full-size = SD 2.1-base UNet "
                     "and VAE-encoder shapes, random weights."}
     results = []
+    started = time.perf_counter()
     for name in args.models.split(","):
         print(f"[bench] {name} at {size}px on {device} ...", file=sys.stderr, flush=True)
         results.append(bench_model(name, size, device, dtype, args.repeats,
@@ -310,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                                    skip_baseline=args.no_baseline))
         gc.collect()
     meta["loadavg_end"] = os.getloadavg()
+    meta["elapsed_s"] = round(time.perf_counter() - started, 1)
     text = f"times: {CLOCK} seconds, median of {args.repeats}; memory: peak GiB\n" + table(results)
     print(text)
     if args.json:
