@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import sync  # noqa: E402
 from fullsize import load_model  # noqa: E402
 
+from slimeseg.errors import TrainingError  # noqa: E402
 from slimeseg.models import pick_device, pick_dtype  # noqa: E402
 from slimeseg.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
 
@@ -51,12 +52,17 @@ def main(argv: list[str] | None = None) -> int:
 
     sync(device)
     start = time.perf_counter()
-    learned = seg.fit([image], [mask], SHAPE_CLASSES, steps=args.steps, image_size=args.size,
-                      progress=False)
+    try:
+        learned = seg.fit([image], [mask], SHAPE_CLASSES, steps=args.steps, image_size=args.size,
+                          progress=False)
+        error = None
+    except TrainingError as exc:  # random weights in fp16 may overflow; report, go on
+        learned, error = seg.learned, str(exc)
     sync(device)
     fit_s = time.perf_counter() - start
-    out["fit"] = {"steps": args.steps, "total_s": fit_s, "s_per_step": fit_s / args.steps,
-                  "final_loss": learned.history["loss"][-1]}
+    done = max(int(learned.history.get("steps_done", 0)), 1)
+    out["fit"] = {"steps": done, "total_s": fit_s, "s_per_step": fit_s / done,
+                  "final_loss": (learned.history["loss"] or [None])[-1], "error": error}
     if device.type == "cuda":
         out["fit"]["peak_gib"] = torch.cuda.max_memory_allocated(device) / 1024 ** 3
         torch.cuda.reset_peak_memory_stats(device)
