@@ -117,6 +117,7 @@ class Segmenter:
     def __init__(self, sd: StableDiffusion, learned: Learned | None = None):
         self.sd = sd
         self.learned: Learned | None = None
+        self._installed: AttentionStore | None = None  # store whose processors are installed
         if learned is not None:
             self.set_learned(learned)
 
@@ -159,8 +160,25 @@ class Segmenter:
         sd = self.sd
         noisy = sd.add_noise(latents, noise.to(latents), t)
         store.reset()
+        if self._installed is store:  # fit() installed the processors once for all its steps
+            return sd.unet(noisy, t, encoder_hidden_states=context.to(sd.dtype)).sample
         with capture(sd.unet, sd.plan.roles(), store):
             return sd.unet(noisy, t, encoder_hidden_states=context.to(sd.dtype)).sample
+
+    @contextlib.contextmanager
+    def _installed_for(self, store: AttentionStore) -> Iterator[None]:
+        """Keep the capture processors installed across many `_run_unet` calls.
+
+        Installing and removing them once per fit instead of every step keeps per-step host
+        work out of the loop (it matters on a fast GPU, where a step is tens of milliseconds).
+        """
+        outer = self._installed
+        with capture(self.sd.unet, self.sd.plan.roles(), store):
+            self._installed = store
+            try:
+                yield
+            finally:
+                self._installed = outer
 
     def _context(self, trainable: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         """The (1, 77, D) sequence with rows 1..K-1 replaced by the trainable embeddings."""
@@ -221,6 +239,8 @@ class Segmenter:
         latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         bar = tqdm(total=total, initial=step, disable=not progress, desc="fit", unit="step",
                    dynamic_ncols=True)
+        installed = contextlib.ExitStack()  # capture processors stay installed for all steps
+        installed.enter_context(self._installed_for(store))
         try:
             while step < total:
                 # 1. the next training pair: a fresh seeded permutation every epoch
@@ -306,6 +326,7 @@ class Segmenter:
             raise
         finally:
             bar.close()
+            installed.close()
         learned = snapshot(step)
         self.learned = learned
         return learned

@@ -1,0 +1,117 @@
+"""The fast engine computes what the plain formulas compute (fp32, CPU).
+
+- WAS maps via fused SDPA with the class maps as extra value channels == R @ A_sa^T written out
+  with explicit probabilities: step loss AND its gradient to the class embeddings;
+- fit with the capture processors installed once == installing them around every UNet call;
+- the benchmark's reference-style baseline (explicit attention, batch of two, broadcast WAS)
+  sees the same maps as the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from slimeseg import Segmenter, maps
+from slimeseg.attention import AttentionStore, capture
+from slimeseg.losses import ce_loss, class_weights, ldm_loss, mse_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def _inputs(sd, k=4, side=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    latents = torch.randn(1, 4, side, side, generator=gen)
+    base = torch.randn(1, 77, sd.context_dim, generator=gen)
+    mask = torch.randint(0, k, (side, side), generator=gen)
+    return latents, base, mask
+
+
+def _step_losses(sd, latents, context, mask, k):
+    """One step's forward; returns (fast loss, plain loss) from the same UNet pass."""
+    hw = tuple(latents.shape[-2:])
+    store = AttentionStore(k, hw, values_fn=maps.train_values, keep_self_probs=True)
+    t = torch.tensor([50])
+    with capture(sd.unet, sd.plan.roles(), store):
+        pred = sd.unet(latents, t, encoder_hidden_states=context).sample
+    scores = maps.class_scores(store, hw)[-1]
+    ce = ce_loss(scores, mask, class_weights(mask, k))
+    ldm = 0.005 * ldm_loss(pred, torch.zeros_like(pred))
+    fast = ce + mse_loss(store.was()[-1], mask) + ldm
+    a_sa = torch.stack(store.self_probs).mean(0)  # explicit (1, N, N), carries gradients
+    plain_was = maps.was_direct(maps.train_values(store, hw), a_sa).view(1, k, *hw)[-1]
+    plain = ce + mse_loss(plain_was, mask) + ldm
+    return fast, plain
+
+
+def test_fused_was_step_loss_and_gradient_equal_plain(segmenter):
+    sd, k = segmenter.sd, 4
+    latents, base, mask = _inputs(sd, k)
+    trainable = base[0, 1:k].clone().requires_grad_(True)
+    context = torch.cat([base[:, :1], trainable[None], base[:, k:]], dim=1)
+    fast, plain = _step_losses(sd, latents, context, mask, k)
+    (g_fast,) = torch.autograd.grad(fast, trainable, retain_graph=True)
+    (g_plain,) = torch.autograd.grad(plain, trainable)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-6)
+    assert g_fast.abs().sum() > 0
+
+
+def test_fit_with_processors_installed_once_equals_per_call(segmenter, scene, monkeypatch):
+    image, mask, classes = scene
+    kw = {"image_size": 128, "steps": 3, "progress": False, "seed": 1}
+    before = dict(segmenter.sd.unet.attn_processors)
+    seen = []
+
+    def spy(step, total, losses):  # during fit, the capture processors stay installed
+        seen.append(segmenter._installed is not None)
+
+    once = segmenter.fit([image], [mask], classes, callback=spy, **kw)
+    assert seen == [True] * 3
+    assert segmenter._installed is None
+    assert all(segmenter.sd.unet.attn_processors[n] is p for n, p in before.items())
+    monkeypatch.setattr(Segmenter, "_installed_for", lambda self, store: contextlib.nullcontext())
+    per_call = segmenter.fit([image], [mask], classes, **kw)
+    torch.testing.assert_close(once.context, per_call.context, rtol=0, atol=0)
+    assert once.history["loss"] == per_call.history["loss"]
+
+
+def test_baseline_sees_the_same_maps(segmenter):
+    from baseline import Baseline
+
+    sd, k = segmenter.sd, 4
+    latents, base, _ = _inputs(sd, k)
+    hw = tuple(latents.shape[-2:])
+    uncond = torch.randn(1, 77, sd.context_dim)
+    t = torch.tensor([50])
+    store = AttentionStore(k, hw, values_fn=maps.train_values)
+    with torch.no_grad():
+        with capture(sd.unet, sd.plan.roles(), store):
+            sd.unet(latents, t, encoder_hidden_states=base)
+        bl = Baseline(sd, k, uncond)
+        bl._unet(latents, t, base)
+        a_ca, was = bl._maps(hw)
+    torch.testing.assert_close(a_ca, maps.class_scores(store, hw)[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(was, store.was()[0], rtol=1e-4, atol=1e-5)
+    assert all(isinstance(p, AttnProcessor2_0) or not hasattr(p, "store")
+               for p in sd.unet.attn_processors.values())
+
+
+def test_captured_pass_never_falls_back_to_the_math_attention(segmenter):
+    """SDPA's math fallback materialises (N, N); it happens silently when head dims differ."""
+    sd, k = segmenter.sd, 4
+    latents, base, mask = _inputs(sd, k)
+    hw = tuple(latents.shape[-2:])
+    store = AttentionStore(k, hw, values_fn=maps.train_values)
+    ctx = base.clone().requires_grad_(True)
+    with torch.profiler.profile() as prof:
+        with capture(sd.unet, sd.plan.roles(), store):
+            pred = sd.unet(latents, torch.tensor([50]), encoder_hidden_states=ctx).sample
+        (pred.square().mean() + mse_loss(store.was()[0], mask)).backward()
+    names = {e.key for e in prof.key_averages()}
+    assert "aten::scaled_dot_product_attention" in names
+    assert "aten::_scaled_dot_product_attention_math" not in names
