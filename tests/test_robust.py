@@ -214,14 +214,14 @@ def _opens_fully(path: Path) -> bool:
 def test_killed_batch_loses_nothing_and_rerun_finishes(example, tmp_path):
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
-    n = 30
+    n = 60  # far more than are done by the time the kill lands
     for s in range(n):
         Image.fromarray(shapes_scene(s, 64)[0]).save(folder / f"img{s:02d}.png")
     learned = str(example / "learned.safetensors")
     proc = _slimeseg("segment", learned, str(folder), "--out", str(out), "--quiet")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if out.is_dir() and len(list(out.glob("img*.overlay.png"))) >= 3:
+        if out.is_dir() and len(list(out.glob("img??.png"))) >= 3:  # label maps are written last
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
@@ -242,7 +242,7 @@ def test_killed_batch_loses_nothing_and_rerun_finishes(example, tmp_path):
 # ---------------------------------------------------------------------------- interrupted training
 def test_ctrl_c_then_resume_equals_uninterrupted_run(example, tiny_dir, tmp_path):
     common = ["--image", str(example / "train.png"), "--mask", str(example / "train_mask.png"), "--classes",
-              CLASSES, "--model", str(tiny_dir), "--steps", "8", "--image-size", "64", "--seed", "7",
+              CLASSES, "--model", str(tiny_dir), "--steps", "150", "--image-size", "64", "--seed", "7",
               "--no-augment", "--quiet"]
     out, ckpt = tmp_path / "run.safetensors", tmp_path / "run.safetensors.ckpt"
     proc = _slimeseg("train", *common, "--checkpoint-every", "2", "--out", str(out))
@@ -255,7 +255,7 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(example, tiny_dir, tmp_path
     assert f"progress saved to {ckpt}" in stderr and "Traceback" not in stderr
     assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
     partial = Learned.load(ckpt)
-    assert 2 <= partial.history["steps_done"] < 8
+    assert 2 <= partial.history["steps_done"] < 150
     assert len(partial.history["loss"]) == partial.history["steps_done"]
     full = tmp_path / "full.safetensors"
     with _one_thread():
