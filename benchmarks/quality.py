@@ -27,9 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from slimeseg.lab import World  # noqa: E402
-
 from slimeseg import Segmenter, SlimeConfig, __version__  # noqa: E402
+from slimeseg.lab import World  # noqa: E402
 from slimeseg.metrics import ConfusionMatrix  # noqa: E402
 
 LAB_MODEL = ROOT / "tests" / "assets" / "lab-sd"
