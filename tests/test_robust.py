@@ -48,9 +48,15 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default, so Python turns it into KeyboardInterrupt even
+    when the test runner itself was started with SIGINT ignored (as background jobs are)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _slimeseg(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "slimeseg", *args], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
 
 
 @pytest.fixture(scope="module")
