@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import Baseline  # noqa: E402
@@ -149,7 +150,9 @@ def bench_model(name: str, size: int, device: torch.device, dtype: torch.dtype |
     noisy = sd.add_noise(latents, noise, t)
 
     # -- the floor: bare UNet, default fused attention, no maps
-    sd.unet.set_default_attn_processor()
+    # diffusers' default processor on torch 2 (fused SDPA). Not `set_default_attn_processor()`:
+    # that installs the classic explicit-softmax `AttnProcessor`, a slower, inflated floor.
+    sd.unet.set_attn_processor(AttnProcessor2_0())
 
     def floor_step() -> None:
         ctx = base.clone().to(sd.dtype).requires_grad_(True)
@@ -234,7 +237,7 @@ def fmt(v: float | None) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     """A plain-text table: ours, baseline, ours/baseline, floor, ours/floor per figure."""
-    lines = [f"{'model':<6} {'px':>4} {'figure':<18} {'ours':>9} {'baseline':>9} {'o/b':>6} "
+    lines = [f"{'model':<10} {'px':>4} {'figure':<18} {'ours':>9} {'baseline':>9} {'o/b':>6} "
              f"{'floor':>9} {'o/f':>6}"]
 
     def med(r: dict, key: str) -> float | None:
@@ -243,6 +246,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
     for r in results:
         enc = med(r, "encode_s")
+        dt = {"float32": "", "bfloat16": " bf16", "float16": " fp16"}.get(r["dtype"], " " + r["dtype"])
         rows = [
             ("step s", med(r, "ours_step_s"), med(r, "baseline_step_s"), med(r, "floor_step_s")),
             ("step+encode s", med(r, "ours_step_s") + enc,
@@ -260,7 +264,7 @@ def table(results: list[dict[str, Any]]) -> str:
             rows.append((f"batch{b['batch']} img/s", b["images_per_s"], None, None))
         rows.append(("encode s", enc, None, None))
         for label, ours, base, floor in rows:
-            lines.append(f"{r['model']:<6} {r['size']:>4} {label:<18} {fmt(ours)} {fmt(base)} "
+            lines.append(f"{r['model'] + dt:<10} {r['size']:>4} {label:<18} {fmt(ours)} {fmt(base)} "
                          f"{ratio(ours, base):>6} {fmt(floor)} {ratio(ours, floor):>6}")
     return "\n".join(lines)
 
@@ -271,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=None, help="image side (overrides --quick)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", default=None,
-                   help="ours' dtype: float32 | float16 | bfloat16 (default: fp32 CPU, fp16 CUDA); "
-                        "the baseline is always float32")
+                   help="ours' dtype, or a comma list to compare in one run: float32 | float16 | "
+                        "bfloat16 (default: fp32 CPU, fp16 CUDA); the baseline is always float32 and "
+                        "runs once per model (with the first dtype)")
     p.add_argument("--models", default="tiny,full", help="comma list of tiny, full")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--baseline-repeats", type=int, default=None, help="default: --repeats")
@@ -301,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     device = pick_device(args.device)
     CLOCK = args.clock or ("cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall")
-    dtype = pick_dtype(args.dtype, device)
+    dtypes = [pick_dtype(d, device) for d in (args.dtype.split(",") if args.dtype else [None])]
     size = args.size or (256 if args.quick else 512)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
@@ -313,11 +318,18 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     started = time.perf_counter()
     for name in args.models.split(","):
-        print(f"[bench] {name} at {size}px on {device} ...", file=sys.stderr, flush=True)
-        results.append(bench_model(name, size, device, dtype, args.repeats,
-                                   args.baseline_repeats or args.repeats, args.warmup, args.batch,
-                                   skip_baseline=args.no_baseline))
-        gc.collect()
+        first: dict[str, Any] = {}
+        for i, dtype in enumerate(dtypes):
+            print(f"[bench] {name} at {size}px on {device} in {dtype} ...", file=sys.stderr, flush=True)
+            res = bench_model(name, size, device, dtype, args.repeats,
+                              args.baseline_repeats or args.repeats, args.warmup, args.batch,
+                              skip_baseline=args.no_baseline or i > 0)
+            if i == 0:
+                first = res
+            else:  # the same float32 baseline, measured in this process, for every dtype's row
+                res.update({k: v for k, v in first.items() if k.startswith("baseline_")})
+            results.append(res)
+            gc.collect()
     meta["loadavg_end"] = os.getloadavg()
     meta["elapsed_s"] = round(time.perf_counter() - started, 1)
     text = f"times: {CLOCK} seconds, median of {args.repeats}; memory: peak GiB\n" + table(results)

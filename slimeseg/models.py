@@ -138,6 +138,13 @@ class StableDiffusion:
     local_files_only: bool = False
     _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # The VAE encoder runs its convolutions at full image size; channels-last (NHWC) lets
+        # oneDNN/cuDNN pick their fast kernels: measured at 512 px on one CPU thread, SD's encoder
+        # took 9.2 -> 8.3 s in float32 and 5.4 -> 2.1 s in bfloat16 (AMX). The UNet stays NCHW
+        # (float32 UNet forward was slower channels-last: 6.3 -> 7.0 s).
+        self.vae_encoder.to(memory_format=torch.channels_last)
+
     @property
     def context_dim(self) -> int:
         """Width D of the text-encoder output the UNet cross-attends to."""
@@ -147,11 +154,11 @@ class StableDiffusion:
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1], (B, 3, H, W) -> latents (B, 4, H/8, W/8): encoder mean x scaling factor."""
         x = images.to(self.device, self.dtype) * 2 - 1  # SD expects RGB in [-1, 1]
-        h = self.vae_encoder(x)
+        h = self.vae_encoder(x.contiguous(memory_format=torch.channels_last))
         if self.quant_conv is not None:
             h = self.quant_conv(h)
         mean = h[:, : h.shape[1] // 2]
-        return mean * self.scaling_factor
+        return (mean * self.scaling_factor).contiguous()  # back to NCHW for the UNet
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Forward diffusion q(x_t | x_0) of the checkpoint's schedule."""

@@ -115,3 +115,38 @@ def test_captured_pass_never_falls_back_to_the_math_attention(segmenter):
     names = {e.key for e in prof.key_averages()}
     assert "aten::scaled_dot_product_attention" in names
     assert "aten::_scaled_dot_product_attention_math" not in names
+
+
+def test_channels_last_encode_equals_nchw(segmenter, scene):
+    """The VAE encoder runs channels-last (fast kernels); latents equal the NCHW computation."""
+    sd = segmenter.sd
+    x = torch.from_numpy(scene[0]).permute(2, 0, 1)[None].float() / 255
+    fast = sd.encode_image(x)
+    assert fast.is_contiguous()  # handed to the UNet in NCHW
+    enc = sd.vae_encoder
+    with torch.no_grad():
+        enc.to(memory_format=torch.contiguous_format)
+        try:
+            h = enc(x * 2 - 1)
+            if sd.quant_conv is not None:
+                h = sd.quant_conv(h)
+        finally:
+            enc.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast, h[:, : h.shape[1] // 2] * sd.scaling_factor, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_predictions_agree_with_float32(tiny_dir, segmenter, scene):
+    """bfloat16 on CPU (opt-in, the fast CPU mode) segments like float32 and can still fit."""
+    image, mask, classes = scene
+    learned = segmenter.fit([image], [mask], classes, steps=30, image_size=128, augment=False,
+                            seed=0, progress=False)
+    bf16 = Segmenter.from_pretrained(str(tiny_dir), device="cpu", dtype="bfloat16")
+    assert bf16.sd.dtype is torch.bfloat16
+    ref = segmenter.predict(image, learned)
+    got = bf16.predict(image, learned)
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    assert (got == ref).mean() > 0.95
+    learned16 = bf16.fit([image], [mask], classes, steps=3, image_size=128, augment=False, seed=0,
+                         progress=False)
+    assert torch.isfinite(learned16.context).all()
+    assert learned16.context.dtype is torch.float32  # the artifact stays float32
