@@ -7,6 +7,10 @@ per part) and writes JSON. `--fast` is the variant the test suite runs.
 
     python benchmarks/quality.py --json benchmarks/results-quality.json
     python benchmarks/quality.py --fast
+    # the two kinds on two cores, then one table:
+    python benchmarks/quality.py --kinds car --threads 1 --json car.json &
+    python benchmarks/quality.py --kinds face --threads 1 --json face.json; wait
+    python benchmarks/quality.py --merge car.json face.json --json benchmarks/results-quality-lab.json
 """
 
 from __future__ import annotations
@@ -116,6 +120,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[str], out: str | None) -> dict[str, Any]:
+    """One report from several (e.g. one process per kind): runs concatenated, rows recomputed."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    runs = [Run(**r) for rep in reports for r in rep["runs"]]
+    report = {**reports[0], "rows": summarise(runs), "runs": [r.__dict__ for r in runs],
+              "seconds": max(r["seconds"] for r in reports), "merged_from": [str(p) for p in paths]}
+    print(format_table(report["rows"]))
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2))
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(LAB_MODEL), help="the lab SD (default: the committed one)")
@@ -124,18 +140,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--test", type=int, default=50, help="held-out images per kind")
-    p.add_argument("--size", type=int, default=128, help="image size (the lab SD's training size)")
+    p.add_argument("--size", type=int, default=256, help="image size (the lab SD's training size)")
     p.add_argument("--steps-per-shot", type=int, default=200, help="optimisation steps per example (paper: 200)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
-    p.add_argument("--fast", action="store_true", help="the test-suite variant: car, 1-shot, 1 seed, few steps")
+    p.add_argument("--dtype", default=None, help="model dtype (default float32 on CPU), e.g. bfloat16")
+    p.add_argument("--fast", action="store_true",
+                   help="the test-suite variant: car, 1-shot, 1 seed, WAS on/off, few steps and images")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge reports of earlier runs into one table")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.json)
     if args.fast:
-        args.kinds, args.shots, args.seeds, args.variants = "car", "1", "0", "full"
-        args.test, args.steps_per_shot = 12, 60
+        args.kinds, args.shots, args.seeds, args.variants = "car", "1", "0", "full,no-WAS"
+        args.test, args.steps_per_shot = 16, 100
     if args.threads:
         torch.set_num_threads(args.threads)
-    seg = Segmenter.from_pretrained(args.model, device="cpu")
+    seg = Segmenter.from_pretrained(args.model, device="cpu", dtype=args.dtype)
     runs: list[Run] = []
     t_start = time.perf_counter()
     for kind in args.kinds.split(","):
@@ -152,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(format_table(rows))
     report = {"benchmark": "slimeseg lab quality", "model": args.model, "size": args.size,
+              "dtype": str(seg.sd.dtype).replace("torch.", ""),
               "test_images": args.test, "steps_per_shot": args.steps_per_shot,
               "train_world_seed": TRAIN_WORLD_SEED, "test_world_seed": TEST_WORLD_SEED,
               "rows": rows, "runs": [r.__dict__ for r in runs],

@@ -70,8 +70,12 @@ def _init_pooling_vae(vae: nn.Module) -> None:
 
 
 @torch.no_grad()
-def _tie_self_attention(unet: nn.Module, scale: float) -> None:
-    """Tie each self-attention layer's key projection to its query projection, times `scale`."""
+def tie_self_attention(unet: nn.Module, scale: float) -> None:
+    """Tie each self-attention layer's key projection to its query projection, times `scale`.
+
+    Attention logits then start as scaled feature similarities, so attention is peaked and groups
+    similar pixels from the first step (what a long-trained SD ends up with; short training does not).
+    """
     for name, module in unet.named_modules():
         if name.endswith("attn1"):
             w = module.to_q.weight
@@ -109,7 +113,7 @@ def build_tiny_sd(seed: int = 0, qk_scale: float = 10.0, words=DEFAULT_WORDS, wi
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         cross_attention_dim=width, attention_head_dim=2, use_linear_projection=True,
     )
-    _tie_self_attention(unet, qk_scale)
+    tie_self_attention(unet, qk_scale)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
         block_out_channels=(16, 16, 16, 16), norm_num_groups=16,
