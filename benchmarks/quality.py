@@ -43,7 +43,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
     "no-WAS": {"use_was": False},
     "no-aug": {"augment": False},
+    "tiles-2": {"tiles": 2},  # inference only: the "full" embeddings, 2 x 2 overlapping crops
 }
+PREDICT_ONLY = {"tiles-2"}  # variants scored with the "full" fit's embeddings (no refit)
 
 
 @dataclass
@@ -59,8 +61,10 @@ class Run:
 
 
 def run_one(seg: Segmenter, kind: str, shots: int, variant: str, seed: int, size: int,
-            steps_per_shot: int, test_images: list, test_masks: list) -> Run:
-    """Fit on `shots` seeded training examples, score on the held-out split."""
+            steps_per_shot: int, test_images: list, test_masks: list,
+            also: tuple[str, ...] = ()) -> list[Run]:
+    """Fit on `shots` seeded training examples, score on the held-out split; `also`: predict-only
+    variants scored with the same embeddings."""
     world = World(kind, size=size, seed=TRAIN_WORLD_SEED)
     pick = np.random.default_rng(seed).permutation(TRAIN_POOL)[:shots]
     train = [world.sample(int(i)) for i in pick]
@@ -70,11 +74,16 @@ def run_one(seg: Segmenter, kind: str, shots: int, variant: str, seed: int, size
     learned = seg.fit([s.image for s in train], [s.mask for s in train], list(world.classes), cfg,
                       progress=False)
     fit_s = time.perf_counter() - t0
-    cm = ConfusionMatrix(len(world.classes))
-    for pred, mask in zip(seg.predict_batch(test_images, learned, batch_size=8), test_masks, strict=True):
-        cm.update(pred, mask)
-    res = cm.result(list(world.classes))
-    return Run(kind, shots, variant, seed, float(res.miou), dict(res.per_class), fit_s, cfg.steps)
+    runs = []
+    for name in (variant, *also):
+        cm = ConfusionMatrix(len(world.classes))
+        preds = seg.predict_batch(test_images, learned, batch_size=8,
+                                  **(VARIANTS[name] if name in PREDICT_ONLY else {}))
+        for pred, mask in zip(preds, test_masks, strict=True):
+            cm.update(pred, mask)
+        res = cm.result(list(world.classes))
+        runs.append(Run(kind, shots, name, seed, float(res.miou), dict(res.per_class), fit_s, cfg.steps))
+    return runs
 
 
 # the paper's crop/rotation presets for the closest real dataset
@@ -163,12 +172,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         test = [World(kind, size=args.size, seed=TEST_WORLD_SEED).sample(i) for i in range(args.test)]
         images, masks = [s.image for s in test], [s.mask for s in test]
         for shots in map(int, args.shots.split(",")):
-            for variant in args.variants.split(","):
+            wanted = args.variants.split(",")
+            also = tuple(v for v in wanted if v in PREDICT_ONLY)
+            fits = [v for v in wanted if v not in PREDICT_ONLY]
+            if also and "full" not in fits:  # predict-only variants reuse the full fit
+                fits.insert(0, "full")
+            for variant in fits:
                 for seed in map(int, args.seeds.split(",")):
-                    run = run_one(seg, kind, shots, variant, seed, args.size, args.steps_per_shot, images, masks)
-                    runs.append(run)
-                    print(f"{kind} {shots}-shot {variant:<7} seed {seed}: mIoU {100 * run.miou:5.1f} "
-                          f"({run.steps} steps, fit {run.fit_seconds:.0f} s)", flush=True)
+                    done = run_one(seg, kind, shots, variant, seed, args.size, args.steps_per_shot, images,
+                                   masks, also if variant == "full" else ())
+                    runs += [r for r in done if r.variant in wanted]
+                    for run in done:
+                        print(f"{kind} {shots}-shot {run.variant:<7} seed {seed}: mIoU {100 * run.miou:5.1f} "
+                              f"({run.steps} steps, fit {run.fit_seconds:.0f} s)", flush=True)
     rows = summarise(runs)
     print()
     print(format_table(rows))
