@@ -7,6 +7,8 @@ usefully pretrained one attends to few positions, preferably within the query's 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,13 +68,19 @@ def top_self_attention_layers(unet: UNet2DConditionModel) -> list[str]:
     return [n for n in names if int(n.split(".")[1]) == last]
 
 
-def capture_self_attention(unet: UNet2DConditionModel, layers: list[str]) -> dict[str, torch.Tensor]:
-    """Install probes on `layers` (fused attention elsewhere); returns the dict they fill."""
+@contextmanager
+def capture_self_attention(unet: UNet2DConditionModel, layers: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Probes on `layers` (fused attention elsewhere) while inside; yields the dict they fill and
+    restores the UNet's processors on exit."""
+    original = dict(unet.attn_processors)
     store: dict[str, torch.Tensor] = {}
     processors = {n: (ProbeProcessor(store, n) if n in layers else AttnProcessor2_0())
                   for n in list(unet.attn_processors)}
     unet.set_attn_processor(processors)  # note: pops from the dict it is given
-    return store
+    try:
+        yield store
+    finally:
+        unet.set_attn_processor(original)
 
 
 @dataclass(frozen=True)
@@ -121,29 +129,6 @@ def self_attention_stats(
     text_embeddings: (len(images), 77, D) encoder outputs (captions), one per image.
     """
     layers = top_self_attention_layers(unet)
-    original = dict(unet.attn_processors)
-    store = capture_self_attention(unet, layers)
-    try:
-        return _stats(unet, vae, scheduler, text_embeddings, images, masks, class_names,
-                      layers, store, timestep, far, seed)
-    finally:
-        unet.set_attn_processor(original)
-
-
-def _stats(
-    unet: UNet2DConditionModel,
-    vae: AutoencoderKL,
-    scheduler: DDPMScheduler,
-    text_embeddings: torch.Tensor,
-    images: list[np.ndarray],
-    masks: list[np.ndarray],
-    class_names: list[tuple[str, ...]],
-    layers: list[str],
-    store: dict[str, torch.Tensor],
-    timestep: int,
-    far: float,
-    seed: int,
-) -> AttentionStats:
     gen = torch.Generator().manual_seed(seed)
     ent, own, own_u, far_own, far_u = [], [], [], [], []
     per_class: dict[str, list[float]] = {}
@@ -153,7 +138,8 @@ def _stats(
         z0 = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.tensor([timestep])
-        unet(scheduler.add_noise(z0, noise, t), t, text_embeddings[i : i + 1])
+        with capture_self_attention(unet, layers) as store:
+            unet(scheduler.add_noise(z0, noise, t), t, text_embeddings[i : i + 1])
         probs = torch.stack([store[n][0] for n in layers])  # (layers, heads, N, N)
         keys = probs.shape[-1]
         side = int(round(math.sqrt(keys)))
