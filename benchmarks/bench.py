@@ -37,10 +37,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline import Baseline  # noqa: E402
-from fullsize import load_model  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: lab/, slimeseg/
+from lab.baseline import Baseline  # noqa: E402
+from lab.fullsize import load_model  # noqa: E402
 from slimeseg.errors import TrainingError  # noqa: E402
 from slimeseg.losses import ldm_loss  # noqa: E402
 from slimeseg.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: lab/, slimeseg/
 from bench import sync  # noqa: E402
-from fullsize import load_model  # noqa: E402
 
+from lab.fullsize import load_model  # noqa: E402
 from slimeseg.errors import TrainingError  # noqa: E402
 from slimeseg.models import pick_device, pick_dtype  # noqa: E402
 from slimeseg.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402

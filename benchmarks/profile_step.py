@@ -11,9 +11,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fullsize import load_model  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: lab/, slimeseg/
+from lab.fullsize import load_model  # noqa: E402
 from slimeseg.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
 
 

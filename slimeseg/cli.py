@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -358,12 +357,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_lab_train_model(args: argparse.Namespace) -> int:
-    from .lab import train_model
-
-    return train_model.run(args, "slimeseg " + " ".join(shlex.quote(x) for x in args.argv))
-
-
 def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     """`slimeseg eval` and `slimeseg reproduce`."""
     p = sub.add_parser("eval", help="score learned embeddings on a labelled dataset (per-class IoU, mIoU)")
@@ -459,14 +452,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_example)
 
     _add_eval_parsers(sub)
-
-    lab = sub.add_parser("lab", help="the synthetic lab world: `slimeseg lab train-model OUT` trains its small SD")
-    lab_sub = lab.add_subparsers(dest="lab_command", required=True, metavar="COMMAND")
-    p = lab_sub.add_parser("train-model", help="pretrain the small lab SD on the synthetic world (CPU, ~1 h)")
-    from .lab import add_train_model_arguments
-
-    add_train_model_arguments(p)
-    p.set_defaults(func=cmd_lab_train_model)
 
     p = sub.add_parser("app", help="a local web app: paint an example, train, segment in the browser")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")

@@ -3,15 +3,13 @@
 - WAS maps via fused SDPA with the class maps as extra value channels == R @ A_sa^T written out
   with explicit probabilities: step loss AND its gradient to the class embeddings;
 - fit with the capture processors installed once == installing them around every UNet call;
-- the benchmark's reference-style baseline (explicit attention, batch of two, broadcast WAS)
+- the lab's reference-style baseline (explicit attention, batch of two, broadcast WAS)
   sees the same maps as the engine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
-from pathlib import Path
 
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
@@ -19,8 +17,6 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from slimeseg import Segmenter, maps
 from slimeseg.attention import AttentionStore, capture
 from slimeseg.losses import ce_loss, class_weights, ldm_loss, mse_loss
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def _inputs(sd, k=4, side=16, seed=0):
@@ -81,7 +77,7 @@ def test_fit_with_processors_installed_once_equals_per_call(segmenter, scene, mo
 
 
 def test_baseline_sees_the_same_maps(segmenter):
-    from baseline import Baseline
+    from lab.baseline import Baseline
 
     sd, k = segmenter.sd, 4
     latents, base, _ = _inputs(sd, k)

@@ -13,9 +13,9 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from lab.probe import self_attention_stats, top_self_attention_layers
+from lab.train_model import tokenize
 from slimeseg.lab import KIND_CLASSES, World, caption_vocabulary
-from slimeseg.lab.probe import self_attention_stats, top_self_attention_layers
-from slimeseg.lab.train_model import tokenize
 
 ASSET = Path(__file__).parent / "assets" / "lab-sd"
 
@@ -73,13 +73,13 @@ def test_latents_have_about_unit_variance(pipe: StableDiffusionPipeline, probe_s
 
 
 def test_train_model_cli_writes_a_loadable_model(tmp_path: Path) -> None:
-    """`slimeseg lab train-model` end to end at toy size: diffusers folder, report, samples."""
+    """`python -m lab.train_model` end to end at toy size: diffusers folder, report, samples."""
     import json
 
-    from slimeseg.cli import main
+    from lab.train_model import main
 
     out = tmp_path / "lab"
-    assert main(["lab", "train-model", str(out), "--size", "64", "--images", "8", "--vae-steps", "3",
+    assert main([str(out), "--size", "64", "--images", "8", "--vae-steps", "3",
                  "--unet-steps", "3", "--seed", "1"]) == 0
     pipe = StableDiffusionPipeline.from_pretrained(out)
     assert pipe.unet.config.sample_size == 8
@@ -87,7 +87,7 @@ def test_train_model_cli_writes_a_loadable_model(tmp_path: Path) -> None:
     assert (report["vae_steps"], report["unet_steps"], report["qk_scale"]) == (3, 3, 10.0)
     assert {"trained/car", "init/car", "random/face"} <= set(report["attention"])
     assert (out / "samples.png").stat().st_size > 0
-    assert f"slimeseg lab train-model {out} --size 64 --images 8" in (out / "README.md").read_text()
+    assert f"python -m lab.train_model {out} --size 64 --images 8" in (out / "README.md").read_text()
 
 
 @pytest.mark.parametrize("kind", ["car", "face"])

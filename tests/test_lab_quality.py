@@ -8,26 +8,17 @@ no part at all, so the floors below fail when the engine stops learning parts.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from lab import quality
 from slimeseg.lab import World
 from slimeseg.metrics import ConfusionMatrix
-
-QUALITY = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
 
 
 @pytest.fixture(scope="module")
 def report() -> dict:
-    spec = importlib.util.spec_from_file_location("lab_quality", QUALITY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module.main(["--fast"])
+    return quality.main(["--fast"])
 
 
 def _all_background_miou(n: int, size: int, world_seed: int) -> float:

@@ -33,11 +33,11 @@ from diffusers import (
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ..tiny import tie_self_attention
-from ..tokenizer import build_tokenizer
-from . import add_train_model_arguments
+from slimeseg.lab.world import KIND_CLASSES, World, caption_vocabulary
+from slimeseg.tiny import tie_self_attention
+from slimeseg.tokenizer import build_tokenizer
+
 from .probe import AttentionStats, self_attention_stats
-from .world import KIND_CLASSES, World, caption_vocabulary
 
 KINDS = ("car", "face")
 TEXT_DIM = 64  # text encoder width = UNet cross_attention_dim
@@ -509,6 +509,21 @@ def render_readme(r: TrainReport) -> str:
     return "\n".join(lines)
 
 
+def add_train_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `python -m lab.train_model`."""
+    p.add_argument("out", help="output folder (diffusers layout)")
+    p.add_argument("--minutes", type=float, default=45.0, help="training budget when steps are not given")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256, help="image size (multiple of 64)")
+    p.add_argument("--images", type=int, default=2400, help="training images rendered")
+    p.add_argument("--vae-steps", type=int, default=None)
+    p.add_argument("--unet-steps", type=int, default=None)
+    p.add_argument("--qk-scale", type=float, default=10.0,
+                   help="self-attention q/k start tied at this scale (0: diffusers' default init)")
+    p.add_argument("--vae-crop", type=int, default=64, help="VAE training crop size (px)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+
+
 def run(a: argparse.Namespace, command: str) -> int:
     """Train and save the lab SD as the parsed options say; `command` is recorded to re-make it."""
     torch.set_num_threads(a.threads)
@@ -521,10 +536,10 @@ def run(a: argparse.Namespace, command: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: python -m slimeseg.lab.train_model OUT [--minutes M] [--seed S] ..."""
-    p = argparse.ArgumentParser(prog="slimeseg lab train-model", description=__doc__.splitlines()[0])
+    """CLI: python -m lab.train_model OUT [--minutes M] [--seed S] ... (from a checkout's root)."""
+    p = argparse.ArgumentParser(prog="python -m lab.train_model", description=__doc__.splitlines()[0])
     add_train_model_arguments(p)
-    command = "python -m slimeseg.lab.train_model " + " ".join(shlex.quote(x) for x in (argv or []))
+    command = "python -m lab.train_model " + " ".join(shlex.quote(x) for x in (argv or []))
     return run(p.parse_args(argv), command)
 
 

@@ -1,0 +1,203 @@
+"""Segmentation quality on the synthetic lab world, with the small SD pretrained on it.
+
+For each world kind (car, face), k-shot (1, 5) and seed, a SLiMe fit on k examples of the
+world's training split is scored by mIoU on a held-out split (another world seed, >= 50 images),
+with ablations: WAS maps on/off and augmentation on/off. Prints a table (mean +- std over seeds,
+per part) and writes JSON. `--fast` is the variant the test suite runs.
+
+    python benchmarks/quality.py --json benchmarks/results-quality.json
+    python benchmarks/quality.py --fast
+    # the two kinds on two cores, then one table:
+    python benchmarks/quality.py --kinds car --threads 1 --json car.json &
+    python benchmarks/quality.py --kinds face --threads 1 --json face.json; wait
+    python benchmarks/quality.py --merge car.json face.json --json benchmarks/results-quality-lab.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from slimeseg import Segmenter, SlimeConfig, __version__
+from slimeseg.lab import World
+from slimeseg.metrics import ConfusionMatrix
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LAB_MODEL = ROOT / "tests" / "assets" / "lab-sd"
+TRAIN_WORLD_SEED, TEST_WORLD_SEED = 0, 1  # held-out images come from another world seed
+TRAIN_POOL = 20  # k-shot examples are drawn (per seed) from the first TRAIN_POOL training samples
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "no-WAS": {"use_was": False},
+    "no-aug": {"augment": False},
+    "tiles-2": {"tiles": 2},  # inference only: the "full" embeddings, 2 x 2 overlapping crops
+}
+PREDICT_ONLY = {"tiles-2"}  # variants scored with the "full" fit's embeddings (no refit)
+
+
+@dataclass
+class Run:
+    kind: str
+    shots: int
+    variant: str
+    seed: int
+    miou: float
+    per_class: dict[str, float | None]
+    fit_seconds: float
+    steps: int
+
+
+def run_one(seg: Segmenter, kind: str, shots: int, variant: str, seed: int, size: int,
+            steps_per_shot: int, test_images: list, test_masks: list,
+            also: tuple[str, ...] = ()) -> list[Run]:
+    """Fit on `shots` seeded training examples, score on the held-out split; `also`: predict-only
+    variants scored with the same embeddings."""
+    world = World(kind, size=size, seed=TRAIN_WORLD_SEED)
+    pick = np.random.default_rng(seed).permutation(TRAIN_POOL)[:shots]
+    train = [world.sample(int(i)) for i in pick]
+    cfg = SlimeConfig(image_size=size, steps=steps_per_shot * shots, seed=seed,
+                      **AUGMENT[kind]).replace(**VARIANTS[variant])
+    t0 = time.perf_counter()
+    learned = seg.fit([s.image for s in train], [s.mask for s in train], list(world.classes), cfg,
+                      progress=False)
+    fit_s = time.perf_counter() - t0
+    runs = []
+    for name in (variant, *also):
+        cm = ConfusionMatrix(len(world.classes))
+        preds = seg.predict_batch(test_images, learned, batch_size=8,
+                                  **(VARIANTS[name] if name in PREDICT_ONLY else {}))
+        for pred, mask in zip(preds, test_masks, strict=True):
+            cm.update(pred, mask)
+        res = cm.result(list(world.classes))
+        runs.append(Run(kind, shots, name, seed, float(res.miou), dict(res.per_class), fit_s, cfg.steps))
+    return runs
+
+
+# the paper's crop/rotation presets for the closest real dataset
+AUGMENT = {"car": {"min_crop_ratio": 0.6, "rotate_degrees": 30.0},
+           "face": {"min_crop_ratio": 0.6, "rotate_degrees": 10.0}}
+
+
+def summarise(runs: list[Run]) -> list[dict[str, Any]]:
+    """Mean +- std over seeds per (kind, shots, variant), overall and per class."""
+    rows = []
+    keys = sorted({(r.kind, r.shots, r.variant) for r in runs}, key=lambda k: (k[0], k[1], list(VARIANTS).index(k[2])))
+    for kind, shots, variant in keys:
+        group = [r for r in runs if (r.kind, r.shots, r.variant) == (kind, shots, variant)]
+        mious = [r.miou for r in group]
+        per_class = {}
+        for name in group[0].per_class:
+            vals = [r.per_class[name] for r in group if r.per_class[name] is not None]
+            per_class[name] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
+        rows.append({"kind": kind, "shots": shots, "variant": variant, "seeds": [r.seed for r in group],
+                     "miou_mean": statistics.mean(mious),
+                     "miou_std": statistics.stdev(mious) if len(mious) > 1 else 0.0,
+                     "per_class": per_class, "fit_seconds_median": statistics.median(r.fit_seconds for r in group),
+                     "steps": group[0].steps})
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """mIoU % mean +- std over seeds, one line per (kind, shots, variant), parts after."""
+    lines = []
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        sub = [r for r in rows if r["kind"] == kind]
+        classes = list(sub[0]["per_class"])
+        head = f"{kind:<5} {'shots':>5} {'variant':<8} {'mIoU %':>12} " + " ".join(f"{c:>12}" for c in classes)
+        lines += [head, "-" * len(head)]
+        for r in sub:
+            cells = []
+            for c in classes:
+                v = r["per_class"][c]
+                cells.append(f"{100 * v[0]:5.1f} ± {100 * v[1]:4.1f}" if v else f"{'-':>12}")
+            lines.append(f"{kind:<5} {r['shots']:>5} {r['variant']:<8} "
+                         f"{100 * r['miou_mean']:5.1f} ± {100 * r['miou_std']:4.1f} " + " ".join(cells))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def merge(paths: list[str], out: str | None) -> dict[str, Any]:
+    """One report from several (e.g. one process per kind): runs concatenated, rows recomputed."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    runs = [Run(**r) for rep in reports for r in rep["runs"]]
+    report = {**reports[0], "rows": summarise(runs), "runs": [r.__dict__ for r in runs],
+              "seconds": max(r["seconds"] for r in reports), "merged_from": [str(p) for p in paths]}
+    print(format_table(report["rows"]))
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=str(LAB_MODEL), help="the lab SD (default: the committed one)")
+    p.add_argument("--kinds", default="car,face")
+    p.add_argument("--shots", default="1,5")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--test", type=int, default=50, help="held-out images per kind")
+    p.add_argument("--size", type=int, default=256, help="image size (the lab SD's training size)")
+    p.add_argument("--steps-per-shot", type=int, default=200, help="optimisation steps per example (paper: 200)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    p.add_argument("--dtype", default=None, help="model dtype (default float32 on CPU), e.g. bfloat16")
+    p.add_argument("--fast", action="store_true",
+                   help="the test-suite variant: car, 1-shot, 1 seed, WAS on/off, few steps and images")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge reports of earlier runs into one table")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.json)
+    if args.fast:
+        args.kinds, args.shots, args.seeds, args.variants = "car", "1", "0", "full,no-WAS"
+        args.test, args.steps_per_shot = 16, 100
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seg = Segmenter.from_pretrained(args.model, device="cpu", dtype=args.dtype)
+    runs: list[Run] = []
+    t_start = time.perf_counter()
+    for kind in args.kinds.split(","):
+        test = [World(kind, size=args.size, seed=TEST_WORLD_SEED).sample(i) for i in range(args.test)]
+        images, masks = [s.image for s in test], [s.mask for s in test]
+        for shots in map(int, args.shots.split(",")):
+            wanted = args.variants.split(",")
+            also = tuple(v for v in wanted if v in PREDICT_ONLY)
+            fits = [v for v in wanted if v not in PREDICT_ONLY]
+            if also and "full" not in fits:  # predict-only variants reuse the full fit
+                fits.insert(0, "full")
+            for variant in fits:
+                for seed in map(int, args.seeds.split(",")):
+                    done = run_one(seg, kind, shots, variant, seed, args.size, args.steps_per_shot, images,
+                                   masks, also if variant == "full" else ())
+                    runs += [r for r in done if r.variant in wanted]
+                    for run in done:
+                        print(f"{kind} {shots}-shot {run.variant:<7} seed {seed}: mIoU {100 * run.miou:5.1f} "
+                              f"({run.steps} steps, fit {run.fit_seconds:.0f} s)", flush=True)
+    rows = summarise(runs)
+    print()
+    print(format_table(rows))
+    report = {"benchmark": "slimeseg lab quality", "model": args.model, "size": args.size,
+              "dtype": str(seg.sd.dtype).replace("torch.", ""),
+              "test_images": args.test, "steps_per_shot": args.steps_per_shot,
+              "train_world_seed": TRAIN_WORLD_SEED, "test_world_seed": TEST_WORLD_SEED,
+              "rows": rows, "runs": [r.__dict__ for r in runs],
+              "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
+              "versions": {"slimeseg": __version__, "torch": torch.__version__,
+                           "python": platform.python_version()}}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
