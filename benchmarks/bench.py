@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: la
 from lab.baseline import Baseline  # noqa: E402
 from lab.fullsize import load_model  # noqa: E402
 from slimeseg.errors import TrainingError  # noqa: E402
+from slimeseg.examples import image_tensor  # noqa: E402
 from slimeseg.losses import ldm_loss  # noqa: E402
 from slimeseg.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
-from slimeseg.segmenter import _to_tensor  # noqa: E402
 
 GiB = 1024 ** 3
 
@@ -133,7 +133,7 @@ def bench_model(name: str, size: int, device: torch.device, dtype: torch.dtype |
                            "dtype": str(sd.dtype).replace("torch.", ""),
                            "params_M": sum(p.numel() for p in sd.unet.parameters()) / 1e6}
     hw = (size // 8, size // 8)
-    x = _to_tensor(image)
+    x = image_tensor(image)
     mask_lo = F.interpolate(torch.from_numpy(mask).long()[None, None].float(), size=hw,
                             mode="nearest")[0, 0].long().to(device)
     base = sd.encode_prompt(" ".join(["part"] * k)).to(device)  # (1, 77, D)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
+from slimeseg.attention import finish, project
 from slimeseg.losses import ce_loss, class_weights, ldm_loss, mse_loss
 from slimeseg.models import StableDiffusion
 
@@ -50,16 +51,13 @@ class BaselineProcessor:
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
                  *args, **kwargs) -> torch.Tensor:
         residual = hidden_states
-        b, n, _ = hidden_states.shape
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        q = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B*H, N, d)
-        k = attn.head_to_batch_dim(attn.to_k(context))
-        v = attn.head_to_batch_dim(attn.to_v(context))
+        q, k, v = project(attn, hidden_states, encoder_hidden_states)  # (B, H, N, d), (B, H, M, d)
+        b, heads, n, d = q.shape
+        q, k, v = (x.reshape(b * heads, x.shape[2], d) for x in (q, k, v))  # the classic (B*H, N, d)
         scores = torch.baddbmm(torch.empty(q.shape[0], q.shape[1], k.shape[1], dtype=q.dtype,
                                            device=q.device), q, k.transpose(-1, -2),
-                               beta=0, alpha=attn.scale)  # (B*H, N, M)
+                               beta=0, alpha=attn.scale)  # (B*H, N, M), as the classic processor
         probs = scores.softmax(-1)
-        heads = attn.heads
         side = int(round(n ** 0.5))
         if self.role == "cross":
             kk = self.store.num_classes
@@ -67,11 +65,7 @@ class BaselineProcessor:
             self.store.cross.append(cls.transpose(1, 2).reshape(b, kk, side, side))
         else:
             self.store.self_probs.append(probs.view(b, heads, n, n).mean(1))
-        out = attn.batch_to_head_dim(torch.bmm(probs, v))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return finish(attn, torch.bmm(probs, v).view(b, heads, n, d), residual)
 
 
 class Baseline:

@@ -5,20 +5,24 @@ fonts or scripts from the internet, bound to 127.0.0.1 unless told otherwise. Th
 once per server; training and segmenting share it, so they run one at a time and further jobs
 wait in a queue whose position each user sees.
 
+`SlimeApp` holds the behaviour (what each button does to a `Session`) and knows nothing of
+Gradio, so it is tested without a browser; `build_app` only lays out the page and wires events
+to its methods. Results are written by `writers.SegmentWriter`, the CLI's writer.
+
 Painting: every foreground class gets a fixed brush colour (the same palette as the overlays);
 unpainted pixels are background (class 0). Painted colours map back to class indices exactly by
 nearest palette colour (`layers_to_mask`).
 """
 
 import atexit
+import functools
 import html
-import json
 import os
 import queue
 import shutil
 import tempfile
 import threading
-import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,19 +33,10 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .artifact import Learned  # noqa: E402
-from .errors import SlimeError  # noqa: E402
-from .io import (  # noqa: E402
-    IMAGE_EXTENSIONS,
-    MASK_EXTENSIONS,
-    MAX_CLASSES,
-    as_image_array,
-    load_image,
-    load_mask,
-    overlay,
-    palette,
-    save_labels,
-    save_png,
-)
+from .config import MAX_CLASSES, SlimeConfig  # noqa: E402
+from .errors import InputError, SlimeError  # noqa: E402
+from .io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, as_image_array, load_image, load_mask  # noqa: E402
+from .writers import SegmentWriter, colour_labels, overlay, palette  # noqa: E402
 
 MAX_UPLOAD = "25mb"  # per file, enforced by the server before our code sees it
 MAX_SIDE = 4096  # pixels per side of any uploaded image
@@ -49,9 +44,8 @@ MAX_SEGMENT_FILES = 50  # images per "Segment" click
 CONCURRENCY_ID = "model"  # train and segment share one model: one job at a time, others queue
 MAX_STEPS = 20000  # per training run
 BRUSH_CLASSES = 12  # classes that can be painted with the brush (more: upload a mask)
+IMAGE_SIZES = (64, 1024)  # the image-size slider's range, in steps of 64 (SD needs multiples of 64)
 _POLL_S = 0.4  # how often the progress display refreshes while training
-
-_stop_flags: dict[str, threading.Event] = {}  # session -> "stop training" flag
 
 
 # ---------------------------------------------------------------------------- pure helpers
@@ -130,7 +124,7 @@ def _check_size(arr: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def _upload_path(item: Any) -> Path:
+def upload_path(item: Any) -> Path:
     """The local path of a gr.File value (str path or file object)."""
     return Path(item if isinstance(item, (str, os.PathLike)) else item.name)
 
@@ -161,7 +155,258 @@ def _scratch_root() -> Path:
     return _SCRATCH[0]
 
 
-# ---------------------------------------------------------------------------- the app
+@dataclass
+class TrainUpdate:
+    """One refresh of the training display; the last one carries the result."""
+
+    step: int
+    total: int
+    loss: float | None
+    state: str  # starting | training | stopping | done | stopped early
+    losses: list[tuple[int, float]]  # (step, loss) so far, for the curve
+    learned: Learned | None = None
+    learned_path: str | None = None
+
+
+@dataclass
+class SegmentResult:
+    """What one "Segment" click produced."""
+
+    gallery: list[tuple[np.ndarray, str]]  # per image: original, overlay, label map in colour
+    classes: list[str]
+    note: str
+    zip_path: str
+    problems: list[str]  # one line per refused input
+
+
+# ---------------------------------------------------------------------------- behaviour
+class SlimeApp:
+    """Everything the app does, on one loaded `Segmenter`, without any Gradio.
+
+    Methods take and return plain values and raise SlimeError with a message for the user.
+    Defaults (steps, image size, seed) are SlimeConfig's.
+    """
+
+    def __init__(self, segmenter: Any, model_label: str = "") -> None:
+        self.segmenter = segmenter
+        self.model_label = model_label
+        self.defaults = SlimeConfig()
+        self._stop_flags: dict[str, threading.Event] = {}  # session key -> "stop training"
+
+    # ------------------------------------------------------------ classes and examples
+    @staticmethod
+    def add_class(name: str | None, sess: Session) -> Session:
+        """Add a class (background is class 0 and always there)."""
+        name = (name or "").strip()
+        if not name:
+            raise SlimeError("Type a class name first.")
+        if name in sess.classes:
+            raise SlimeError(f"There is already a class named '{name}'.")
+        if len(sess.classes) >= MAX_CLASSES:
+            raise SlimeError(f"At most {MAX_CLASSES} classes.")
+        sess.classes = [*sess.classes, name]
+        return sess
+
+    @staticmethod
+    def paint_note(sess: Session) -> str:
+        """What the user should do next with the brush."""
+        if len(sess.classes) < 2:
+            return "Add the classes you want (background is everything you leave unpainted)."
+        return ("Paint each class with its brush colour (the first colours of the brush palette); "
+                "unpainted pixels are background.")
+
+    @staticmethod
+    def add_example(image: Any, layers: Sequence[np.ndarray] | None, mask_file: Any,
+                    sess: Session) -> Session:
+        """Add one (image, mask) pair: the mask from the painted layers, or an uploaded file."""
+        if image is None:
+            raise SlimeError("Upload an example image first.")
+        if len(sess.classes) < 2:
+            raise SlimeError("Add at least one class (besides background) before adding examples.")
+        image = _check_size(as_image_array(image, "example image"), "example image")
+        h, w = image.shape[:2]
+        if mask_file is not None:
+            path = upload_path(mask_file)
+            if path.suffix.lower() not in MASK_EXTENSIONS:
+                raise SlimeError(f"{path.name}: masks must be {', '.join(MASK_EXTENSIONS)}")
+            mask = load_mask(path)
+            if mask.shape != (h, w):
+                raise SlimeError(f"{path.name}: mask is {mask.shape[1]}x{mask.shape[0]} but the "
+                                 f"image is {w}x{h}")
+            if int(mask.max()) >= len(sess.classes):
+                raise SlimeError(f"{path.name}: mask holds class {int(mask.max())} but only "
+                                 f"{len(sess.classes)} classes are named")
+        else:
+            mask = layers_to_mask(list(layers or []), len(sess.classes), (h, w))
+            if not mask.any():
+                raise SlimeError("Nothing painted: paint the classes over the image (or upload a "
+                                 "mask) before adding the example.")
+        sess.images = [*sess.images, image]
+        sess.masks = [*sess.masks, mask]
+        return sess
+
+    @staticmethod
+    def example_gallery(sess: Session) -> list[tuple[np.ndarray, str]]:
+        """The examples as overlays, for the examples gallery."""
+        return [(overlay(img, msk), f"example {i + 1}")
+                for i, (img, msk) in enumerate(zip(sess.images, sess.masks, strict=True))]
+
+    @staticmethod
+    def examples_text(sess: Session) -> str:
+        """How many examples, and which classes no example paints yet."""
+        if not sess.images:
+            return "No examples yet."
+        counts = np.bincount(np.concatenate([m.ravel() for m in sess.masks]),
+                             minlength=len(sess.classes))
+        missing = [c for c, n in zip(sess.classes, counts, strict=False) if n == 0]
+        text = f"{len(sess.images)} example(s)."
+        return text + (f" Not painted yet: {', '.join(missing)}." if missing else "")
+
+    @staticmethod
+    def clear_examples(sess: Session) -> Session:
+        sess.images, sess.masks = [], []
+        return sess
+
+    # ------------------------------------------------------------ training
+    def train_settings(self, steps: float | None, image_size: float | None, seed: float | None,
+                       sess: Session) -> dict[str, int]:
+        """The fit settings for these fields, refusing a job that cannot run (before it queues).
+
+        Empty fields take SlimeConfig's defaults (steps: its epochs over the examples)."""
+        if not sess.images:
+            raise SlimeError("Add at least one painted example first.")
+        if steps is not None and (steps != int(steps) or not 1 <= int(steps) <= MAX_STEPS):
+            raise SlimeError(f"Steps must be a whole number from 1 to {MAX_STEPS}.")
+        total = self.defaults.total_steps(len(sess.images)) if steps is None else int(steps)
+        if total > MAX_STEPS:
+            raise SlimeError(f"{total} steps ({self.defaults.epochs} per example) exceed the app's "
+                             f"limit of {MAX_STEPS}; set fewer steps.")
+        size = self.defaults.image_size if image_size is None else int(image_size)
+        if size % 64 or not IMAGE_SIZES[0] <= size <= IMAGE_SIZES[1]:
+            raise SlimeError(f"Image size must be a multiple of 64 from {IMAGE_SIZES[0]} to "
+                             f"{IMAGE_SIZES[1]}.")
+        return {"steps": total, "image_size": size,
+                "seed": self.defaults.seed if seed is None else int(seed)}
+
+    def train(self, steps: float | None, image_size: float | None, seed: float | None,
+              sess: Session, key: str = "default") -> Iterator[TrainUpdate]:
+        """Fit on the session's examples in a worker thread, yielding progress; the last update
+        carries the artifact (saved for download). `stop(key)` ends it early, keeping the result."""
+        settings = self.train_settings(steps, image_size, seed, sess)
+        total = settings["steps"]
+        flag = threading.Event()
+        self._stop_flags[key] = flag
+        updates: queue.Queue = queue.Queue()
+        result: dict[str, Any] = {}
+
+        def callback(step: int, total: int, losses: dict[str, float]) -> bool:
+            updates.put((step, losses["loss"]))
+            return not flag.is_set()
+
+        def run() -> None:
+            try:
+                result["learned"] = self.segmenter.fit(sess.images, sess.masks, sess.classes,
+                                                       progress=False, callback=callback, **settings)
+            except Exception as exc:  # reported to the user below
+                result["error"] = exc
+
+        worker = threading.Thread(target=run, name="slimeseg-fit", daemon=True)
+        losses: list[tuple[int, float]] = []
+        step, loss = 0, None
+        worker.start()
+        try:
+            yield TrainUpdate(0, total, None, "starting", [])
+            while worker.is_alive() or not updates.empty():
+                worker.join(_POLL_S)
+                fresh = False
+                while not updates.empty():
+                    step, loss = updates.get()
+                    losses.append((step, loss))
+                    fresh = True
+                if fresh:
+                    yield TrainUpdate(step, total, loss, "stopping" if flag.is_set() else "training",
+                                      list(losses))
+        finally:  # the tab went away or the run ended: never leave a fit running on the model
+            flag.set()
+            worker.join()
+            self._stop_flags.pop(key, None)
+        if "error" in result:
+            exc = result["error"]
+            raise SlimeError(str(exc) if isinstance(exc, SlimeError) else f"training failed: {exc}")
+        learned: Learned = result["learned"]
+        out = sess.workdir() / "learned.safetensors"
+        learned.save(out)
+        sess.learned_path = str(out)
+        done = learned.history.get("steps_done", step)
+        yield TrainUpdate(done, total, loss, "stopped early" if done < total else "done", list(losses),
+                          learned, str(out))
+
+    def stop(self, key: str = "default") -> bool:
+        """Ask the training of session `key` to stop, keeping its result; False if none runs."""
+        flag = self._stop_flags.get(key)
+        if flag is None:
+            return False
+        flag.set()
+        return True
+
+    def load_artifact(self, file: Any, sess: Session) -> Learned:
+        """Use an uploaded artifact (a copy is kept for download); refused if made for another model."""
+        path = upload_path(file)
+        if path.suffix.lower() != ".safetensors":
+            raise SlimeError(f"{path.name}: not a .safetensors file made by slimeseg")
+        learned = Learned.load(path)
+        if learned.fingerprint != self.segmenter.sd.fingerprint:
+            raise SlimeError(f"{path.name}: made with model '{learned.model_id}', which differs "
+                             f"from the model this app runs ('{self.segmenter.sd.model_id}'); start "
+                             f"the app with --model {learned.model_id}")
+        dest = sess.workdir() / "learned.safetensors"
+        shutil.copyfile(path, dest)
+        sess.learned_path = str(dest)
+        return learned
+
+    # ------------------------------------------------------------ segmenting
+    @staticmethod
+    def check_segment(files: Sequence[Any] | None, sess: Session) -> None:
+        """Refuse a segmentation job at once (before it waits in the queue) if it cannot run."""
+        if not sess.learned_path:
+            raise SlimeError("Train or load learned embeddings first.")
+        if not files:
+            raise SlimeError("Drop one or more images to segment.")
+        if len(files) > MAX_SEGMENT_FILES:
+            raise SlimeError(f"{len(files)} images given; at most {MAX_SEGMENT_FILES} at a time.")
+
+    def segment(self, files: Sequence[Any] | None, sess: Session) -> SegmentResult:
+        """Segment uploaded images with the session's embeddings; outputs go through the shared
+        writer (safe names, refused clashes, atomic files) into a fresh folder and one zip."""
+        self.check_segment(files, sess)
+        learned = Learned.load(sess.learned_path)
+        writer = SegmentWriter(sess.workdir(), learned.classes, info={"model": learned.model_id})
+        writer.prepare()
+        gallery: list[tuple[np.ndarray, str]] = []
+        problems: list[str] = []
+        accepted: list[Path] = []
+        for item in files:
+            path = upload_path(item)
+            try:
+                if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                    raise InputError(f"{path.name}: not an image ({', '.join(IMAGE_EXTENSIONS)})")
+                stem = writer.names([*accepted, path])[path]  # refuses a clash with an earlier one
+                image = _check_size(load_image(path), path.name)
+                labels = self.segmenter.predict(image, learned)
+            except SlimeError as exc:
+                problems.append(str(exc))
+                continue
+            accepted.append(path)
+            writer.write(stem, image, labels)
+            gallery += [(image, path.name), (overlay(image, labels), f"{path.name} · segmented"),
+                        (colour_labels(labels, learned.num_classes), f"{path.name} · label map")]
+        if not gallery:
+            raise SlimeError("; ".join(problems) or "nothing segmented")
+        note = f"{len(accepted)} image(s) segmented" + (f", {len(problems)} refused" if problems else "")
+        return SegmentResult(gallery, learned.classes, note, str(writer.zip()), problems)
+
+
+# ---------------------------------------------------------------------------- the page
 CSS = """
 .slime-legend {display:flex; flex-wrap:wrap; gap:.4em .9em; align-items:center; padding:.3em 0}
 .slime-legend-item {display:inline-flex; align-items:center; gap:.35em}
@@ -171,227 +416,96 @@ CSS = """
 .slime-progress .slime-bar > div {height:100%; background:#f97316; transition:width .3s}
 /* keep thumbnails at a fixed column count: Gradio stretches a lone image to the full width */
 #examples_gallery .grid-container {grid-template-columns: repeat(4, minmax(0, 1fr)) !important}
-#results .grid-container {grid-template-columns: repeat(4, minmax(0, 1fr)) !important}
+#results .grid-container {grid-template-columns: repeat(3, minmax(0, 1fr)) !important}
 """
 
 
+def _ui(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a handler so a SlimeError reaches the page as a message (also from generators)."""
+    import inspect
+
+    import gradio as gr
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from fn(*args, **kwargs)
+            except SlimeError as exc:
+                raise gr.Error(str(exc)) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SlimeError as exc:
+            raise gr.Error(str(exc)) from None
+    return wrapper
+
+
 def build_app(segmenter: Any, model_label: str = "") -> Any:
-    """The Gradio Blocks of the app around a loaded `Segmenter` (not launched)."""
+    """The Gradio Blocks of the app around a loaded `Segmenter` (not launched): layout and wiring
+    only; every handler is a `SlimeApp` method with its values turned into page updates."""
     import gradio as gr
     import pandas as pd
 
-    # ------------------------------------------------------------ handlers
-    def add_class(name: str, sess: Session) -> tuple[Any, ...]:
-        name = (name or "").strip()
-        if not name:
-            raise gr.Error("Type a class name first.")
-        if name in sess.classes:
-            raise gr.Error(f"There is already a class named '{name}'.")
-        if len(sess.classes) >= MAX_CLASSES:
-            raise gr.Error(f"At most {MAX_CLASSES} classes.")
-        sess.classes = [*sess.classes, name]
-        return sess, "", legend_html(sess.classes, _paint_note(sess))
+    app = SlimeApp(segmenter, model_label)
+    d = app.defaults
 
-    def _paint_note(sess: Session) -> str:
-        if len(sess.classes) < 2:
-            return "Add the classes you want (background is everything you leave unpainted)."
-        return ("Paint each class with its brush colour (the first colours of the brush palette); "
-                "unpainted pixels are background.")
+    # ------------------------------------------------------------ adapters: app -> page updates
+    def legend(sess: Session) -> str:
+        return legend_html(sess.classes, app.paint_note(sess))
+
+    def loss_frame(losses: list[tuple[int, float]]) -> Any:
+        return pd.DataFrame(losses or [(0, float("nan"))], columns=["step", "loss"]).dropna()
+
+    def add_class(name: str, sess: Session) -> tuple[Any, ...]:
+        sess = app.add_class(name, sess)
+        return sess, "", legend(sess)
 
     def reset_classes(sess: Session) -> tuple[Any, ...]:
         sess = Session()
-        return sess, legend_html(sess.classes, _paint_note(sess)), [], "No examples yet."
+        return sess, legend(sess), [], app.examples_text(sess)
 
     def add_example(editor: dict | None, mask_file: Any, sess: Session) -> tuple[Any, ...]:
-        if not editor or editor.get("background") is None:
-            raise gr.Error("Upload an example image first.")
-        if len(sess.classes) < 2:
-            raise gr.Error("Add at least one class (besides background) before adding examples.")
-        try:
-            image = _check_size(as_image_array(editor["background"], "example image"), "example image")
-            h, w = image.shape[:2]
-            if mask_file is not None:
-                path = _upload_path(mask_file)
-                if path.suffix.lower() not in MASK_EXTENSIONS:
-                    raise SlimeError(f"{path.name}: masks must be {', '.join(MASK_EXTENSIONS)}")
-                mask = load_mask(path)
-                if mask.shape != (h, w):
-                    raise SlimeError(f"{path.name}: mask is {mask.shape[1]}x{mask.shape[0]} but the "
-                                     f"image is {w}x{h}")
-                if int(mask.max()) >= len(sess.classes):
-                    raise SlimeError(f"{path.name}: mask holds class {int(mask.max())} but only "
-                                     f"{len(sess.classes)} classes are named")
-            else:
-                mask = layers_to_mask(list(editor.get("layers") or []), len(sess.classes), (h, w))
-                if not mask.any():
-                    raise SlimeError("Nothing painted: paint the classes over the image (or upload a "
-                                     "mask) before adding the example.")
-        except SlimeError as exc:
-            raise gr.Error(str(exc)) from None
-        sess.images = [*sess.images, image]
-        sess.masks = [*sess.masks, mask]
-        return sess, _example_gallery(sess), _examples_text(sess), None  # mask upload: used up
-
-    def _example_gallery(sess: Session) -> list[tuple[np.ndarray, str]]:
-        return [(overlay(img, msk, alpha=0.6), f"example {i + 1}")
-                for i, (img, msk) in enumerate(zip(sess.images, sess.masks, strict=True))]
-
-    def _examples_text(sess: Session) -> str:
-        if not sess.images:
-            return "No examples yet."
-        counts = np.bincount(np.concatenate([m.ravel() for m in sess.masks]),
-                             minlength=len(sess.classes))
-        missing = [c for c, n in zip(sess.classes, counts, strict=False) if n == 0]
-        text = f"{len(sess.images)} example(s)."
-        return text + (f" Not painted yet: {', '.join(missing)}." if missing else "")
+        editor = editor or {}
+        sess = app.add_example(editor.get("background"), editor.get("layers"), mask_file, sess)
+        return sess, app.example_gallery(sess), app.examples_text(sess), None  # mask upload: used up
 
     def clear_examples(sess: Session) -> tuple[Any, ...]:
-        sess.images, sess.masks = [], []
-        return sess, [], _examples_text(sess)
+        sess = app.clear_examples(sess)
+        return sess, [], app.examples_text(sess)
 
-    def check_train(steps: float | None, image_size: float, seed: float | None,
-                    sess: Session) -> None:
-        """Refuse a training job at once (before it waits in the queue) if it cannot run."""
-        if not sess.images:
-            raise gr.Error("Add at least one painted example first.")
-        if steps is None or not 1 <= int(steps) <= MAX_STEPS:
-            raise gr.Error(f"Steps must be a whole number from 1 to {MAX_STEPS}.")
+    def check_train(steps: float | None, image_size: float, seed: float | None, sess: Session) -> None:
+        app.train_settings(steps, image_size, seed, sess)
 
-    def train(steps: float, image_size: float, seed: float | None, sess: Session,
-              request: gr.Request) -> Any:
-        check_train(steps, image_size, seed, sess)
-        seed = 0 if seed is None else seed
-        flag = threading.Event()
-        key = request.session_hash or "default"
-        _stop_flags[key] = flag
-        updates: queue.Queue = queue.Queue()
-        result: dict[str, Any] = {}
-        total_steps = int(steps)
-
-        def callback(step: int, total: int, losses: dict[str, float]) -> bool:
-            updates.put((step, total, losses["loss"]))
-            return not flag.is_set()
-
-        def run() -> None:
-            try:
-                result["learned"] = segmenter.fit(
-                    sess.images, sess.masks, sess.classes, progress=False, callback=callback,
-                    steps=total_steps, image_size=int(image_size), seed=int(seed))
-            except Exception as exc:  # reported to the user below
-                result["error"] = exc
-
-        worker = threading.Thread(target=run, name="slimeseg-fit", daemon=True)
-        losses: list[tuple[int, float]] = []
-        step, loss = 0, None
-        worker.start()
-        try:
-            yield (progress_html(0, total_steps, None, "starting"), _loss_frame(losses), gr.skip(),
-                   gr.skip(), gr.skip())
-            while worker.is_alive() or not updates.empty():
-                worker.join(_POLL_S)
-                fresh = False
-                while not updates.empty():
-                    step, _, loss = updates.get()
-                    losses.append((step, loss))
-                    fresh = True
-                if fresh:
-                    state = "stopping" if flag.is_set() else "training"
-                    yield (progress_html(step, total_steps, loss, state), _loss_frame(losses),
-                           gr.skip(), gr.skip(), gr.skip())
-        finally:  # the tab went away or the run ended: never leave a fit running on the model
-            flag.set()
-            worker.join()
-            _stop_flags.pop(key, None)
-        if "error" in result:
-            exc = result["error"]
-            raise gr.Error(str(exc) if isinstance(exc, SlimeError) else f"training failed: {exc}")
-        learned: Learned = result["learned"]
-        out = sess.workdir() / "learned.safetensors"
-        learned.save(out)
-        sess.learned_path = str(out)
-        done = learned.history.get("steps_done", step)
-        state = "stopped early" if done < total_steps else "done"
-        yield (progress_html(done, total_steps, loss, state), _loss_frame(losses), str(out),
-               legend_html(learned.classes, f"Trained {done} steps; ready to segment."), sess)
-
-    def _loss_frame(losses: list[tuple[int, float]]) -> Any:
-        return pd.DataFrame(losses or [(0, float("nan"))], columns=["step", "loss"]).dropna()
+    def train(steps: float | None, image_size: float, seed: float | None, sess: Session,
+              request: gr.Request) -> Iterator[tuple[Any, ...]]:
+        for u in app.train(steps, image_size, seed, sess, key=request.session_hash or "default"):
+            bar = progress_html(u.step, u.total, u.loss, u.state)
+            if u.learned is None:
+                yield bar, loss_frame(u.losses), gr.skip(), gr.skip(), gr.skip()
+            else:
+                yield (bar, loss_frame(u.losses), u.learned_path,
+                       legend_html(u.learned.classes, f"Trained {u.step} steps; ready to segment."), sess)
 
     def stop(request: gr.Request) -> None:
-        flag = _stop_flags.get(request.session_hash or "default")
-        if flag is None:
+        if not app.stop(request.session_hash or "default"):
             gr.Info("No training is running.")
-        else:
-            flag.set()
 
     def load_artifact(file: Any, sess: Session) -> tuple[Any, ...]:
         if file is None:
             return sess, gr.skip(), gr.skip()
-        path = _upload_path(file)
-        try:
-            if path.suffix.lower() != ".safetensors":
-                raise SlimeError(f"{path.name}: not a .safetensors file made by slimeseg")
-            learned = Learned.load(path)
-            if learned.fingerprint != segmenter.sd.fingerprint:
-                raise SlimeError(f"{path.name}: made with model '{learned.model_id}', which differs "
-                                 f"from the model this app runs ('{segmenter.sd.model_id}'); start "
-                                 f"the app with --model {learned.model_id}")
-        except SlimeError as exc:
-            raise gr.Error(str(exc)) from None
-        dest = sess.workdir() / "learned.safetensors"
-        shutil.copyfile(path, dest)
-        sess.learned_path = str(dest)
-        return (sess, legend_html(learned.classes, f"Loaded {path.name}; ready to segment."),
-                str(dest))
-
-    def check_segment(files: list[Any] | None, sess: Session) -> None:
-        """Refuse a segmentation job at once (before it waits in the queue) if it cannot run."""
-        if not sess.learned_path:
-            raise gr.Error("Train or load learned embeddings first.")
-        if not files:
-            raise gr.Error("Drop one or more images to segment.")
-        if len(files) > MAX_SEGMENT_FILES:
-            raise gr.Error(f"{len(files)} images given; at most {MAX_SEGMENT_FILES} at a time.")
+        learned = app.load_artifact(file, sess)
+        note = f"Loaded {upload_path(file).name}; ready to segment."
+        return sess, legend_html(learned.classes, note), sess.learned_path
 
     def segment(files: list[Any] | None, sess: Session) -> tuple[Any, ...]:
-        check_segment(files, sess)
-        learned = Learned.load(sess.learned_path)
-        out_dir = sess.workdir()
-        gallery: list[tuple[np.ndarray, str]] = []
-        problems: list[str] = []
-        used: set[str] = set()
-        for item in files:
-            path = _upload_path(item)
-            name = path.stem
-            while name in used:
-                name += "_"
-            used.add(name)
-            try:
-                if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    raise SlimeError(f"{path.name}: not an image ({', '.join(IMAGE_EXTENSIONS)})")
-                image = _check_size(load_image(path), path.name)
-                labels = segmenter.predict(image, learned)
-            except SlimeError as exc:
-                problems.append(str(exc))
-                continue
-            over = overlay(image, labels)
-            save_labels(out_dir / f"{name}.png", labels, learned.num_classes)
-            save_png(out_dir / f"{name}.overlay.png", Image.fromarray(over))
-            gallery += [(image, f"{path.name}"), (over, f"{path.name} · segmented")]
-        if not gallery:
-            raise gr.Error("; ".join(problems) or "nothing segmented")
-        (out_dir / "classes.json").write_text(json.dumps(
-            {"classes": learned.classes, "palette": palette(learned.num_classes).tolist(),
-             "model": learned.model_id}, indent=2))
-        zip_path = out_dir / "labels.zip"
-        with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
-            for p in sorted(out_dir.iterdir()):
-                if p.suffix in (".png", ".json"):
-                    zf.write(p, p.name)
-        for msg in problems:
+        result = app.segment(files, sess)
+        for msg in result.problems:
             gr.Warning(msg)
-        note = f"{len(gallery) // 2} image(s) segmented" + (f", {len(problems)} refused" if problems else "")
-        return gallery, legend_html(learned.classes, note), str(zip_path)
+        return result.gallery, legend_html(result.classes, result.note), result.zip_path
 
     # ------------------------------------------------------------ layout
     start = Session()
@@ -416,25 +530,24 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
                                             elem_id="class_name")
                     add_class_btn = gr.Button("Add class", scale=1, elem_id="add_class")
                     reset_btn = gr.Button("Start over", scale=1, variant="secondary", elem_id="reset")
-                classes_legend = gr.HTML(legend_html(start.classes, _paint_note(start)),
-                                         elem_id="class_legend")
+                classes_legend = gr.HTML(legend(start), elem_id="class_legend")
                 mask_file = gr.File(label="…or upload a ready mask (PNG/.npy of class indices)", height=120,
                                     file_types=list(MASK_EXTENSIONS), elem_id="mask_upload")
                 with gr.Row():
                     add_example_btn = gr.Button("Add example", variant="primary", elem_id="add_example")
                     clear_btn = gr.Button("Clear examples", elem_id="clear_examples")
-                examples_info = gr.Markdown("No examples yet.", elem_id="examples_info")
+                examples_info = gr.Markdown(app.examples_text(start), elem_id="examples_info")
                 examples_gallery = gr.Gallery(label="Examples", columns=4, height=180, preview=False,
-                                              object_fit="contain",
-                                              elem_id="examples_gallery")
+                                              object_fit="contain", elem_id="examples_gallery")
             with gr.Column(scale=2):
                 gr.Markdown("### 2. Train")
                 with gr.Row():
-                    steps = gr.Number(label="Steps", value=200, minimum=1, maximum=MAX_STEPS,
-                                      precision=0, elem_id="steps")
-                    image_size = gr.Radio(label="Image size", choices=[64, 128, 256, 384, 512, 768],
-                                          value=512, elem_id="image_size")
-                    seed = gr.Number(label="Seed", value=0, precision=0, elem_id="seed")
+                    steps = gr.Number(label=f"Steps (empty: {d.epochs} per example)", value=None,
+                                      minimum=1, maximum=MAX_STEPS, precision=0, elem_id="steps")
+                    seed = gr.Number(label="Seed", value=d.seed, precision=0, elem_id="seed")
+                image_size = gr.Slider(label="Image size (px, the model's input side)",
+                                       minimum=IMAGE_SIZES[0], maximum=IMAGE_SIZES[1], step=64,
+                                       value=d.image_size, elem_id="image_size")
                 with gr.Row():
                     train_btn = gr.Button("Train", variant="primary", elem_id="train")
                     stop_btn = gr.Button("Stop (keep result)", variant="stop", elem_id="stop")
@@ -454,27 +567,27 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
                 labels_zip = gr.File(label="Label maps (zip)", interactive=False, height=90, elem_id="labels_zip")
         result_legend = gr.HTML(legend_html([], "Train or load learned embeddings, then segment."),
                                 elem_id="result_legend")
-        results = gr.Gallery(label="Originals and overlays (each original, then its overlay)",
-                             columns=4, height=420, preview=False,
-                             object_fit="contain",
+        results = gr.Gallery(label="Each image: the original, the overlay, the label map",
+                             columns=3, height=420, preview=False, object_fit="contain",
                              elem_id="results")
 
         # ------------------------------------------------------------ events
-        add_class_btn.click(add_class, [class_name, sess], [sess, class_name, classes_legend])
-        class_name.submit(add_class, [class_name, sess], [sess, class_name, classes_legend])
+        add_class_btn.click(_ui(add_class), [class_name, sess], [sess, class_name, classes_legend])
+        class_name.submit(_ui(add_class), [class_name, sess], [sess, class_name, classes_legend])
         reset_btn.click(reset_classes, [sess], [sess, classes_legend, examples_gallery, examples_info])
-        add_example_btn.click(add_example, [editor, mask_file, sess],
+        add_example_btn.click(_ui(add_example), [editor, mask_file, sess],
                               [sess, examples_gallery, examples_info, mask_file])
         clear_btn.click(clear_examples, [sess], [sess, examples_gallery, examples_info])
-        train_btn.click(check_train, [steps, image_size, seed, sess], None, queue=False).success(
-                        train, [steps, image_size, seed, sess],
+        train_btn.click(_ui(check_train), [steps, image_size, seed, sess], None, queue=False).success(
+                        _ui(train), [steps, image_size, seed, sess],
                         [progress, loss_plot, artifact_out, result_legend, sess],
                         concurrency_limit=1, concurrency_id=CONCURRENCY_ID, show_progress="minimal")
         stop_btn.click(stop, None, None, queue=False)
-        artifact_in.upload(load_artifact, [artifact_in, sess], [sess, result_legend, artifact_out],
+        artifact_in.upload(_ui(load_artifact), [artifact_in, sess], [sess, result_legend, artifact_out],
                            concurrency_limit=1, concurrency_id="load")
-        segment_btn.click(check_segment, [seg_files, sess], None, queue=False).success(
-                          segment, [seg_files, sess], [results, result_legend, labels_zip],
+        segment_btn.click(_ui(lambda files, s: app.check_segment(files, s)), [seg_files, sess], None,
+                          queue=False).success(
+                          _ui(segment), [seg_files, sess], [results, result_legend, labels_zip],
                           concurrency_limit=1, concurrency_id=CONCURRENCY_ID)
     demo.queue(default_concurrency_limit=1)
     return demo

@@ -21,9 +21,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .config import SlimeConfig
+from .config import MAX_CLASSES, SlimeConfig
 from .errors import ArtifactError
-from .io import atomic_path
+from .writers import atomic_path
 
 FORMAT_VERSION = 1
 _KIND = "slimeseg.learned"
@@ -135,8 +135,8 @@ def _validate(meta: Any, path: Path) -> None:
         raise ArtifactError(f"{path}: made by a newer slimeseg (format {meta['format_version']}, this "
                             f"version reads up to {FORMAT_VERSION}); upgrade slimeseg")
     classes = meta["classes"]
-    if not 2 <= len(classes) <= 77 or not all(isinstance(c, str) and c for c in classes):
-        raise ArtifactError(f"{path}: metadata must name 2 to 77 classes")
+    if not 2 <= len(classes) <= MAX_CLASSES or not all(isinstance(c, str) and c for c in classes):
+        raise ArtifactError(f"{path}: metadata must name 2 to {MAX_CLASSES} classes")
     for key, typ, what in _OPTIONAL:
         if meta.get(key) is not None and not isinstance(meta[key], typ):
             raise ArtifactError(f"{path}: metadata field '{key}' is not {what}")

@@ -73,6 +73,48 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, n, heads, -1).transpose(1, 2)
 
 
+# What every processor here shares with diffusers' own AttnProcessor2_0: the input norms and
+# projections (`project`) and the output projection (`finish`). They differ only in the middle:
+# the engine's capture runs fused SDPA and reads the few numbers it needs beside it; the lab's
+# probe and the reference-style baseline must materialise softmax(QK^T) (`explicit_attention`)
+# because their point is to look at, or to time, the full probability matrix.
+def project(attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (B, H, N, d), k and v (B, H, M, d) of an SD 1.x/2.x attention layer, after its norms."""
+    if attn.spatial_norm is not None or hidden_states.ndim != 3:
+        raise NotImplementedError("attention capture supports SD 1.x/2.x transformer blocks only")
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    if encoder_hidden_states is not None and attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    q = _split_heads(attn.to_q(hidden_states), attn.heads)  # (B, H, N, d)
+    k = _split_heads(attn.to_k(context), attn.heads)  # (B, H, M, d)
+    v = _split_heads(attn.to_v(context), attn.heads)  # (B, H, M, d)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return q, k, v
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention with its probabilities materialised: output (B, H, N, d), probs (B, H, N, M)."""
+    probs = ((q @ k.transpose(-1, -2)) * scale).softmax(-1)
+    return probs @ v, probs
+
+
+def finish(attn: nn.Module, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Merge heads of (B, H, N, d), apply the output projection, residual and rescaling."""
+    b, heads, n, d = out.shape
+    out = out.transpose(1, 2).reshape(b, n, heads * d)
+    out = attn.to_out[1](attn.to_out[0](out))
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
 class CaptureProcessor:
     """A drop-in for AttnProcessor2_0 that also feeds an AttentionStore.
 
@@ -89,21 +131,10 @@ class CaptureProcessor:
                  encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
                  *args, **kwargs) -> torch.Tensor:
-        if attention_mask is not None or attn.spatial_norm is not None or hidden_states.ndim != 3:
+        if attention_mask is not None:
             raise NotImplementedError("attention capture supports SD 1.x/2.x transformer blocks only")
         residual = hidden_states
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        q = _split_heads(attn.to_q(hidden_states), attn.heads)  # (B, H, N, d)
-        k = _split_heads(attn.to_k(context), attn.heads)  # (B, H, M, d)
-        v = _split_heads(attn.to_v(context), attn.heads)  # (B, H, M, d)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        q, k, v = project(attn, hidden_states, encoder_hidden_states)
         b, heads, n, d = q.shape
         store = self.store
         kk = store.num_classes
@@ -140,11 +171,7 @@ class CaptureProcessor:
             probs = ((q @ k.transpose(-1, -2)) * attn.scale).float().softmax(-1)
             store.self_probs.append(probs.mean(1))  # (B, N, N)
 
-        out = out.transpose(1, 2).reshape(b, n, heads * d).to(q.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return finish(attn, out.to(q.dtype), residual)
 
 
 _LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[str, nn.Module]] = weakref.WeakKeyDictionary()

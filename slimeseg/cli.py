@@ -7,19 +7,18 @@ Errors the user can fix print one line (`error: ...`) and exit 2; `--debug` show
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
+import dataclasses
 import logging
 import os
-import re
 import sys
+import typing
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import AUGMENT_PRESETS, DEFAULT_MODEL, MODELS
-from .errors import InputError, SlimeError, TrainingError
+from .config import AUGMENT_PRESETS, BOTH, DEFAULT_MODEL, MODELS, TRAIN, SlimeConfig
+from .errors import InputError, SlimeError
 
 EXIT_USAGE_ERROR = 2
 EXIT_PARTIAL_FAILURE = 1
@@ -61,40 +60,48 @@ def _apply_input_args(args: argparse.Namespace) -> None:
         set_max_image_pixels(limit or None)
 
 
-def _add_config_args(p: argparse.ArgumentParser, train: bool) -> None:
-    """Flags that map onto SlimeConfig fields; all default to None = 'not set'."""
-    p.add_argument("--image-size", type=int, dest="image_size", help="SD input side (default 512)")
-    p.add_argument("--seed", type=int, help="random seed for repeatable runs (default 0)")
-    p.add_argument("--no-was", dest="use_was", action="store_const", const=False,
-                   help="cross-attention maps only (ablation: no WAS maps)")
+def _flag_type(typ: Any) -> tuple[Any, list[str] | None]:
+    """argparse type and choices for a SlimeConfig annotation (int, float | None, Literal[...])."""
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    if typing.get_origin(typ) is typing.Literal:
+        return str, [str(a) for a in args]
+    if args:  # X | None
+        return _flag_type(args[0])
+    return typ, None
+
+
+def _add_settings(p: argparse.ArgumentParser, train: bool) -> None:
+    """Flags for the SlimeConfig fields (all for training; inference-scoped ones otherwise).
+
+    Each flag's name, type, help and default come from the dataclass field, so a setting is
+    spelled once; every flag defaults to None, meaning "not set: SlimeConfig decides".
+    """
+    group = p.add_argument_group("settings (defaults: the paper's, from SlimeConfig)")
+    hints = typing.get_type_hints(SlimeConfig)
+    for f in dataclasses.fields(SlimeConfig):
+        scope = f.metadata.get("scope")
+        if scope not in (TRAIN, BOTH) or (not train and scope != BOTH):
+            continue
+        name, default = f.name, f.default
+        if hints[name] is bool:
+            flag = (f"--no-{name.removeprefix('use_')}" if default else f"--{name}").replace("_", "-")
+            group.add_argument(flag, dest=name, action="store_const", const=not default,
+                               help=f"{f.metadata['help']} ({'on' if default else 'off'} by default)")
+            continue
+        typ, choices = _flag_type(hints[name])
+        shown = "not set" if default is None else f"{default:.4g}" if isinstance(default, float) else default
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, choices=choices,
+                           metavar=None if choices else name.split("_")[-1].upper(),
+                           help=f"{f.metadata['help']} (default: {shown})")
     if train:
-        p.add_argument("--steps", type=int, help="optimisation steps (default: 200 x number of images)")
-        p.add_argument("--epochs", type=int, help="passes over the training pairs (default 200)")
-        p.add_argument("--lr", type=float, help="Adam learning rate (default 0.1)")
-        p.add_argument("--alpha", type=float, help="weight of the WAS-map MSE loss (default 1)")
-        p.add_argument("--beta", type=float, help="weight of the diffusion loss (default 0.005)")
-        p.add_argument("--ldm-guidance", type=float, dest="ldm_guidance",
-                       help="classifier-free guidance scale inside the diffusion loss (reference: 100)")
-        p.add_argument("--no-augment", dest="augment", action="store_const", const=False,
-                       help="train on the images as they are")
-        p.add_argument("--preset", choices=sorted(AUGMENT_PRESETS),
-                       help="augmentation preset of the paper (crop ratio, rotation)")
-        p.add_argument("--min-crop-ratio", type=float, dest="min_crop_ratio")
-        p.add_argument("--rotate-degrees", type=float, dest="rotate_degrees")
-    p.add_argument("--tiles", type=int, help="n x n overlapping crops at inference (reference: 2)")
-    p.add_argument("--normalization", choices=["train", "reference"],
-                   help="inference map normalisation (default: train, as in training)")
-    p.add_argument("--t-test", type=int, dest="t_test", help="inference timestep (default 100)")
-
-
-_CONFIG_KEYS = ("image_size", "seed", "use_was", "steps", "epochs", "lr", "alpha", "beta",
-                "ldm_guidance", "augment", "min_crop_ratio", "rotate_degrees", "tiles",
-                "normalization", "t_test")
+        group.add_argument("--preset", choices=sorted(AUGMENT_PRESETS),
+                           help="augmentation preset of the paper for a dataset (crop ratio, rotation)")
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The SlimeConfig fields the user actually set on the command line."""
-    out = {k: getattr(args, k) for k in _CONFIG_KEYS if getattr(args, k, None) is not None}
+    """The SlimeConfig fields the user actually set on the command line (a preset beneath them)."""
+    out = {f.name: getattr(args, f.name) for f in dataclasses.fields(SlimeConfig)
+           if getattr(args, f.name, None) is not None}
     if getattr(args, "preset", None):
         out = {**AUGMENT_PRESETS[args.preset], **out}
     return out
@@ -114,6 +121,7 @@ def _check_writable_file(path: Path) -> None:
 # ---------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
     from .artifact import Learned
+    from .examples import prepare_examples
     from .segmenter import Segmenter
 
     if not args.image or not args.mask:
@@ -123,14 +131,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     _apply_input_args(args)
     out = Path(args.out)
     _check_writable_file(out)
+    with warnings.catch_warnings():  # check every pair before the model loads (fit warns itself)
+        warnings.simplefilter("ignore")
+        prepare_examples(args.image, args.mask, args.classes)
     resume = Learned.load(args.resume) if args.resume else None
     seg = Segmenter.from_pretrained(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
     try:
         learned = seg.fit(args.image, args.mask, args.classes, progress=not args.quiet,
-                          checkpoint_path=checkpoint if args.checkpoint_every else None,
-                          checkpoint_every=args.checkpoint_every, resume=resume,
-                          **config_overrides(args))
+                          checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every,
+                          resume=resume, **config_overrides(args))
     except KeyboardInterrupt:
         if args.checkpoint_every:
             print(f"interrupted; progress saved to {checkpoint} (continue with --resume {checkpoint})",
@@ -138,14 +148,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             print("interrupted (use --checkpoint-every N to keep progress)", file=sys.stderr)
         return 130
-    except TrainingError as exc:
-        good = seg.learned  # fit leaves the embeddings from before the failing update here
-        if good is None or not good.history.get("steps_done"):
-            raise
-        if not args.checkpoint_every:  # with checkpoints on, fit has saved them already
-            good.save(checkpoint)
-        raise TrainingError(f"{exc}; the last good embeddings ({good.history['steps_done']} steps) "
-                            f"are saved in {checkpoint}") from None
     learned.save(out)
     if args.checkpoint_every and checkpoint.exists():
         checkpoint.unlink()
@@ -155,62 +157,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def safe_stem(stem: str) -> str:
-    """An output name from an input's stem: only [A-Za-z0-9._-], never hidden, never empty."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", stem)
-    if name.startswith("."):
-        name = "_" + name[1:]
-    return name or "_"
+def _segment_inputs(items: Sequence[str]) -> list[Path]:
+    """Image files from files and folders, each once (a file named alone and in its folder too)."""
+    from .io import IMAGE_EXTENSIONS, list_images
 
-
-def _output_names(inputs: list[Path]) -> dict[Path, str]:
-    """Output stem per input; two inputs that would write the same file are an error.
-
-    Stems are sanitised (see `safe_stem`) and compared case-insensitively, covering every file an
-    input writes (`name.png` and `name.overlay.png`), as case-insensitive file systems would.
-    """
-    owners: dict[str, Path] = {}
-    out: dict[Path, str] = {}
-    for path in inputs:
-        stem = safe_stem(path.stem)
-        for file in (f"{stem}.png", f"{stem}.overlay.png"):
-            other = owners.get(file.lower())
-            if other is not None and other != path:
-                raise InputError(f"{path}: would write the same output '{file}' as {other}; "
-                                 "rename one of them")
-        owners[f"{stem}.png".lower()] = owners[f"{stem}.overlay.png".lower()] = path
-        out[path] = stem
-    return out
-
-
-def _remove_stale_temp_files(out_dir: Path) -> int:
-    """Delete temp files an interrupted run left behind (atomic writes that never got renamed)."""
-    removed = 0
-    for tmp in out_dir.glob(".*.tmp"):
-        if tmp.is_file() and re.fullmatch(r"\.(.+\.png|classes\.json)\.[^.]+\.tmp", tmp.name):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-                removed += 1
-    return removed
-
-
-def cmd_segment(args: argparse.Namespace) -> int:
-    from .artifact import Learned
-    from .io import (
-        IMAGE_EXTENSIONS,
-        atomic_path,
-        list_images,
-        load_image,
-        palette,
-        save_labels,
-        save_overlay,
-    )
-    from .segmenter import Segmenter
-
-    _apply_input_args(args)
-    learned = Learned.load(args.learned)
     inputs: list[Path] = []
-    for item in args.inputs:
+    for item in items:
         p = Path(item)
         if p.is_dir():
             inputs.extend(list_images(p))
@@ -220,41 +172,33 @@ def cmd_segment(args: argparse.Namespace) -> int:
             inputs.append(p)
         else:
             raise InputError(f"{p}: no such file or directory")
-    inputs = list(dict.fromkeys(inputs))  # a file named twice (alone and in its folder) runs once
-    names = _output_names(inputs)
-    out_dir = Path(args.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{out_dir}: cannot create output directory ({exc.strerror})") from None
-    if not os.access(out_dir, os.W_OK):
-        raise InputError(f"{out_dir}: output directory is not writable")
-    if _remove_stale_temp_files(out_dir):
-        log.info("removed temp files left by an interrupted run in %s", out_dir)
-    model = args.model or learned.model_id
-    seg = Segmenter.from_pretrained(model, revision=args.revision or learned.revision,
-                                    device=args.device, dtype=args.dtype)
-    try:
-        seg.set_learned(learned)
-    except SlimeError as exc:
-        raise InputError(f"{args.learned}: {exc}") from None
-    with atomic_path(out_dir / "classes.json") as tmp:
-        tmp.write_text(json.dumps({"classes": learned.classes,
-                                   "palette": palette(learned.num_classes).tolist(),
-                                   "model": learned.model_id, "embeddings": str(args.learned)}, indent=2))
-    overrides = config_overrides(args)
-    todo = [p for p in inputs if args.overwrite or not (
-        (out_dir / f"{names[p]}.png").exists() and (out_dir / f"{names[p]}.overlay.png").exists())]
-    skipped = len(inputs) - len(todo)
-    failed: list[tuple[Path, str]] = []
+    return list(dict.fromkeys(inputs))
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from .artifact import Learned
+    from .io import load_image
+    from .writers import SegmentWriter
+
+    _apply_input_args(args)
+    learned = Learned.load(args.learned)
+    inputs = _segment_inputs(args.inputs)
+    writer = SegmentWriter(Path(args.out), learned.classes, overlays=not args.no_overlays,
+                           info={"model": learned.model_id, "embeddings": str(args.learned)})
+    names = writer.names(inputs)  # refuses two inputs that would write the same file
+    if writer.prepare():
+        log.info("removed temp files left by an interrupted run in %s", writer.out_dir)
+    seg = _segmenter_for(args, learned)
+    overrides = config_overrides(args)
+    todo = [p for p in inputs if args.overwrite or not writer.done(names[p])]
+    skipped = len(inputs) - len(todo)
+    failed: list[tuple[Path, str]] = []
     for path in tqdm(todo, desc="segment", unit="img", disable=args.quiet, dynamic_ncols=True):
         try:
             image = load_image(path)
-            labels = seg.predict(image, **overrides)
-            save_overlay(out_dir / f"{names[path]}.overlay.png", image, labels)
-            save_labels(out_dir / f"{names[path]}.png", labels, learned.num_classes)
+            writer.write(names[path], image, seg.predict(image, **overrides))
         except SlimeError as exc:
             failed.append((path, str(exc)))
             print(f"error: {exc}", file=sys.stderr)
@@ -262,9 +206,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
             failed.append((path, "out of memory"))
             print(f"error: {path}: image is too large to segment (out of memory)", file=sys.stderr)
     done = len(todo) - len(failed)
-    print(f"segmented {done} image(s) into {out_dir}" + (f", skipped {skipped} already done" if skipped else "")
+    print(f"segmented {done} image(s) into {writer.out_dir}"
+          + (f", skipped {skipped} already done" if skipped else "")
           + (f", {len(failed)} failed" if failed else ""))
     return EXIT_PARTIAL_FAILURE if failed else 0
+
+
+def _segmenter_for(args: argparse.Namespace, learned: Any) -> Any:
+    """The segmenter for an artifact: its own model unless --model says otherwise."""
+    from .segmenter import Segmenter
+
+    return Segmenter.from_learned(learned, args.model, revision=args.revision, device=args.device,
+                                  dtype=args.dtype, name=args.learned)
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -301,18 +254,11 @@ EVAL_FORMATS = {"folder": "folder", "pascal-part": "pascal-part", "celeba-hq": "
                 "celebamask-hq": "celebamask-hq", "slime": "slime"}  # CLI name -> reader
 
 
-def _write_json(path: Path, data: dict) -> None:
-    from .io import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from .artifact import Learned
     from .datasets import load_dataset
-    from .evaluate import check_classes, evaluate_learned, format_report
-    from .segmenter import Segmenter
+    from .evaluate import evaluate_learned, format_report, match_classes
+    from .writers import write_json
 
     out = Path(args.out)
     _check_writable_file(out)
@@ -322,37 +268,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     learned = Learned.load(args.learned)
     options = {"category": args.category} if fmt == "pascal-part" else {}
     dataset = load_dataset(args.dataset, format=fmt, **options)
-    check_classes(learned.classes, dataset.classes, str(args.learned), str(args.dataset))
-    seg = Segmenter.from_pretrained(args.model or learned.model_id, revision=args.revision or learned.revision,
-                                    device=args.device, dtype=args.dtype)
-    try:
-        seg.set_learned(learned)
-    except SlimeError as exc:
-        raise InputError(f"{args.learned}: {exc}") from None
+    match_classes(learned.classes, dataset, str(args.learned), str(args.dataset))  # before the model loads
+    seg = _segmenter_for(args, learned)
     report = evaluate_learned(seg, learned, dataset, per_image=args.per_image, batch_size=args.batch_size,
                               progress=not args.quiet, learned_path=args.learned,
                               dataset_path=args.dataset, dataset_format=fmt, **config_overrides(args))
-    _write_json(out, report)
+    for note in report.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
+    write_json(out, report)
     print(format_report(report))
     print(f"wrote {out}")
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .evaluate import reproduce
+    from .reproduce import reproduce
+    from .writers import write_json
 
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_writable_file(out)
-    result = reproduce(args.model, args.dataset, args.shots, args.seeds, args.data, steps=args.steps,
-                       image_size=args.image_size, use_was=args.use_was, use_ce=args.use_ce,
-                       use_mse=args.use_mse, use_ldm=args.use_ldm, tiles=args.tiles,
-                       normalization=args.normalization, device=args.device, dtype=args.dtype,
-                       revision=args.revision, progress=not args.quiet,
-                       echo=None if args.quiet else print)
+    result = reproduce(args.model, args.dataset, args.shots, args.seeds, args.data, device=args.device,
+                       dtype=args.dtype, revision=args.revision, progress=not args.quiet,
+                       echo=None if args.quiet else print, **config_overrides(args))
     print(result.table())
     if out is not None:
-        _write_json(out, result.to_dict())
+        write_json(out, result.to_dict())
         print(f"wrote {out}")
     return 0
 
@@ -370,29 +311,21 @@ def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="JSON report file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(p, None)
-    _add_config_args(p, train=False)
+    _add_settings(p, train=False)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("reproduce", help="the paper's k-shot experiment: train and score over seeds")
+    p = sub.add_parser("reproduce", help="the paper's k-shot experiment: train and score over seeds "
+                                         "(the dataset's augmentation preset and inference tiles unless set)")
     p.add_argument("--dataset", choices=["car", "horse", "celeba"], required=True)
     p.add_argument("--shots", type=int, choices=[1, 10], required=True, help="training examples per seed")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
     p.add_argument("--data", required=True,
                    help="car/horse: PASCAL-Part folder; celeba: SLiMe layout (train_*/, test/) or CelebAMask-HQ folder")
-    p.add_argument("--steps", type=int, help="optimisation steps per seed (default: 200 x training images)")
-    p.add_argument("--image-size", type=int, dest="image_size", help="SD input side (default 512)")
-    p.add_argument("--no-was", dest="use_was", action="store_const", const=False,
-                   help="ablation: cross-attention maps only, in training and inference")
-    for term in ("ce", "mse", "ldm"):
-        p.add_argument(f"--no-{term}", dest=f"use_{term}", action="store_const", const=False,
-                       help=f"ablation: switch off the {term.upper()} loss")
-    p.add_argument("--tiles", type=int, help="inference tiles (default: 2 for celeba, else 1)")
-    p.add_argument("--normalization", choices=["train", "reference"], help="inference map normalisation")
     p.add_argument("--out", help="JSON results file")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_model_args(p, DEFAULT_MODEL)
+    _add_settings(p, train=True)
     p.set_defaults(func=cmd_reproduce)
-
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -425,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(p, DEFAULT_MODEL)
     _add_input_args(p)
-    _add_config_args(p, train=True)
+    _add_settings(p, train=True)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("segment", help="segment images with learned embeddings")
@@ -433,10 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="images and/or folders of images")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    p.add_argument("--no-overlays", action="store_true", dest="no_overlays",
+                   help="write only the label maps (NAME.png), no NAME.overlay.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(p, None)
     _add_input_args(p)
-    _add_config_args(p, train=False)
+    _add_settings(p, train=False)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("tiny-model", help="write a tiny untrained SD for offline trials and tests")

@@ -30,43 +30,62 @@ def resolve_model(name: str) -> str:
     return MODELS.get(name, name)
 
 
+MAX_CLASSES = 76  # K <= 76: class k takes CLIP output position k (0 = start token = background)
+
+TRAIN, BOTH = "train", "both"  # which commands take a setting: training only, or inference too
+
+
+def _setting(default: Any, help: str, scope: str = TRAIN, **extra: Any) -> Any:
+    """A SlimeConfig field with its one-line help; the CLI builds its flags from these."""
+    kind = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**kind, metadata={"help": help, "scope": scope, **extra})
+
+
 @dataclass
 class SlimeConfig:
-    """Every setting of training and inference, with the paper's values as defaults."""
+    """Every setting of training and inference, with the paper's values as defaults.
+
+    Each field's metadata holds its help text and scope ("train": training only, "both": also
+    inference); `slimeseg.cli` turns the fields into flags, so a setting is spelled only here.
+    """
 
     # -- optimisation (METHOD.md "Losses") --
-    epochs: int = 200  # passes over the training pairs, batch 1
-    steps: int | None = None  # if set, overrides epochs: total optimisation steps
-    lr: float = 0.1
-    alpha: float = 1.0  # weight of L_MSE (WAS maps vs one-hot mask)
-    beta: float = 0.005  # weight of L_LDM (noise prediction)
-    use_ce: bool = True  # ablation switches for each loss term
-    use_mse: bool = True
-    use_ldm: bool = True
-    ldm_guidance: float | None = None  # reference code: 100 (classifier-free guidance in L_LDM)
-    t_min: int = 5
-    t_max: int = 100
+    epochs: int = _setting(200, "passes over the training pairs, batch 1")
+    steps: int | None = _setting(None, "optimisation steps; overrides --epochs (default: epochs x images)")
+    lr: float = _setting(0.1, "Adam learning rate")
+    alpha: float = _setting(1.0, "weight of the WAS-map MSE loss")
+    beta: float = _setting(0.005, "weight of the diffusion (LDM) loss")
+    use_ce: bool = _setting(True, "ablation: the cross-entropy loss on cross-attention maps")
+    use_mse: bool = _setting(True, "ablation: the MSE loss on WAS maps")
+    use_ldm: bool = _setting(True, "ablation: the diffusion loss")
+    ldm_guidance: float | None = _setting(
+        None, "classifier-free guidance scale inside the diffusion loss (reference code: 100)")
+    t_min: int = _setting(5, "smallest training timestep")
+    t_max: int = _setting(100, "largest training timestep")
     # -- the maps --
-    use_was: bool = True  # False: cross-attention only, in training (no L_MSE) and inference
-    image_size: int = 512  # SD input side; images and masks are resized to it
+    use_was: bool = _setting(True, "WAS maps; off: cross-attention maps only, in training and inference",
+                             BOTH)
+    image_size: int = _setting(512, "SD input side in pixels (a multiple of 64)", BOTH)
     # -- augmentation (one random draw per step) --
-    augment: bool = True
-    flip_p: float = 0.5
-    blur_p: float = 0.5
-    crop_p: float = 1.0
-    min_crop_ratio: float = 0.6
-    crop_keep_fraction: float = 0.3  # the crop keeps > this fraction of one class (cycled)
-    rotate_p: float = 0.5
-    rotate_degrees: float = 30.0
+    augment: bool = _setting(True, "augment the examples each step (crop, flip, rotation, blur)")
+    flip_p: float = _setting(0.5, "probability of a horizontal flip")
+    blur_p: float = _setting(0.5, "probability of a Gaussian blur")
+    crop_p: float = _setting(1.0, "probability of a random square crop")
+    min_crop_ratio: float = _setting(0.6, "smallest crop side relative to the image")
+    crop_keep_fraction: float = _setting(0.3, "a crop keeps more than this fraction of one class (cycled)")
+    rotate_p: float = _setting(0.5, "probability of a rotation")
+    rotate_degrees: float = _setting(30.0, "largest rotation in degrees")
     # -- inference --
-    t_test: int = 100
-    normalization: Literal["train", "reference"] = "train"
-    tiles: int = 1  # 1: whole image; n >= 2: n x n overlapping crops averaged (reference: 2)
-    tile_ratio: float = 400 / 512  # crop side relative to the image (reference: 400 of 512)
-    tile_threshold: float = 0.2  # reference variant: drop a class in a crop below this max
+    t_test: int = _setting(100, "inference timestep", BOTH)
+    normalization: Literal["train", "reference"] = _setting(
+        "train", "inference map normalisation: as in training, or the reference code's", BOTH)
+    tiles: int = _setting(1, "n x n overlapping crops at inference, averaged (reference: 2 for faces)", BOTH)
+    tile_ratio: float = _setting(400 / 512, "tile side relative to the image (reference: 400 of 512)", BOTH)
+    tile_threshold: float = _setting(0.2, "reference normalisation: drop a class in a tile below this max",
+                                     BOTH)
     # -- reproducibility --
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    seed: int = _setting(0, "random seed for repeatable runs", BOTH)
+    extra: dict[str, Any] = _setting(dict, "free-form notes kept with the settings", scope="none")
 
     def __post_init__(self) -> None:
         if self.image_size % 64:

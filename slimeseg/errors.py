@@ -24,4 +24,11 @@ class ArtifactError(SlimeError):
 
 
 class TrainingError(SlimeError):
-    """Training that cannot go on (for example a loss that became NaN)."""
+    """Training that cannot go on (for example a loss that became NaN).
+
+    `learned` holds the last good embeddings (from before the failing update), when there are any.
+    """
+
+    def __init__(self, message: str, learned: object | None = None) -> None:
+        super().__init__(message)
+        self.learned = learned

@@ -1,27 +1,24 @@
-"""Reading images and masks into validated arrays, and writing label maps atomically.
+"""Reading images and masks into validated arrays (writing results lives in `writers`).
 
-Everything that touches user files on the way in or out lives here, so the engine only ever
-sees clean arrays: images as (H, W, 3) uint8 RGB, masks as (H, W) uint8 class indices.
+Everything that reads user files lives here, so the engine only ever sees clean arrays: images
+as (H, W, 3) uint8 RGB, masks as (H, W) uint8 class indices.
 """
 
 from __future__ import annotations
 
-import colorsys
-import contextlib
 import os
-import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import MAX_CLASSES
 from .errors import InputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".npy")
-MAX_CLASSES = 76  # K classes take CLIP positions 0..K-1 (0 = start token = background)
+MASK_VALUE_LIMIT = 256  # masks are stored as uint8 (255 = "ignore" in some datasets)
 
 
 def set_max_image_pixels(limit: int | None) -> None:
@@ -143,10 +140,9 @@ def _mask_from_numbers(arr: np.ndarray, name: str) -> np.ndarray:
     lo, hi = float(arr.min()), float(arr.max())
     if lo < 0:
         raise InputError(f"{name}: mask holds negative value {int(lo)}; expected class indices >= 0")
-    if hi >= 256:
-        raise InputError(
-            f"{name}: mask holds value {int(hi)}; class indices must be below {MAX_CLASSES}"
-        )
+    if hi >= MASK_VALUE_LIMIT:
+        raise InputError(f"{name}: mask holds value {int(hi)}; class indices must be 0..{MAX_CLASSES - 1} "
+                         f"(at most {MAX_CLASSES} classes)")
     return arr.astype(np.uint8)
 
 
@@ -225,73 +221,3 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
         raise InputError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return files
 
-
-def palette(num_classes: int) -> np.ndarray:
-    """Distinct RGB colours per class, background black: (num_classes, 3) uint8."""
-    colors = [(0, 0, 0)]
-    for k in range(1, num_classes):
-        hue = ((k - 1) * 0.618033988749895) % 1.0  # golden-ratio hues stay apart
-        sat = 0.75 if (k - 1) % 2 == 0 else 0.55
-        colors.append(tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, sat, 0.95)))
-    return np.array(colors, dtype=np.uint8)
-
-
-def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend class colours over the image (background left as is): (H, W, 3) uint8."""
-    colors = palette(int(labels.max()) + 1 if labels.size else 1)
-    tint = colors[labels].astype(np.float32)
-    out = image.astype(np.float32)
-    fg = (labels > 0)[..., None]
-    out = np.where(fg, (1 - alpha) * out + alpha * tint, out)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{path}: output directory {parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write here ({exc.strerror})") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        raise
-
-
-def save_png(path: str | os.PathLike, image: Image.Image) -> None:
-    """Write a PIL image as PNG atomically (temp file + rename)."""
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-
-
-def save_labels(path: str | os.PathLike, labels: np.ndarray, num_classes: int) -> None:
-    """Write a label map as a single-channel palette PNG whose pixel values are class indices."""
-    labels = np.ascontiguousarray(labels, dtype=np.uint8)
-    img = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    pal[:num_classes] = palette(num_classes)
-    img.putpalette(pal.reshape(-1).tolist())
-    save_png(path, img)
-
-
-def save_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray) -> None:
-    """Write the image with coloured classes as PNG, atomically."""
-    save_png(path, Image.fromarray(overlay(image, labels)))
-
-
-def describe(paths: Sequence[str | os.PathLike]) -> str:
-    """Short human list of paths for messages."""
-    names = [str(p) for p in paths]
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

@@ -11,8 +11,10 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -83,6 +85,41 @@ def config_fingerprint(*configs: dict) -> str:
                       if not k.startswith("_") and k not in _VOLATILE_KEYS})
     blob = json.dumps(clean, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+OFFLINE_HINT = ("give --model a local diffusers folder instead: `slimeseg tiny-model tiny` writes an "
+                "offline test model (`--model tiny`), and a checkout has the lab model in tests/assets/lab-sd")
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the model hub surely cannot be reached (offline mode, no DNS, connection refused), or
+    None when it may be reachable (also behind a proxy, which a direct probe cannot judge)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except socket.gaierror as exc:
+        return f"cannot resolve {host} ({exc.strerror})"
+    except ConnectionRefusedError:
+        return f"{host} refused the connection"
+    except OSError:  # a timeout or a routing error: the network may just be slow
+        return None
+    return None
+
+
+def in_local_cache(model_id: str, revision: str | None) -> bool:
+    """Whether a hub model's files are in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(model_id, "unet/config.json", revision=revision), str)
+    except Exception:  # not a valid repo id: it cannot be cached either
+        return False
 
 
 def _load_error(model: str, exc: Exception) -> ModelError:
@@ -165,6 +202,15 @@ class StableDiffusion:
         a = self.alphas_cumprod[t].to(latents.dtype).view(-1, 1, 1, 1)
         return a.sqrt() * latents + (1 - a).sqrt() * noise
 
+    def denoise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                context: torch.Tensor) -> torch.Tensor:
+        """Noise the latents at t and run the UNet once on them: its prediction (B, 4, h, w).
+
+        Attention capture, if wanted, is whatever processors the caller installed around it.
+        """
+        noisy = self.add_noise(latents, noise.to(latents), t)
+        return self.unet(noisy, t, encoder_hidden_states=context.to(self.dtype)).sample
+
     def ldm_target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the UNet is trained to predict: the noise, or v for v-prediction checkpoints."""
         if self.prediction_type == "v_prediction":
@@ -209,11 +255,24 @@ def load_stable_diffusion(
     model_id = resolve_model(model)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    if local_files_only is None:
-        local_files_only = os.path.isdir(model_id) or os.environ.get("HF_HUB_OFFLINE") == "1"
-    kw = {"revision": revision, "local_files_only": local_files_only}
     if os.path.exists(model_id) and not os.path.isdir(model_id):
         raise ModelError(f"'{model_id}' is a file; give a diffusers model folder or a hub id")
+    if not os.path.exists(model_id) and (os.path.isabs(model_id) or model_id.startswith((".", "~"))
+                                          or model_id.count("/") > 1):
+        raise ModelError(f"'{model_id}': no such model folder")
+    if local_files_only is None:
+        local_files_only = os.path.isdir(model_id) or os.environ.get("HF_HUB_OFFLINE") == "1"
+    if not local_files_only:  # a hub id: fail at once, not after the hub client's retries
+        why = hub_unreachable()
+        if why is not None:
+            if not in_local_cache(model_id, revision):
+                raise ModelError(f"cannot load '{model_id}': the model hub cannot be reached ({why}) "
+                                 f"and the model is not in the local cache; {OFFLINE_HINT}")
+            local_files_only = True  # cached: load it from there without asking the hub
+    elif not os.path.isdir(model_id) and not in_local_cache(model_id, revision):
+        raise ModelError(f"cannot load '{model_id}': it is not a local folder and offline mode "
+                         f"(HF_HUB_OFFLINE) forbids downloading it; {OFFLINE_HINT}")
+    kw = {"revision": revision, "local_files_only": local_files_only}
     try:
         unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dt, **kw)
         vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dt, **kw)

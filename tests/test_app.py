@@ -33,8 +33,8 @@ from slimeseg.app import (  # noqa: E402
     legend_html,
 )
 from slimeseg.errors import SlimeError  # noqa: E402
-from slimeseg.io import palette  # noqa: E402
 from slimeseg.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
+from slimeseg.writers import palette  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -265,7 +265,9 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
 
             # 2. train (image size 64), watch progress, stop early and keep the result
             page.locator("#steps input").fill("300")
-            page.locator("#image_size label", has_text=re.compile(r"^\s*64\s*$")).click()
+            size_box = page.locator("#image_size input[type=number]")
+            size_box.fill("64")
+            size_box.press("Enter")
             page.locator("#train").click()
             page.wait_for_function(
                 "Number(document.querySelector('#train_progress .slime-progress')?.dataset.step) >= 3",

@@ -149,3 +149,13 @@ def test_tiny_model_command(tmp_path, capsys):
     assert "NOT a trained" in capsys.readouterr().out
     assert (tmp_path / "t" / "unet" / "config.json").exists()
     _expect_error(capsys, ["tiny-model", str(tmp_path / "t")], "not empty")
+
+
+def test_segment_without_overlays(workdir, tiny_dir, tmp_path):
+    learned = workdir / "shapes.safetensors"
+    if not learned.exists():
+        assert _train(workdir, tiny_dir, learned) == 0
+    out = tmp_path / "labels-only"
+    assert main(["segment", str(learned), str(workdir / "scene1.jpg"), "--out", str(out), "--no-overlays",
+                 "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["classes.json", "scene1.png"]

@@ -62,6 +62,15 @@ def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
+def _writable(img: Image.Image, fmt: str) -> bool:
+    """Whether this Pillow can write `img`'s mode in `fmt` (the set changes between versions)."""
+    try:
+        _encoded(img, fmt)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+
+
 def _npy(arr: np.ndarray, allow_pickle: bool = False) -> Callable[[Path], None]:
     def write(p: Path) -> None:
         with open(p, "wb") as fh:
@@ -87,6 +96,8 @@ def image_cases() -> list[Case]:
     for ext, fmt in formats.items():
         for mode in modes[ext]:
             img = Image.fromarray(RGB[..., 0].astype(np.uint16) * 257) if mode == "I;16" else rgb.convert(mode)
+            if not _writable(img, fmt):  # e.g. Pillow 13 no longer writes mode I as PNG
+                continue
             cases.append(Case(f"mode_{mode.replace(';', '')}.{ext}", "image", _save(img, fmt), "works", (h, w, 3)))
         good = _encoded(rgb, fmt)
         for frac in (0.0, 0.1, 0.3, 0.6, 0.9):
@@ -285,8 +296,8 @@ def artifact_cases() -> list[Case]:
         cases.append(Case(f"wrongtype_{key}.safetensors", "artifact", _artifact(_meta(**{key: wrong})), "error",
                           message=key if key != "format" else "not a slimeseg"))
     bad_meta = {
-        "newer": ({"format_version": 99}, "newer"), "one_class": ({"classes": ["bg"]}, "2 to 77"),
-        "class_int": ({"classes": ["bg", 1]}, "2 to 77"), "class_empty": ({"classes": ["bg", ""]}, "2 to 77"),
+        "newer": ({"format_version": 99}, "newer"), "one_class": ({"classes": ["bg"]}, "2 to 76"),
+        "class_int": ({"classes": ["bg", 1]}, "2 to 76"), "class_empty": ({"classes": ["bg", ""]}, "2 to 76"),
         "revision_int": ({"revision": 5}, "revision"), "hashes_str": ({"image_hashes": "abc"}, "image_hashes"),
         "hashes_int": ({"image_hashes": [1]}, "image_hashes"), "history_list": ({"history": []}, "history"),
         "cfg_size_str": ({"config": {"image_size": "big"}}, "image_size"),

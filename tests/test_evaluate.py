@@ -16,7 +16,8 @@ from PIL import Image
 from slimeseg.cli import main
 from slimeseg.datasets import Sample, load_dataset
 from slimeseg.errors import InputError
-from slimeseg.evaluate import PAPER_MIOU, evaluate_learned, format_report, reproduce
+from slimeseg.evaluate import evaluate_learned, format_report
+from slimeseg.reproduce import PAPER_MIOU, reproduce
 from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
 from slimeseg.splits import kshot_split, seeded_pick
 
@@ -184,3 +185,36 @@ def test_cli_reproduce(tiny_dir, tmp_path, capsys):
     results = json.loads(out.read_text())
     assert results["shots"] == 1 and len(results["runs"]) == 2
     assert results["settings"]["use_mse"] is False
+
+
+# ---------------------------------------------------------------------------- class names
+def test_eval_takes_the_artifacts_names_when_the_dataset_names_none(shapes, tiny_dir, capsys):
+    unnamed = _write_folder(shapes["dir"] / "unnamed", (1, 2))
+    (unnamed / "classes.txt").unlink()
+    assert load_dataset(unnamed).named is False
+    out = shapes["dir"] / "unnamed.json"
+    code = main(["eval", str(shapes["path"]), str(unnamed), "--model", str(tiny_dir), "--out", str(out),
+                 "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "names no classes; using the embeddings'" in captured.err
+    report = json.loads(out.read_text())
+    assert report["classes"] == SHAPE_CLASSES and report["notes"]
+    # a dataset whose labels go beyond the artifact's classes is still refused
+    from slimeseg.datasets import Dataset
+    from slimeseg.evaluate import match_classes
+
+    wide = Dataset(classes=["background", "class_1"], samples=load_dataset(unnamed).samples, named=False)
+    with pytest.raises(InputError, match="do not match"):
+        match_classes(["background", "disc"], wide)
+
+
+def test_segment_classes_json_names_a_dataset(shapes, tmp_path):
+    data = _write_folder(tmp_path / "d", (1,))
+    (data / "classes.txt").unlink()
+    (data / "classes.json").write_text(json.dumps({"classes": SHAPE_CLASSES, "palette": []}))
+    dataset = load_dataset(data)
+    assert dataset.named and dataset.classes == SHAPE_CLASSES
+    (data / "classes.json").write_text(json.dumps({"palette": []}))
+    with pytest.raises(InputError, match="classes.json: needs a \"classes\" list"):
+        load_dataset(data)

@@ -58,19 +58,30 @@ def test_fused_was_step_loss_and_gradient_equal_plain(segmenter):
 
 
 def test_fit_with_processors_installed_once_equals_per_call(segmenter, scene, monkeypatch):
+    from slimeseg import training
+    from slimeseg.attention import CaptureProcessor, attention_layers
+
     image, mask, classes = scene
     kw = {"image_size": 128, "steps": 3, "progress": False, "seed": 1}
     before = dict(segmenter.sd.unet.attn_processors)
+    layers, roles = attention_layers(segmenter.sd.unet), segmenter.sd.plan.roles()
     seen = []
 
     def spy(step, total, losses):  # during fit, the capture processors stay installed
-        seen.append(segmenter._installed is not None)
+        seen.append(all(isinstance(layers[n].processor, CaptureProcessor) for n in roles))
 
     once = segmenter.fit([image], [mask], classes, callback=spy, **kw)
     assert seen == [True] * 3
-    assert segmenter._installed is None
     assert all(segmenter.sd.unet.attn_processors[n] is p for n, p in before.items())
-    monkeypatch.setattr(Segmenter, "_installed_for", lambda self, store: contextlib.nullcontext())
+    # per call: fit installs nothing; every step installs its processors and restores them
+    real_step = training.train_step
+
+    def per_call_step(job, state):
+        with capture(job.sd.unet, job.sd.plan.roles(), job.store):
+            return real_step(job, state)
+
+    monkeypatch.setattr(training, "capture", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(training, "train_step", per_call_step)
     per_call = segmenter.fit([image], [mask], classes, **kw)
     torch.testing.assert_close(once.context, per_call.context, rtol=0, atol=0)
     assert once.history["loss"] == per_call.history["loss"]

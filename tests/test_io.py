@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from slimeseg.errors import InputError
-from slimeseg.io import load_image, load_mask, save_labels
+from slimeseg.io import load_image, load_mask
+from slimeseg.writers import save_labels
 
 
 def test_image_modes(tmp_path):

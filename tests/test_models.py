@@ -67,3 +67,43 @@ def test_bad_dtype_and_device():
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="CUDA"):
             pick_device("cuda")
+
+
+def test_offline_without_the_model_says_so_at_once(monkeypatch):
+    """No hub and no cached copy: one line that says so and names the way out, without retries."""
+    import time
+
+    from slimeseg import models
+
+    monkeypatch.setattr(models, "hub_unreachable", lambda timeout=3.0: "cannot resolve huggingface.co")
+    start = time.monotonic()
+    with pytest.raises(ModelError) as err:
+        load_stable_diffusion("someone/not-cached-model", device="cpu", local_files_only=False)
+    msg = str(err.value)
+    assert time.monotonic() - start < 5
+    assert "cannot be reached (cannot resolve huggingface.co)" in msg and "not in the local cache" in msg
+    assert "--model" in msg and "tiny-model" in msg and "\n" not in msg
+    with pytest.raises(ModelError, match="offline mode"):  # HF_HUB_OFFLINE=1, as the tests run
+        load_stable_diffusion("someone/not-cached-model", device="cpu")
+    with pytest.raises(ModelError, match="no such model folder"):
+        load_stable_diffusion("./no/such/folder", device="cpu")
+
+
+def test_hub_probe_is_certain_only_when_it_can_be(monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    from slimeseg.models import hub_unreachable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def no_dns(*a, **k):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_dns)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    assert "cannot resolve" in hub_unreachable()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # a proxy may reach it: not certain
+    assert hub_unreachable() is None

@@ -22,10 +22,11 @@ from PIL import Image
 from test_corpus import CASES  # tests/ is on sys.path (rootdir-less test modules)
 
 from slimeseg import Learned
-from slimeseg.cli import _output_names, main, safe_stem
+from slimeseg.cli import main
 from slimeseg.errors import InputError
 from slimeseg.io import load_image, load_mask
 from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+from slimeseg.writers import output_names, safe_stem
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ",".join(SHAPE_CLASSES)
@@ -162,8 +163,8 @@ def test_output_names_stay_inside_and_never_collide(tmp_path):
     for a, b in (("a b.png", "a_b.jpg"), ("Car.png", "car.jpg"), ("x.png", "x.overlay.png"),
                  ("d1/a.png", "d2/a.png")):
         with pytest.raises(InputError, match="same output"):
-            _output_names([tmp_path / a, tmp_path / b])
-    assert _output_names([tmp_path / "a.png", tmp_path / "b.png"]) == {tmp_path / "a.png": "a",
+            output_names([tmp_path / a, tmp_path / b])
+    assert output_names([tmp_path / "a.png", tmp_path / "b.png"]) == {tmp_path / "a.png": "a",
                                                                       tmp_path / "b.png": "b"}
 
 
@@ -286,7 +287,7 @@ def test_nan_loss_keeps_last_good_embeddings(example, tiny_dir, tmp_path, capsys
 
 def test_exif_rotated_image_and_mask_pair_up(tmp_path):
     """A photo and its mask that both carry an orientation tag are rotated alike and still match."""
-    from slimeseg.segmenter import prepare_examples
+    from slimeseg.examples import prepare_examples
 
     image, mask = shapes_scene(0, 64)
     image, mask = image[:, :48], mask[:, :48]  # not square, so a missed rotation shows

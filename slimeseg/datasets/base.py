@@ -6,6 +6,7 @@ must not be scored ("void"); `slimeseg.metrics` skips those by default.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import numpy as np
 from ..errors import InputError
 
 IGNORE = 255  # label value for pixels left out of training losses and metrics
-CLASS_FILES = ("classes.txt", "labels.txt")
+CLASS_FILES = ("classes.txt", "labels.txt", "classes.json")  # classes.json: as `segment` writes it
 
 
 @dataclass(eq=False)
@@ -43,6 +44,7 @@ class Dataset:
 
     classes: list[str]
     samples: list[Sample] = field(default_factory=list)
+    named: bool = True  # False: the data names no classes; `classes` are stand-ins (class_1, ...)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -76,14 +78,24 @@ def select_names(available: Iterable[str], names: Sequence[str] | None, where: P
 
 
 def read_class_names(path: Path) -> list[str]:
-    """Parse a class list: one name per line, or "index name" lines covering 0..K-1.
+    """Parse a class list: one name per line, or "index name" lines covering 0..K-1, or a JSON
+    file with a "classes" list (the `classes.json` that `slimeseg segment` writes).
 
     Blank lines and lines starting with '#' are skipped. Names must be unique.
     """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read class names ({exc})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            names = json.loads(text).get("classes")
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise InputError(f"{path}: not a classes.json file ({exc})") from None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise InputError(f"{path}: needs a \"classes\" list of names")
+        text = "\n".join(names)
+    lines = text.splitlines()
     lines = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
     if not lines:
         raise InputError(f"{path}: no class names in file")
@@ -113,7 +125,7 @@ def find_class_file(*folders: Path) -> Path | None:
     for folder in folders:
         found = [folder / name for name in CLASS_FILES if (folder / name).is_file()]
         if len(found) > 1:
-            raise InputError(f"{folder}: both classes.txt and labels.txt exist; keep one")
+            raise InputError(f"{folder}: {' and '.join(p.name for p in found)} all name classes; keep one")
         if found:
             return found[0]
     return None

@@ -10,7 +10,8 @@ Two layouts are accepted:
 
 A file with no partner, or a stem with more than one candidate image or mask, is an InputError
 that names it. `DIR/classes.txt` or `DIR/labels.txt` (one name per line, or "index name" lines)
-names the classes; without one they are called background, class_1, class_2, ...
+(or the `classes.json` that `slimeseg segment` writes) names the classes; without one they are
+called background, class_1, class_2, ... and the dataset says it names none (`Dataset.named`).
 """
 
 from __future__ import annotations
@@ -129,17 +130,20 @@ def load_pairs(pairs: Pairs, names: set[str]) -> list[Sample]:
 
 def resolve_classes(
     classes: Sequence[str] | str | os.PathLike | None, samples: list[Sample], *folders: Path
-) -> list[str]:
-    """Class names from an explicit list, a file, a classes/labels file in `folders`, or defaults."""
+) -> tuple[list[str], bool]:
+    """Class names from an explicit list, a file, a class file in `folders`, or stand-ins
+    (background, class_1, ...); the flag says whether the names are real (not stand-ins)."""
+    named = True
     if isinstance(classes, (str, os.PathLike)):
         names = read_class_names(Path(classes))
     elif classes is not None:
         names = list(classes)
     else:
         found = find_class_file(*folders)
+        named = found is not None
         names = read_class_names(found) if found else default_class_names(samples)
     check_labels(samples, names, "the class list")
-    return names
+    return names, named
 
 
 def load_folder(
@@ -153,4 +157,5 @@ def load_folder(
     if not pairs:
         raise InputError(f"{folder}: no image/mask pairs found")
     samples = load_pairs(pairs, select_names(pairs, names, folder))
-    return Dataset(classes=resolve_classes(classes, samples, folder), samples=samples)
+    class_names, named = resolve_classes(classes, samples, folder)
+    return Dataset(classes=class_names, samples=samples, named=named)

@@ -34,4 +34,5 @@ def load_slime(
     if not pairs:
         raise InputError(f"{folder}: no image/.npy mask pairs found")
     samples = load_pairs(pairs, select_names(pairs, names, folder))
-    return Dataset(classes=resolve_classes(classes, samples, folder, folder.parent), samples=samples)
+    names, named = resolve_classes(classes, samples, folder, folder.parent)
+    return Dataset(classes=names, samples=samples, named=named)

@@ -1,0 +1,308 @@
+"""Learning the class embeddings (METHOD.md "What is optimized", "Losses").
+
+- `TrainingJob`: what a fit is about and never changes during it (model, examples, classes,
+  settings, the frozen prompt, the attention store).
+- `TrainState`: everything a step changes (embeddings, Adam, RNG, pair order, step, history), with
+  `commit` / `rewind` (the RNG and order as of the last whole step), `snapshot` (an artifact),
+  `save` and `restore` (resumable checkpoints).
+- `train_step`: one optimisation step; `fit`: the loop around it, with progress, checkpoints,
+  Ctrl-C and the last good embeddings kept when the loss turns non-finite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import maps
+from .artifact import Learned
+from .attention import AttentionStore, capture
+from .augment import augment, resize_pair
+from .config import SlimeConfig
+from .errors import ArtifactError, InputError, TrainingError
+from .examples import Example
+from .losses import ce_loss, class_weights, ldm_loss, mse_loss
+from .models import StableDiffusion
+
+# callback(step, total_steps, losses) -> False to stop early (keeping the result so far)
+Callback = Callable[[int, int, dict[str, float]], bool | None]
+
+
+def with_classes(trainable: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """The (1, 77, D) sequence the UNet sees: `base` with rows 1..K-1 set to the class embeddings."""
+    k = trainable.shape[0] + 1
+    return torch.cat([base[:, :1], trainable[None], base[:, k:]], dim=1)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it when the block ends.
+
+    Only in the main thread with Python's default handler; elsewhere the block runs as is.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@dataclass
+class TrainingJob:
+    """The fixed part of a fit: model, examples, classes, settings and the frozen prompt."""
+
+    sd: StableDiffusion
+    examples: list[Example]
+    classes: list[str]
+    cfg: SlimeConfig
+    base: torch.Tensor  # (1, 77, D): "part" x K through CLIP; rows 1..K-1 start the embeddings
+    uncond: torch.Tensor | None  # (1, 77, D) empty prompt, only with LDM guidance
+    store: AttentionStore
+    latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, sd: StableDiffusion, examples: list[Example], classes: Sequence[str],
+               cfg: SlimeConfig) -> TrainingJob:
+        """Encode the prompt once and set up the attention store for `cfg`."""
+        k = len(classes)
+        base = sd.encode_prompt(" ".join(["part"] * k)).to(sd.device)  # (1, 77, D)
+        uncond = sd.encode_prompt("").to(sd.device) if cfg.ldm_guidance else None
+        store = AttentionStore(k, cls.latent_hw(cfg), want_was=cfg.use_was and cfg.use_mse,
+                               values_fn=maps.train_values)
+        return cls(sd, examples, list(classes), cfg, base, uncond, store)
+
+    @staticmethod
+    def latent_hw(cfg: SlimeConfig) -> tuple[int, int]:
+        return cfg.image_size // 8, cfg.image_size // 8
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def total(self) -> int:
+        return self.cfg.total_steps(len(self.examples))
+
+
+class TrainState:
+    """What one step changes, and how to save it and go back to its last whole step."""
+
+    def __init__(self, job: TrainingJob) -> None:
+        self.job = job
+        k = job.num_classes
+        self.trainable = job.base[0, 1:k].clone().float().requires_grad_(True)  # (K-1, D)
+        self.optimizer = torch.optim.Adam([self.trainable], lr=job.cfg.lr)
+        self.gen = torch.Generator().manual_seed(job.cfg.seed)
+        self.order: list[int] = []  # what is left of this epoch's pair order
+        self.step = 0
+        self.history: dict[str, Any] = {"loss": [], "steps_done": 0}
+        self.commit()
+
+    def commit(self) -> None:
+        """Record the RNG and pair order as of now (a whole step): what `rewind` returns to."""
+        self._committed = (self.gen.get_state(), list(self.order))
+
+    def rewind(self) -> None:
+        """Back to the last commit, so a step cut short (Ctrl-C, error) leaves no trace in them."""
+        self.gen.set_state(self._committed[0])
+        self.order[:] = self._committed[1]
+
+    def snapshot(self) -> Learned:
+        """The embeddings as an artifact; with resume state while steps remain."""
+        job = self.job
+        context = with_classes(self.trainable.detach(), job.base)[0].float().cpu()  # (77, D)
+        history = {**self.history, "steps_done": self.step, "total_steps": job.total}
+        learned = Learned(context=context, classes=list(job.classes), model_id=job.sd.model_id,
+                          fingerprint=job.sd.fingerprint, config=job.cfg.to_dict(),
+                          revision=job.sd.revision, image_hashes=[e.sha256 for e in job.examples],
+                          uncond=None if job.uncond is None else job.uncond[0].cpu(), history=history)
+        if self.step < job.total:
+            learned.state = self.resume_tensors()
+        return learned
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write `snapshot()` atomically (a resumable checkpoint while steps remain)."""
+        self.snapshot().save(path)
+
+    def resume_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything besides the embeddings that a resumed run needs to continue identically."""
+        st = next(iter(self.optimizer.state.values()), {})
+        state = {"step": torch.tensor([self.step]), "rng": self.gen.get_state(),
+                 "order": torch.tensor(self.order, dtype=torch.int64)}
+        if st:
+            state.update(adam_exp_avg=st["exp_avg"].cpu(), adam_exp_avg_sq=st["exp_avg_sq"].cpu(),
+                         adam_step=torch.as_tensor(st["step"]).reshape(1).float().cpu())
+        return state
+
+    def restore(self, checkpoint: Learned) -> None:
+        """Continue a checkpoint: its embeddings, Adam, RNG, order and history, after checking it
+        was made by this same job (classes, images, model, settings)."""
+        job = self.job
+        if list(checkpoint.classes) != job.classes:
+            raise InputError(f"checkpoint classes {checkpoint.classes} differ from {job.classes}")
+        if checkpoint.image_hashes and checkpoint.image_hashes != [e.sha256 for e in job.examples]:
+            raise InputError("checkpoint was made with other training images; cannot resume")
+        if checkpoint.fingerprint != job.sd.fingerprint:
+            raise ArtifactError(f"checkpoint is for model '{checkpoint.model_id}', not '{job.sd.model_id}'")
+        if not checkpoint.state:
+            raise InputError("this file holds finished embeddings, not a resumable checkpoint")
+        saved = SlimeConfig.from_dict(checkpoint.config)
+        if saved.replace(steps=job.cfg.steps, epochs=job.cfg.epochs) != job.cfg:
+            raise InputError("checkpoint was made with other settings; resume with the same ones")
+        with torch.no_grad():
+            self.trainable.copy_(checkpoint.context[1:job.num_classes].to(self.trainable))
+        st = checkpoint.state
+        self.gen.set_state(st["rng"])
+        if "adam_exp_avg" in st:
+            self.optimizer.state[self.trainable] = {
+                "step": st["adam_step"].reshape(()).clone(),
+                "exp_avg": st["adam_exp_avg"].to(self.trainable),
+                "exp_avg_sq": st["adam_exp_avg_sq"].to(self.trainable)}
+        self.step, self.order = int(st["step"][0]), st["order"].tolist()
+        self.history = dict(checkpoint.history)
+        self.history.setdefault("loss", [])
+        self.commit()
+
+
+def _training_pair(job: TrainingJob, state: TrainState, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents (1, 4, h, w) and mask (S, S) of example `idx` for this step: augmented, or resized
+    once and cached when augmentation is off."""
+    sd, cfg, ex = job.sd, job.cfg, job.examples[idx]
+    if cfg.augment:
+        present = [c for c in torch.unique(ex.mask).tolist() if c > 0]
+        focus = present[state.step % len(present)] if present else None
+        img, msk = augment(ex.image, ex.mask, cfg, state.gen, focus)
+        return sd.encode_image(img[None]), msk
+    if idx not in job.latent_cache:
+        img, msk = resize_pair(ex.image, ex.mask, cfg.image_size)
+        job.latent_cache[idx] = (sd.encode_image(img[None]), msk)
+    return job.latent_cache[idx]
+
+
+def train_step(job: TrainingJob, state: TrainState) -> dict[str, float]:
+    """One optimisation step on one training pair; returns the logged losses.
+
+    Expects the capture processors of `job.store` installed on the UNet (`fit` does that once).
+    Raises TrainingError, with the embeddings untouched, if the loss or the update is not finite.
+    """
+    sd, cfg, store, k = job.sd, job.cfg, job.store, job.num_classes
+    hw = job.latent_hw(cfg)
+    # 1. the next training pair: a fresh seeded permutation every epoch
+    if not state.order:
+        state.order = torch.randperm(len(job.examples), generator=state.gen).tolist()
+    idx = state.order.pop(0)
+    # 2. augment (or just resize) and encode to latents
+    latents, msk = _training_pair(job, state, idx)
+    mask_lo = F.interpolate(msk[None, None].float(), size=hw, mode="nearest")[0, 0].long()
+    mask_lo = mask_lo.to(sd.device)  # (h, w)
+    # 3. noise at a random t in [t_min, t_max] and run the UNet with capture
+    t = torch.randint(cfg.t_min, cfg.t_max + 1, (1,), generator=state.gen).to(sd.device)
+    noise = torch.randn(latents.shape, generator=state.gen)
+    context = with_classes(state.trainable, job.base)  # (1, 77, D)
+    store.reset()
+    if job.uncond is not None:  # classifier-free guidance inside L_LDM: uncond + cond in one batch
+        pred = sd.denoise(latents.repeat(2, 1, 1, 1), noise.repeat(2, 1, 1, 1), t.repeat(2),
+                          torch.cat([job.uncond, context]))
+        pred = pred[:1] + cfg.ldm_guidance * (pred[1:] - pred[:1])
+    else:
+        pred = sd.denoise(latents, noise, t, context)
+    # 4. the three losses on the conditional half
+    losses: dict[str, torch.Tensor] = {}
+    scores = maps.class_scores(store, hw)[-1]  # (K, h, w)
+    if cfg.use_ce:
+        losses["ce"] = ce_loss(scores, mask_lo, class_weights(mask_lo, k))
+    if store.want_was:
+        losses["mse"] = cfg.alpha * mse_loss(store.was()[-1], mask_lo)
+    if cfg.use_ldm and cfg.beta:
+        target = sd.ldm_target(latents, noise.to(latents), t)
+        losses["ldm"] = cfg.beta * ldm_loss(pred, target)
+    if not losses:
+        raise TrainingError("every loss term is switched off; nothing to optimise")
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise TrainingError(f"loss became {loss.item()} at step {state.step + 1}; stopped, "
+                            "keeping the last good embeddings (try a lower --lr)")
+    # 5. update the K-1 class embeddings (undone if it made them non-finite); Ctrl-C waits
+    # until the step is whole
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    with _sigint_deferred():
+        before = state.trainable.detach().clone()
+        state.optimizer.step()
+        if not torch.isfinite(state.trainable).all():
+            with torch.no_grad():
+                state.trainable.copy_(before)
+            raise TrainingError(f"embeddings became non-finite at step {state.step + 1}; stopped, "
+                                "keeping the last good embeddings (try a lower --lr)")
+        state.step += 1
+        logged = {n: round(float(v.detach()), 5) for n, v in losses.items()}
+        logged["loss"] = round(float(loss.detach()), 5)
+        state.history["loss"].append(logged["loss"])
+        state.commit()
+    return logged
+
+
+def fit(sd: StableDiffusion, examples: list[Example], classes: Sequence[str], cfg: SlimeConfig, *,
+        progress: bool = True, callback: Callback | None = None,
+        checkpoint_path: str | os.PathLike | None = None, checkpoint_every: int = 0,
+        resume: Learned | None = None) -> Learned:
+    """Learn one embedding per foreground class from validated examples; returns the artifact.
+
+    With `checkpoint_every` N > 0, a resumable checkpoint is written atomically to
+    `checkpoint_path` every N steps and on Ctrl-C; `resume` continues one to the same result as an
+    uninterrupted run. If the loss or embeddings turn non-finite, the last good embeddings are
+    saved to `checkpoint_path` (when given) and carried by the TrainingError.
+    """
+    # 0. the frozen prompt, the attention store and the starting state
+    job = TrainingJob.create(sd, examples, classes, cfg)
+    state = TrainState(job)
+    if resume is not None:
+        state.restore(resume)
+    bar = tqdm(total=job.total, initial=state.step, disable=not progress, desc="fit", unit="step",
+               dynamic_ncols=True)
+    try:
+        # the capture processors stay installed for all steps (per-step installs cost host time)
+        with capture(sd.unet, sd.plan.roles(), job.store):
+            while state.step < job.total:
+                # 1.-5. one step
+                logged = train_step(job, state)
+                bar.set_postfix(loss=f"{logged['loss']:.4f}", refresh=False)
+                bar.update(1)
+                # 6. periodic checkpoint, then let the caller stop us
+                if checkpoint_path and checkpoint_every and state.step % checkpoint_every == 0 \
+                        and state.step < job.total:
+                    state.save(checkpoint_path)
+                if callback is not None and callback(state.step, job.total, logged) is False:
+                    break
+    except KeyboardInterrupt:
+        if checkpoint_path and checkpoint_every:
+            state.rewind()
+            state.save(checkpoint_path)
+        raise
+    except TrainingError as exc:
+        state.rewind()
+        good = state.snapshot()  # the embeddings from before the failing update
+        message = str(exc)
+        if checkpoint_path and state.step:
+            good.save(checkpoint_path)
+            message += f"; the last good embeddings ({state.step} steps) are saved in {checkpoint_path}"
+        raise TrainingError(message, learned=good) from None
+    finally:
+        bar.close()
+    return state.snapshot()

@@ -1,0 +1,129 @@
+"""The app's behaviour (`SlimeApp`) without a browser or Gradio: classes, examples, training with
+progress and stop, loading artifacts, segmenting through the shared writer."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from slimeseg.app import MAX_STEPS, Session, SlimeApp
+from slimeseg.config import MAX_CLASSES, SlimeConfig
+from slimeseg.errors import SlimeError
+from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+
+
+@pytest.fixture
+def app(segmenter) -> SlimeApp:
+    return SlimeApp(segmenter)
+
+
+def _mask_file(mask: np.ndarray, folder: Path) -> str:
+    """A mask upload, as Gradio hands it over: a path."""
+    path = folder / f"mask{len(list(folder.glob('mask*.png')))}.png"
+    Image.fromarray(mask).save(path)
+    return str(path)
+
+
+def _session_with_example(app: SlimeApp, folder: Path) -> Session:
+    sess = Session()
+    for name in SHAPE_CLASSES[1:]:
+        sess = app.add_class(name, sess)
+    image, mask = shapes_scene(0, 64)
+    return app.add_example(image, None, _mask_file(mask, folder), sess)
+
+
+def test_classes_and_examples(app, tmp_path):
+    sess = Session()
+    with pytest.raises(SlimeError, match="Type a class name"):
+        app.add_class("  ", sess)
+    sess = app.add_class("disc", sess)
+    with pytest.raises(SlimeError, match="already a class"):
+        app.add_class("disc", sess)
+    many = Session(classes=[f"c{i}" for i in range(MAX_CLASSES)])
+    with pytest.raises(SlimeError, match=f"At most {MAX_CLASSES}"):
+        app.add_class("one more", many)
+    image, mask = shapes_scene(0, 64)
+    with pytest.raises(SlimeError, match="Nothing painted"):
+        app.add_example(image, [], None, sess)
+    with pytest.raises(SlimeError, match="holds class 3 but only 2"):
+        app.add_example(image, None, _mask_file(mask, tmp_path), sess)
+    with pytest.raises(SlimeError, match="mask is 32x32"):
+        app.add_example(image, None, _mask_file(mask[:32, :32], tmp_path), sess)
+    sess = _session_with_example(app, tmp_path)
+    assert len(sess.images) == 1 and app.examples_text(sess) == "1 example(s)."
+    assert app.example_gallery(sess)[0][0].shape == (64, 64, 3)
+    assert app.clear_examples(sess).images == []
+
+
+def test_train_settings_default_to_slimeconfig(app, tmp_path):
+    sess = _session_with_example(app, tmp_path)
+    d = SlimeConfig()
+    assert app.train_settings(None, None, None, sess) == {"steps": d.epochs, "image_size": d.image_size,
+                                                          "seed": d.seed}
+    assert app.train_settings(5, 128, 3, sess) == {"steps": 5, "image_size": 128, "seed": 3}
+    for bad in (0, MAX_STEPS + 1, 2.5):
+        with pytest.raises(SlimeError, match="whole number"):
+            app.train_settings(bad, 64, 0, sess)
+    with pytest.raises(SlimeError, match="multiple of 64"):
+        app.train_settings(5, 100, 0, sess)
+    with pytest.raises(SlimeError, match="painted example"):
+        app.train_settings(5, 64, 0, Session())
+
+
+def test_train_reports_progress_and_stops_early(app, tmp_path):
+    sess = _session_with_example(app, tmp_path)
+    updates = []
+    for u in app.train(50, 64, 0, sess, key="tab"):
+        updates.append(u)
+        if u.step >= 3 and u.learned is None:
+            assert app.stop("tab")
+    assert updates[0].state == "starting"
+    last = updates[-1]
+    assert last.state == "stopped early" and 3 <= last.step < 50
+    assert last.learned.history["steps_done"] == last.step and sess.learned_path == last.learned_path
+    assert [s for s, _ in last.losses] == list(range(1, last.step + 1))
+    assert not app.stop("tab")  # nothing running any more
+
+
+def test_segment_writes_through_the_shared_writer(app, tmp_path):
+    sess = _session_with_example(app, tmp_path)
+    with pytest.raises(SlimeError, match="Train or load"):
+        app.segment([str(tmp_path / "x.png")], sess)
+    *_, last = app.train(2, 64, 0, sess)
+    for name in ("a b.png", "a_b.jpg", "c.png"):  # "a b" and "a_b" both become a_b: a clash
+        Image.fromarray(shapes_scene(1, 48)[0]).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("no")
+    files = [str(tmp_path / n) for n in ("a b.png", "a_b.jpg", "c.png", "notes.txt")]
+    result = app.segment(files, sess)
+    assert result.note == "2 image(s) segmented, 2 refused"
+    assert any("same output" in p and "a_b.jpg" in p for p in result.problems)
+    assert any("notes.txt" in p for p in result.problems)
+    assert len(result.gallery) == 6  # original, overlay, label map per image
+    with zipfile.ZipFile(result.zip_path) as zf:
+        names = set(zf.namelist())
+    assert names == {"a_b.png", "a_b.overlay.png", "c.png", "c.overlay.png", "classes.json"}
+    assert not list(Path(result.zip_path).parent.glob(".*.tmp"))  # atomic writes leave no temp files
+    labels = np.asarray(Image.open(zipfile.ZipFile(result.zip_path).open("c.png")))
+    assert labels.shape == (48, 48) and labels.max() < len(SHAPE_CLASSES)
+    np.testing.assert_array_equal(labels, app.segmenter.predict(tmp_path / "c.png", last.learned))
+
+
+def test_load_artifact_refuses_other_models(app, tmp_path, other_tiny_dir):
+    from slimeseg import Segmenter
+
+    other = Segmenter.from_pretrained(str(other_tiny_dir), device="cpu")
+    image, mask = shapes_scene(0, 64)
+    other.fit([image], [mask], SHAPE_CLASSES, steps=1, image_size=64, progress=False).save(tmp_path / "o.safetensors")
+    with pytest.raises(SlimeError, match="start the app with --model"):
+        app.load_artifact(str(tmp_path / "o.safetensors"), Session())
+    with pytest.raises(SlimeError, match="not a .safetensors"):
+        app.load_artifact(str(tmp_path / "o.txt"), Session())
+    sess = _session_with_example(app, tmp_path)
+    *_, last = app.train(1, 64, 0, sess)
+    fresh = Session()
+    learned = app.load_artifact(last.learned_path, fresh)
+    assert learned.classes == SHAPE_CLASSES and fresh.learned_path != last.learned_path

@@ -1,0 +1,51 @@
+"""Settings are spelled once: CLI flags come from SlimeConfig's fields, and only what the user
+typed reaches the config."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from slimeseg.cli import build_parser, config_overrides
+from slimeseg.config import BOTH, TRAIN, SlimeConfig
+
+
+def _dests(command: str) -> set[str]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return {a.dest for a in sub.choices[command]._actions}
+
+
+def test_every_setting_has_a_flag_on_the_commands_it_concerns():
+    fields = {f.name: f.metadata["scope"] for f in dataclasses.fields(SlimeConfig)}
+    train = {n for n, s in fields.items() if s in (TRAIN, BOTH)}
+    infer = {n for n, s in fields.items() if s == BOTH}
+    assert {"lr", "steps", "use_mse", "flip_p", "crop_keep_fraction", "tiles"} <= train
+    assert train <= _dests("train") and train <= _dests("reproduce")
+    for command in ("segment", "eval"):
+        assert infer <= _dests(command)
+        assert not (train - infer) & _dests(command)  # no training flags where nothing trains
+    assert all(f.metadata.get("help") for f in dataclasses.fields(SlimeConfig))
+
+
+def test_only_flags_the_user_typed_become_overrides():
+    parser = build_parser()
+    args = parser.parse_args(["train", "--image", "a.png", "--mask", "m.png", "--classes", "bg,x",
+                              "--out", "o.safetensors"])
+    assert config_overrides(args) == {}
+    args = parser.parse_args(["train", "--image", "a.png", "--mask", "m.png", "--classes", "bg,x",
+                              "--out", "o.safetensors", "--no-was", "--no-augment", "--lr", "0.05",
+                              "--steps", "7", "--normalization", "reference", "--preset", "horse",
+                              "--rotate-degrees", "5"])
+    assert config_overrides(args) == {"use_was": False, "augment": False, "lr": 0.05, "steps": 7,
+                                      "normalization": "reference", "min_crop_ratio": 0.8,
+                                      "rotate_degrees": 5.0}
+    cfg = SlimeConfig().replace(**config_overrides(args))
+    assert cfg.min_crop_ratio == 0.8 and cfg.epochs == SlimeConfig().epochs
+
+
+def test_bad_flag_values_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["segment", "l.safetensors", "x", "--out", "o", "--normalization", "odd"])
+    assert "invalid choice" in capsys.readouterr().err
