@@ -8,10 +8,11 @@
 #       bash benchmarks/gpu.sh
 #
 # 1. the machine: nvidia-smi, torch/diffusers versions, models present in ~/.cache/huggingface;
-# 2. bench.py at 512x512 on cuda (ours in the default fp16 vs the fp32 reference-style baseline,
+# 2. bench.py at 512x512 on cuda (ours in the device's default dtype, bf16 where supported, vs the fp32 reference-style baseline,
 #    and the bare-UNet floor), then ours in fp32 (the dtype lever on its own);
 # 3. a 200-step 1-shot fit of the full-size random-weight UNet (model building excluded) and
-#    batched inference throughput at 512x512 (images/s).
+#    batched inference throughput at 512x512 (images/s);
+# 4. precision.py: one fit step's embedding gradient in bf16 and (loss-scaled) fp16 vs fp32.
 # Each step has its own timeout so a hang cannot eat the budget; results go to $OUT as JSON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +57,10 @@ stamp "$STEPS-step 1-shot fit + batched inference throughput at $SIZE"
 timeout 150 "$PY" benchmarks/fit_throughput.py --model "$FIT_MODEL" --device "$DEVICE" --size "$SIZE" \
     --steps "$STEPS" --images "$IMAGES" --batch "$BATCH" --json "$OUT/fit-$DEVICE-$SIZE.json" \
     || echo "fit_throughput.py failed or timed out (rc $?)"
+
+stamp "precision: one step's embedding gradient in bf16 / fp16 (+ loss scale) vs fp32 at $SIZE"
+timeout 120 "$PY" benchmarks/precision.py --device "$DEVICE" --size "$SIZE" \
+    --json "$OUT/precision-$DEVICE-$SIZE.json" || echo "precision.py failed or timed out (rc $?)"
 
 stamp "done; results in $OUT"
 ls -l "$OUT"

@@ -157,6 +157,13 @@ def _validate_state(state: dict[str, torch.Tensor], context: torch.Tensor, k: in
     if any(t is not None for t in adam):
         ok = ok and all(t is not None for t in adam) and adam[2].numel() == 1 and all(
             t.shape == (k - 1, context.shape[1]) and t.is_floating_point() for t in adam[:2])
+    rows = (k - 1, context.shape[1])
+    for name in ("current", "best"):  # embeddings kept beside the context
+        ok = ok and (name not in state or (tuple(state[name].shape) == rows
+                                           and state[name].is_floating_point()
+                                           and bool(torch.isfinite(state[name]).all())))
+    ok = ok and ("best" in state) == ("best_meta" in state)
+    ok = ok and all(state[n].numel() == size for n, size in (("best_meta", 3), ("loss_scale", 2)) if n in state)
     if not ok:
         raise ArtifactError(f"{path}: checkpoint resume state is incomplete or malformed")
 

@@ -140,12 +140,14 @@ class CaptureProcessor:
         kk = store.num_classes
 
         if self.role == "cross":
-            # 1. class-token scores QK^T/sqrt(d), mean over heads: (B, K, h, w)
-            scores = (q @ k[:, :, :kk].transpose(-1, -2)) * attn.scale  # (B, H, N, K)
+            # 1. class-token scores QK^T/sqrt(d), mean over heads: (B, K, h, w), in float32 even
+            # in a half-precision UNet (they are the CE loss's logits, and its gradient's path)
+            qf = q.float()
+            scores = (qf @ k[:, :, :kk].float().transpose(-1, -2)) * attn.scale  # (B, H, N, K)
             h, w = store.hw_for(n)
-            store.cross.append(scores.float().mean(1).transpose(1, 2).reshape(b, kk, h, w))
+            store.cross.append(scores.mean(1).transpose(1, 2).reshape(b, kk, h, w))
             if store.want_probs:
-                probs = ((q @ k.transpose(-1, -2)) * attn.scale).float().softmax(-1)[..., :kk]
+                probs = ((qf @ k.float().transpose(-1, -2)) * attn.scale).softmax(-1)[..., :kk]
                 store.cross_probs.append(probs.mean(1).transpose(1, 2).reshape(b, kk, h, w))
             out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
         elif store.want_was:

@@ -1,8 +1,13 @@
-"""Training-time augmentation of (image, mask) pairs, as the reference code does it.
+"""Training-time augmentation of (image, mask) pairs (`SlimeConfig.augment_order`).
 
-Per step: a random square crop that keeps > 30 % of one class (the class cycles from step to
-step), resized to the model's input size; horizontal flip; rotation (border = background);
-Gaussian blur of the image. One seeded torch.Generator drives every draw, so runs repeat.
+- "slimeseg": a random square crop of the original that keeps > 30 % of one class (the class
+  cycles from step to step), resized to the model's input size; horizontal flip; rotation
+  (border = background); Gaussian blur of the image.
+- "reference", the reference code's order: resize to the model's square first, flip, Gaussian
+  blur with a kernel of 1, 3 or 5 px (sigma by OpenCV's rule for that kernel), then the crop in
+  that square frame keeping > 30 % of the background (what its cycling class index amounts to),
+  resized back, and rotation.
+One seeded torch.Generator drives every draw, so runs repeat.
 """
 
 from __future__ import annotations
@@ -75,9 +80,47 @@ def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return out[0]
 
 
+def _blur_kernel(image: torch.Tensor, ksize: int) -> torch.Tensor:
+    """Gaussian blur with an odd kernel of `ksize` px and OpenCV's sigma for it (sigma 0 there)."""
+    if ksize <= 1:
+        return image
+    sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
+    radius = ksize // 2
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = image.shape[0]
+    out = F.conv2d(F.pad(image[None], (radius, radius, 0, 0), mode="reflect"),
+                   k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"),
+                   k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return out[0]
+
+
+def augment_reference(image: torch.Tensor, mask: torch.Tensor, cfg: SlimeConfig,
+                      gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference code's augmentation order (module doc), at image_size."""
+    # 1. resize to the model's square first, then flip and blur in that frame
+    image, mask = resize_pair(image, mask, cfg.image_size)
+    if _uniform(gen) < cfg.flip_p:
+        image, mask = image.flip(-1), mask.flip(-1)
+    if _uniform(gen) < cfg.blur_p:
+        image = _blur_kernel(image, (1, 3, 5)[int(torch.randint(0, 3, (), generator=gen))])
+    # 2. the crop in the square frame, keeping part of the background, resized back
+    if _uniform(gen) < cfg.crop_p:
+        image, mask = _crop(image, mask, cfg, gen, 0)
+        image, mask = resize_pair(image, mask, cfg.image_size)
+    # 3. rotation
+    if _uniform(gen) < cfg.rotate_p and cfg.rotate_degrees > 0:
+        image, mask = _rotate(image, mask, _uniform(gen, -cfg.rotate_degrees, cfg.rotate_degrees))
+    return image.clamp(0, 1), mask
+
+
 def augment(image: torch.Tensor, mask: torch.Tensor, cfg: SlimeConfig, gen: torch.Generator,
             focus: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One random augmentation of image (3, H, W) in [0, 1] and mask (H, W), at image_size."""
+    if cfg.augment_order == "reference":
+        return augment_reference(image, mask, cfg, gen)
     # 1. crop (keeping > crop_keep_fraction of class `focus`), then resize to the model size
     if _uniform(gen) < cfg.crop_p:
         image, mask = _crop(image, mask, cfg, gen, focus)

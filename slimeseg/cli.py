@@ -41,7 +41,8 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--revision", help="hub revision (branch, tag or commit) to pin")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
-                   help="UNet precision (default: float32 on CPU, float16 on CUDA)")
+                   help="UNet precision (default: float32 on CPU; on CUDA bfloat16, or float16 "
+                        "with loss scaling where bfloat16 is not supported)")
 
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
@@ -92,7 +93,8 @@ def _add_settings(p: argparse.ArgumentParser, train: bool) -> None:
         shown = "not set" if default is None else f"{default:.4g}" if isinstance(default, float) else default
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, choices=choices,
                            metavar=None if choices else name.split("_")[-1].upper(),
-                           help=f"{f.metadata['help']} (default: {shown})")
+                           help=f.metadata["help"] if "default" in f.metadata["help"]
+                           else f"{f.metadata['help']} (default: {shown})")
     if train:
         group.add_argument("--preset", choices=sorted(AUGMENT_PRESETS),
                            help="augmentation preset of the paper for a dataset (crop ratio, rotation)")
@@ -128,19 +130,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise InputError("give at least one --image and one --mask")
     if len(args.image) != len(args.mask):
         raise InputError(f"{len(args.image)} --image but {len(args.mask)} --mask; give one mask per image")
+    if len(args.val_image) != len(args.val_mask):
+        raise InputError(f"{len(args.val_image)} --val-image but {len(args.val_mask)} --val-mask; "
+                         "give one mask per validation image")
     _apply_input_args(args)
     out = Path(args.out)
     _check_writable_file(out)
     with warnings.catch_warnings():  # check every pair before the model loads (fit warns itself)
         warnings.simplefilter("ignore")
         prepare_examples(args.image, args.mask, args.classes)
+        if args.val_image:
+            prepare_examples(args.val_image, args.val_mask, args.classes)
     resume = Learned.load(args.resume) if args.resume else None
     seg = Segmenter.from_pretrained(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
     try:
         learned = seg.fit(args.image, args.mask, args.classes, progress=not args.quiet,
                           checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every,
-                          resume=resume, **config_overrides(args))
+                          resume=resume, val_images=args.val_image or None,
+                          val_masks=args.val_mask or None, **config_overrides(args))
     except KeyboardInterrupt:
         if args.checkpoint_every:
             print(f"interrupted; progress saved to {checkpoint} (continue with --resume {checkpoint})",
@@ -152,8 +160,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.checkpoint_every and checkpoint.exists():
         checkpoint.unlink()
     losses = learned.history.get("loss") or [float("nan")]
-    print(f"saved {out} ({len(args.classes)} classes, {learned.history.get('steps_done')} steps, "
-          f"final loss {losses[-1]:.4f})")
+    hist = learned.history
+    chosen = (f", kept step {hist['best_step']} (validation mIoU {100 * hist['best_validation']:.1f}%)"
+              if "best_step" in hist and learned.config.get("select_best") else "")
+    stopped = f", stopped early at step {hist['stopped_early_at']}" if "stopped_early_at" in hist else ""
+    print(f"saved {out} ({len(args.classes)} classes, {hist.get('steps_done')} steps, "
+          f"final loss {losses[-1]:.4f}{chosen}{stopped})")
     return 0
 
 
@@ -350,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="its mask: index/palette PNG or .npy of class indices (repeat)")
     p.add_argument("--classes", type=_comma_list, required=True,
                    help="comma-separated class names, background first: background,body,wheel")
+    p.add_argument("--val-image", action="append", default=[], dest="val_image",
+                   help="validation image for --select-best / --patience (repeat; default: "
+                        "--validation's rule)")
+    p.add_argument("--val-mask", action="append", default=[], dest="val_mask", help="its mask (repeat)")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--checkpoint-every", type=int, default=0, dest="checkpoint_every",
                    help="save a resumable checkpoint every N steps (and on Ctrl-C)")

@@ -6,6 +6,7 @@ The CLI and the app pass only what the user set; everything else comes from here
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -62,12 +63,26 @@ class SlimeConfig:
         None, "classifier-free guidance scale inside the diffusion loss (reference code: 100)")
     t_min: int = _setting(5, "smallest training timestep")
     t_max: int = _setting(100, "largest training timestep")
+    loss_scale: Literal["auto", "dynamic", "static", "off"] = _setting(
+        "auto", "loss scaling of the backward pass (auto: dynamic in float16, off otherwise)")
+    loss_scale_init: float = _setting(2.0**16, "first (or, static, the fixed) loss scale")
+    # -- choosing the embeddings: validation, best step, early stopping (the reference's protocol) --
+    select_best: bool = _setting(False, "keep the embeddings of the best validation mIoU, not the last")
+    validation: Literal["auto", "train", "holdout"] = _setting(
+        "auto", "what validates: auto = the training example for 1-shot, one held-out example for "
+                "k-shot (as the reference); train = all training examples; holdout = the last example")
+    validate_every: int | None = _setting(None, "validate every N steps (default: once per epoch)")
+    patience: int | None = _setting(None, "stop after this many validations without improvement "
+                                           "(default: never stop early)")
     # -- the maps --
     use_was: bool = _setting(True, "WAS maps; off: cross-attention maps only, in training and inference",
                              BOTH)
     image_size: int = _setting(512, "SD input side in pixels (a multiple of 64)", BOTH)
     # -- augmentation (one random draw per step) --
     augment: bool = _setting(True, "augment the examples each step (crop, flip, rotation, blur)")
+    augment_order: Literal["slimeseg", "reference"] = _setting(
+        "slimeseg", "slimeseg: crop the original, resize, flip, rotate, blur; reference: resize to "
+                    "the square first, flip, blur (kernel 1/3/5), crop there around background, rotate")
     flip_p: float = _setting(0.5, "probability of a horizontal flip")
     blur_p: float = _setting(0.5, "probability of a Gaussian blur")
     crop_p: float = _setting(1.0, "probability of a random square crop")
@@ -98,6 +113,16 @@ class SlimeConfig:
             raise ValueError(f"min_crop_ratio must be in (0, 1], got {self.min_crop_ratio}")
         if self.tiles < 1:
             raise ValueError(f"tiles must be >= 1, got {self.tiles}")
+        if self.validate_every is not None and self.validate_every < 1:
+            raise ValueError(f"validate_every must be >= 1, got {self.validate_every}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if not self.loss_scale_init > 0:
+            raise ValueError(f"loss_scale_init must be > 0, got {self.loss_scale_init}")
+        for name in ("loss_scale", "validation", "augment_order"):
+            allowed = typing.get_args(typing.get_type_hints(SlimeConfig)[name])
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     def total_steps(self, num_pairs: int) -> int:
         """Optimisation steps for `num_pairs` training pairs (epochs x pairs, batch 1)."""

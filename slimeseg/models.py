@@ -146,9 +146,12 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 
 
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """`None` -> float32 on CPU, float16 on CUDA; names like "bf16" accepted."""
+    """`None` -> float32 on CPU; on CUDA bfloat16 where the GPU supports it, else float16 (which
+    training then loss-scales, `SlimeConfig.loss_scale`); names like "bf16" accepted."""
     if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:

@@ -103,21 +103,29 @@ class Segmenter:
     def fit(self, images: Sequence[ImageLike], masks: Sequence[ImageLike], classes: Sequence[str],
             config: SlimeConfig | None = None, *, progress: bool = True,
             callback: Callback | None = None, checkpoint_path: str | os.PathLike | None = None,
-            checkpoint_every: int = 0, resume: Learned | None = None, **overrides: Any) -> Learned:
+            checkpoint_every: int = 0, resume: Learned | None = None,
+            val_images: Sequence[ImageLike] | None = None, val_masks: Sequence[ImageLike] | None = None,
+            **overrides: Any) -> Learned:
         """Learn one embedding per foreground class from (image, mask) pairs; also sets it for predict.
 
         `overrides` change single settings of `config` (None means "not set"). With
         `checkpoint_every` N, the state is saved atomically to `checkpoint_path` every N steps and
         on Ctrl-C; `resume` continues such a checkpoint to the same result as an uninterrupted
         run. If training fails (non-finite loss), the last good embeddings become `self.learned`
-        and are saved to `checkpoint_path` when one is given.
+        and are saved to `checkpoint_path` when one is given. `val_images`/`val_masks` are the
+        pairs that validate with `select_best` / `patience` (default: `training.split_validation`).
         """
         cfg = (config or SlimeConfig()).replace(**overrides)
         examples = prepare_examples(images, masks, classes)
+        validation = None
+        if val_images is not None or val_masks is not None:
+            validation = prepare_examples(val_images or [], val_masks or [], classes)
+            cfg = cfg.replace(select_best=True) if cfg.patience is None else cfg
         try:
             learned = training.fit(self.sd, examples, classes, cfg, progress=progress,
                                    callback=callback, checkpoint_path=checkpoint_path,
-                                   checkpoint_every=checkpoint_every, resume=resume)
+                                   checkpoint_every=checkpoint_every, resume=resume,
+                                   validation=validation)
         except TrainingError as exc:
             if exc.learned is not None:
                 self.learned = exc.learned

@@ -1,12 +1,13 @@
 """Learning the class embeddings (METHOD.md "What is optimized", "Losses").
 
-- `TrainingJob`: what a fit is about and never changes during it (model, examples, classes,
-  settings, the frozen prompt, the attention store).
-- `TrainState`: everything a step changes (embeddings, Adam, RNG, pair order, step, history), with
-  `commit` / `rewind` (the RNG and order as of the last whole step), `snapshot` (an artifact),
-  `save` and `restore` (resumable checkpoints).
-- `train_step`: one optimisation step; `fit`: the loop around it, with progress, checkpoints,
-  Ctrl-C and the last good embeddings kept when the loss turns non-finite.
+- `TrainingJob`: what a fit is about and never changes during it (model, training and validation
+  examples, classes, settings, the frozen prompt, the attention store).
+- `TrainState`: everything a step changes (embeddings, Adam, RNG, pair order, step, history, loss
+  scale, best validated embeddings), with `commit` / `rewind` (the RNG and order as of the last
+  whole step), `snapshot` (an artifact), `save` and `restore` (resumable checkpoints).
+- `train_step`: one optimisation step; `validate`: the validation mIoU with the inference path;
+  `fit`: the loop around them, with progress, checkpoints, Ctrl-C, best-step selection, early
+  stopping, and the last good embeddings kept when the loss turns non-finite.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import maps
+from . import inference, maps
 from .artifact import Learned
 from .attention import AttentionStore, capture
 from .augment import augment, resize_pair
@@ -31,6 +33,7 @@ from .config import SlimeConfig
 from .errors import ArtifactError, InputError, TrainingError
 from .examples import Example
 from .losses import ce_loss, class_weights, ldm_loss, mse_loss
+from .metrics import image_confusion, iou_from_confusion
 from .models import StableDiffusion
 
 # callback(step, total_steps, losses) -> False to stop early (keeping the result so far)
@@ -63,29 +66,93 @@ def _sigint_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+class LossScale:
+    """Loss scaling for a float16 backward pass, where small gradients would flush to zero.
+
+    The loss is multiplied by `scale` before backward and the gradient divided by it after; an
+    update whose gradient overflowed is skipped. Dynamic: the scale halves on an overflow and
+    doubles after `growth_interval` clean steps; static: it stays fixed.
+    """
+
+    def __init__(self, scale: float, dynamic: bool, growth_interval: int = 200) -> None:
+        self.scale, self.dynamic, self.growth_interval = float(scale), dynamic, growth_interval
+        self.clean = 0  # steps since the last overflow or growth
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss * self.scale).backward()
+
+    def unscale(self, param: torch.Tensor) -> bool:
+        """Unscale `param.grad` in place; False (and, dynamic, a smaller scale) on an overflow."""
+        if param.grad is None:
+            return True
+        param.grad.div_(self.scale)
+        finite = bool(torch.isfinite(param.grad).all())
+        if not finite:
+            self.clean = 0
+            if self.dynamic:
+                self.scale = max(self.scale / 2, 1.0)
+        else:
+            self.clean += 1
+            if self.dynamic and self.clean >= self.growth_interval:
+                self.scale, self.clean = self.scale * 2, 0
+        return finite
+
+    @classmethod
+    def for_run(cls, cfg: SlimeConfig, dtype: torch.dtype) -> LossScale | None:
+        """The scaler a run needs: `auto` scales dynamically in float16 only."""
+        mode = cfg.loss_scale
+        if mode == "auto":
+            mode = "dynamic" if dtype == torch.float16 else "off"
+        return None if mode == "off" else cls(cfg.loss_scale_init, dynamic=mode == "dynamic")
+
+
+def split_validation(examples: list[Example], cfg: SlimeConfig,
+                     validation: list[Example] | None = None) -> tuple[list[Example], list[Example]]:
+    """(training, validation) examples for a fit, by `cfg.validation` unless pairs are given.
+
+    Validation runs only when it is used (`select_best` or `patience`). "auto" is the reference's
+    rule: one example validates on itself; with k >= 2, the last one is held out of training.
+    """
+    if validation is not None:
+        return examples, validation
+    if not cfg.select_best and cfg.patience is None:
+        return examples, []
+    rule = cfg.validation
+    if rule == "auto":
+        rule = "train" if len(examples) == 1 else "holdout"
+    if rule == "train":
+        return examples, examples
+    if len(examples) < 2:
+        raise InputError("validation 'holdout' needs at least 2 examples (one is held out); "
+                         "use validation 'train' for a single example")
+    return examples[:-1], examples[-1:]
+
+
 @dataclass
 class TrainingJob:
     """The fixed part of a fit: model, examples, classes, settings and the frozen prompt."""
 
     sd: StableDiffusion
-    examples: list[Example]
+    examples: list[Example]  # what trains
     classes: list[str]
     cfg: SlimeConfig
     base: torch.Tensor  # (1, 77, D): "part" x K through CLIP; rows 1..K-1 start the embeddings
     uncond: torch.Tensor | None  # (1, 77, D) empty prompt, only with LDM guidance
     store: AttentionStore
+    validation: list[Example] = field(default_factory=list)  # what picks the best step
     latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, sd: StableDiffusion, examples: list[Example], classes: Sequence[str],
-               cfg: SlimeConfig) -> TrainingJob:
+               cfg: SlimeConfig, validation: list[Example] | None = None) -> TrainingJob:
         """Encode the prompt once and set up the attention store for `cfg`."""
+        examples, val = split_validation(examples, cfg, validation)
         k = len(classes)
         base = sd.encode_prompt(" ".join(["part"] * k)).to(sd.device)  # (1, 77, D)
         uncond = sd.encode_prompt("").to(sd.device) if cfg.ldm_guidance else None
         store = AttentionStore(k, cls.latent_hw(cfg), want_was=cfg.use_was and cfg.use_mse,
                                values_fn=maps.train_values)
-        return cls(sd, examples, list(classes), cfg, base, uncond, store)
+        return cls(sd, examples, list(classes), cfg, base, uncond, store, val)
 
     @staticmethod
     def latent_hw(cfg: SlimeConfig) -> tuple[int, int]:
@@ -99,6 +166,14 @@ class TrainingJob:
     def total(self) -> int:
         return self.cfg.total_steps(len(self.examples))
 
+    @property
+    def validate_every(self) -> int:
+        """Steps between validations (default: one epoch)."""
+        return self.cfg.validate_every or len(self.examples)
+
+    def validation_due(self, step: int) -> bool:
+        return bool(self.validation) and step > 0 and (step % self.validate_every == 0 or step == self.total)
+
 
 class TrainState:
     """What one step changes, and how to save it and go back to its last whole step."""
@@ -109,9 +184,14 @@ class TrainState:
         self.trainable = job.base[0, 1:k].clone().float().requires_grad_(True)  # (K-1, D)
         self.optimizer = torch.optim.Adam([self.trainable], lr=job.cfg.lr)
         self.gen = torch.Generator().manual_seed(job.cfg.seed)
+        self.scaler = LossScale.for_run(job.cfg, job.sd.dtype)
         self.order: list[int] = []  # what is left of this epoch's pair order
         self.step = 0
         self.history: dict[str, Any] = {"loss": [], "steps_done": 0}
+        if job.validation:
+            self.history["validation"] = []  # [step, mIoU] pairs
+        self.best: torch.Tensor | None = None  # (K-1, D): embeddings of the best validation so far
+        self.best_score, self.best_step, self.since_best = -1.0, 0, 0
         self.commit()
 
     def commit(self) -> None:
@@ -123,17 +203,37 @@ class TrainState:
         self.gen.set_state(self._committed[0])
         self.order[:] = self._committed[1]
 
-    def snapshot(self) -> Learned:
-        """The embeddings as an artifact; with resume state while steps remain."""
+    def record_validation(self, score: float) -> None:
+        """Note a validation mIoU; the best so far (ties: the later, as the reference) is kept."""
+        score = round(score, 6)
+        self.history["validation"].append([self.step, score])
+        improved = score > self.best_score
+        if score >= self.best_score:
+            self.best = self.trainable.detach().clone()
+            self.best_score, self.best_step = score, self.step
+        self.since_best = 0 if improved else self.since_best + 1
+
+    def embeddings(self, final: bool = False) -> torch.Tensor:
+        """The (K-1, D) embeddings to hand out: the best validated ones when selecting and final."""
+        if final and self.job.cfg.select_best and self.best is not None:
+            return self.best
+        return self.trainable.detach()
+
+    def snapshot(self, final: bool = False) -> Learned:
+        """The embeddings as an artifact (`final`: the best validated ones when selecting), with
+        resume state while steps remain, unless early stopping ended the run."""
         job = self.job
-        context = with_classes(self.trainable.detach(), job.base)[0].float().cpu()  # (77, D)
+        context = with_classes(self.embeddings(final), job.base)[0].float().cpu()  # (77, D)
         history = {**self.history, "steps_done": self.step, "total_steps": job.total}
+        if job.validation:
+            history.update(best_step=self.best_step, best_validation=self.best_score,
+                           validation_hashes=[e.sha256 for e in job.validation])
         learned = Learned(context=context, classes=list(job.classes), model_id=job.sd.model_id,
                           fingerprint=job.sd.fingerprint, config=job.cfg.to_dict(),
                           revision=job.sd.revision, image_hashes=[e.sha256 for e in job.examples],
                           uncond=None if job.uncond is None else job.uncond[0].cpu(), history=history)
-        if self.step < job.total:
-            learned.state = self.resume_tensors()
+        if self.step < job.total and not (final and "stopped_early_at" in self.history):
+            learned.state = self.resume_tensors()  # steps remain: this can be continued
         return learned
 
     def save(self, path: str | os.PathLike) -> None:
@@ -148,11 +248,19 @@ class TrainState:
         if st:
             state.update(adam_exp_avg=st["exp_avg"].cpu(), adam_exp_avg_sq=st["exp_avg_sq"].cpu(),
                          adam_step=torch.as_tensor(st["step"]).reshape(1).float().cpu())
+        if self.scaler is not None:
+            state["loss_scale"] = torch.tensor([self.scaler.scale, float(self.scaler.clean)],
+                                               dtype=torch.float64)
+        state["current"] = self.trainable.detach().cpu()  # the context may hold the best instead
+        if self.best is not None:
+            state["best"] = self.best.cpu()
+            state["best_meta"] = torch.tensor([self.best_score, self.best_step, self.since_best],
+                                              dtype=torch.float64)
         return state
 
     def restore(self, checkpoint: Learned) -> None:
-        """Continue a checkpoint: its embeddings, Adam, RNG, order and history, after checking it
-        was made by this same job (classes, images, model, settings)."""
+        """Continue a checkpoint: its embeddings, Adam, RNG, order, loss scale, best step and
+        history, after checking it was made by this same job (classes, images, model, settings)."""
         job = self.job
         if list(checkpoint.classes) != job.classes:
             raise InputError(f"checkpoint classes {checkpoint.classes} differ from {job.classes}")
@@ -165,18 +273,27 @@ class TrainState:
         saved = SlimeConfig.from_dict(checkpoint.config)
         if saved.replace(steps=job.cfg.steps, epochs=job.cfg.epochs) != job.cfg:
             raise InputError("checkpoint was made with other settings; resume with the same ones")
-        with torch.no_grad():
-            self.trainable.copy_(checkpoint.context[1:job.num_classes].to(self.trainable))
         st = checkpoint.state
+        current = st.get("current", checkpoint.context[1:job.num_classes])
+        with torch.no_grad():
+            self.trainable.copy_(current.to(self.trainable))
         self.gen.set_state(st["rng"])
         if "adam_exp_avg" in st:
             self.optimizer.state[self.trainable] = {
                 "step": st["adam_step"].reshape(()).clone(),
                 "exp_avg": st["adam_exp_avg"].to(self.trainable),
                 "exp_avg_sq": st["adam_exp_avg_sq"].to(self.trainable)}
+        if self.scaler is not None and "loss_scale" in st:
+            self.scaler.scale, self.scaler.clean = float(st["loss_scale"][0]), int(st["loss_scale"][1])
+        if "best" in st:
+            self.best = st["best"].to(self.trainable)
+            score, step, since = st["best_meta"].tolist()
+            self.best_score, self.best_step, self.since_best = score, int(step), int(since)
         self.step, self.order = int(st["step"][0]), st["order"].tolist()
         self.history = dict(checkpoint.history)
         self.history.setdefault("loss", [])
+        if job.validation:
+            self.history.setdefault("validation", [])
         self.commit()
 
 
@@ -238,18 +355,26 @@ def train_step(job: TrainingJob, state: TrainState) -> dict[str, float]:
     if not torch.isfinite(loss):
         raise TrainingError(f"loss became {loss.item()} at step {state.step + 1}; stopped, "
                             "keeping the last good embeddings (try a lower --lr)")
-    # 5. update the K-1 class embeddings (undone if it made them non-finite); Ctrl-C waits
-    # until the step is whole
+    # 5. backward (loss-scaled in float16), then update the K-1 class embeddings (undone if it
+    # made them non-finite; skipped if a scaled gradient overflowed); Ctrl-C waits until the step
+    # is whole
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if state.scaler is not None:
+        state.scaler.backward(loss)
+    else:
+        loss.backward()
     with _sigint_deferred():
-        before = state.trainable.detach().clone()
-        state.optimizer.step()
-        if not torch.isfinite(state.trainable).all():
-            with torch.no_grad():
-                state.trainable.copy_(before)
-            raise TrainingError(f"embeddings became non-finite at step {state.step + 1}; stopped, "
-                                "keeping the last good embeddings (try a lower --lr)")
+        update = state.scaler is None or state.scaler.unscale(state.trainable)
+        if update:
+            before = state.trainable.detach().clone()
+            state.optimizer.step()
+            if not torch.isfinite(state.trainable).all():
+                with torch.no_grad():
+                    state.trainable.copy_(before)
+                raise TrainingError(f"embeddings became non-finite at step {state.step + 1}; stopped, "
+                                    "keeping the last good embeddings (try a lower --lr)")
+        else:
+            state.history["skipped_steps"] = state.history.get("skipped_steps", 0) + 1
         state.step += 1
         logged = {n: round(float(v.detach()), 5) for n, v in losses.items()}
         logged["loss"] = round(float(loss.detach()), 5)
@@ -258,19 +383,47 @@ def train_step(job: TrainingJob, state: TrainState) -> dict[str, float]:
     return logged
 
 
+def validate(job: TrainingJob, state: TrainState) -> float:
+    """The reference's validation mIoU of the current embeddings: per validation image, the mean
+    IoU over the classes of its mask, averaged over images (predicted with the inference path)."""
+    k = job.num_classes
+    learned = Learned(context=with_classes(state.trainable.detach(), job.base)[0].float().cpu(),
+                      classes=list(job.classes), model_id=job.sd.model_id,
+                      fingerprint=job.sd.fingerprint, config=job.cfg.to_dict())
+    images = [(ex.image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy() for ex in job.validation]
+    preds = inference.predict_labels(job.sd, images, learned, job.cfg, batch_size=4)
+    scores = []
+    for pred, ex in zip(preds, job.validation, strict=True):
+        matrix = image_confusion(pred, ex.mask.numpy().astype(np.uint8), k, None)
+        present = matrix.sum(axis=1) > 0
+        scores.append(float(iou_from_confusion(matrix)[present].mean()))
+    return float(np.mean(scores))
+
+
+def _validate_if_due(job: TrainingJob, state: TrainState) -> None:
+    """Run the validation the current step is due for, once (Ctrl-C waits until it is recorded)."""
+    done = state.history.get("validation") or [[-1, 0.0]]
+    if job.validation_due(state.step) and done[-1][0] != state.step:
+        with _sigint_deferred():
+            state.record_validation(validate(job, state))
+
+
 def fit(sd: StableDiffusion, examples: list[Example], classes: Sequence[str], cfg: SlimeConfig, *,
         progress: bool = True, callback: Callback | None = None,
         checkpoint_path: str | os.PathLike | None = None, checkpoint_every: int = 0,
-        resume: Learned | None = None) -> Learned:
+        resume: Learned | None = None, validation: list[Example] | None = None) -> Learned:
     """Learn one embedding per foreground class from validated examples; returns the artifact.
 
-    With `checkpoint_every` N > 0, a resumable checkpoint is written atomically to
-    `checkpoint_path` every N steps and on Ctrl-C; `resume` continues one to the same result as an
-    uninterrupted run. If the loss or embeddings turn non-finite, the last good embeddings are
-    saved to `checkpoint_path` (when given) and carried by the TrainingError.
+    With `select_best` (or `patience`), the embeddings are validated every `validate_every` steps
+    on `validation` (default: `split_validation`'s rule) and the best ones are returned (early
+    stopping after `patience` validations without improvement). With `checkpoint_every` N > 0, a
+    resumable checkpoint is written atomically to `checkpoint_path` every N steps and on Ctrl-C;
+    `resume` continues one to the same result as an uninterrupted run. If the loss or embeddings
+    turn non-finite, the last good embeddings are saved to `checkpoint_path` (when given) and
+    carried by the TrainingError.
     """
     # 0. the frozen prompt, the attention store and the starting state
-    job = TrainingJob.create(sd, examples, classes, cfg)
+    job = TrainingJob.create(sd, examples, classes, cfg, validation)
     state = TrainState(job)
     if resume is not None:
         state.restore(resume)
@@ -279,12 +432,18 @@ def fit(sd: StableDiffusion, examples: list[Example], classes: Sequence[str], cf
     try:
         # the capture processors stay installed for all steps (per-step installs cost host time)
         with capture(sd.unet, sd.plan.roles(), job.store):
+            _validate_if_due(job, state)  # a resumed run may stop right before its validation
             while state.step < job.total:
                 # 1.-5. one step
                 logged = train_step(job, state)
                 bar.set_postfix(loss=f"{logged['loss']:.4f}", refresh=False)
                 bar.update(1)
-                # 6. periodic checkpoint, then let the caller stop us
+                # 6. validation: the best embeddings so far, and early stopping
+                _validate_if_due(job, state)
+                if cfg.patience is not None and state.since_best >= cfg.patience:
+                    state.history["stopped_early_at"] = state.step
+                    break
+                # 7. periodic checkpoint, then let the caller stop us
                 if checkpoint_path and checkpoint_every and state.step % checkpoint_every == 0 \
                         and state.step < job.total:
                     state.save(checkpoint_path)
@@ -305,4 +464,4 @@ def fit(sd: StableDiffusion, examples: list[Example], classes: Sequence[str], cf
         raise TrainingError(message, learned=good) from None
     finally:
         bar.close()
-    return state.snapshot()
+    return state.snapshot(final=True)

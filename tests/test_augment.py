@@ -12,7 +12,8 @@ COLOURS = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0,
 ONLY = {"crop": dict(crop_p=1.0, flip_p=0.0, rotate_p=0.0, blur_p=0.0),
         "flip": dict(crop_p=0.0, flip_p=1.0, rotate_p=0.0, blur_p=0.0),
         "rotate": dict(crop_p=0.0, flip_p=0.0, rotate_p=1.0, blur_p=0.0),
-        "all-but-blur": dict(crop_p=1.0, flip_p=0.5, rotate_p=0.5, blur_p=0.0)}
+        "all-but-blur": dict(crop_p=1.0, flip_p=0.5, rotate_p=0.5, blur_p=0.0),
+        "reference-order": dict(augment_order="reference", crop_p=1.0, flip_p=0.5, rotate_p=0.5, blur_p=0.0)}
 
 
 def _pair(h: int = 90, w: int = 120) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,3 +89,16 @@ def test_a_seed_repeats_the_augmentation():
     c = augment(image, mask, cfg, torch.Generator().manual_seed(6), focus=2)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not (torch.equal(a[0], c[0]) and torch.equal(a[1], c[1]))
+
+
+def test_reference_blur_uses_opencv_kernels():
+    from slimeseg.augment import _blur_kernel
+
+    image = torch.zeros(3, 9, 9)
+    image[:, 4, 4] = 1.0
+    assert torch.equal(_blur_kernel(image, 1), image)
+    out = _blur_kernel(image, 3)  # sigma 0.8: the weights OpenCV uses for a 3-tap kernel
+    w = torch.exp(-torch.tensor([1.0, 0.0, 1.0]) / (2 * 0.8**2))
+    w = w / w.sum()
+    torch.testing.assert_close(out[0, 3:6, 3:6], torch.outer(w, w))
+    assert float(out.sum()) == pytest.approx(3.0)
