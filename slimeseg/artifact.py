@@ -30,7 +30,7 @@ _KIND = "slimeseg.learned"
 _REQUIRED = {"format": str, "format_version": int, "classes": list, "model_id": str,
              "fingerprint": str, "config": dict}
 _OPTIONAL = (("revision", str, "a string or null"), ("image_hashes", list, "a list"),
-             ("history", dict, "an object"))
+             ("history", dict, "an object"), ("lineage", list, "a list"))
 
 
 def image_hash(image: np.ndarray) -> str:
@@ -57,11 +57,19 @@ class Learned:
     uncond: torch.Tensor | None = None  # (77, D) for the optional guidance in L_LDM
     history: dict[str, Any] = field(default_factory=dict)  # losses, steps done, timings
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # optimiser/RNG for resume
+    lineage: list[dict[str, Any]] = field(default_factory=list)  # one entry per training round
     format_version: int = FORMAT_VERSION
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def digest(self) -> str:
+        """sha256 of what the embeddings are: the context, the classes and the model fingerprint
+        (names the parent of a refinement; equal for a file and its in-memory copy)."""
+        h = hashlib.sha256(self.context.detach().float().contiguous().cpu().numpy().tobytes())
+        h.update(json.dumps([self.classes, self.fingerprint]).encode())
+        return h.hexdigest()
 
     def metadata(self) -> dict[str, Any]:
         """The JSON metadata stored beside the tensors."""
@@ -69,6 +77,7 @@ class Learned:
             "format": _KIND, "format_version": self.format_version, "classes": self.classes,
             "model_id": self.model_id, "revision": self.revision, "fingerprint": self.fingerprint,
             "config": self.config, "image_hashes": self.image_hashes, "history": self.history,
+            "lineage": self.lineage,
             "slimeseg_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -121,6 +130,7 @@ class Learned:
                    fingerprint=meta["fingerprint"], config=meta["config"], revision=meta.get("revision"),
                    image_hashes=list(meta.get("image_hashes") or []), uncond=tensors.get("uncond"),
                    history=dict(meta.get("history") or {}), state=state,
+                   lineage=list(meta.get("lineage") or []),
                    format_version=meta["format_version"])
 
 
@@ -140,6 +150,8 @@ def _validate(meta: Any, path: Path) -> None:
     for key, typ, what in _OPTIONAL:
         if meta.get(key) is not None and not isinstance(meta[key], typ):
             raise ArtifactError(f"{path}: metadata field '{key}' is not {what}")
+    if not all(isinstance(e, dict) for e in meta.get("lineage") or []):
+        raise ArtifactError(f"{path}: metadata field 'lineage' must be a list of objects")
     if not all(isinstance(h, str) for h in meta.get("image_hashes") or []):
         raise ArtifactError(f"{path}: metadata field 'image_hashes' must be a list of strings")
     _validate_config(meta["config"], path)

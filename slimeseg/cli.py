@@ -34,10 +34,12 @@ def _comma_list(text: str) -> list[str]:
     return items
 
 
-def _add_model_args(p: argparse.ArgumentParser, default: str | None) -> None:
-    p.add_argument("--model", default=default,
-                   help=f"preset ({', '.join(MODELS)}), hub id or local diffusers folder"
-                        + (f" (default: {default})" if default else " (default: the one the embeddings were made with)"))
+def _add_model_args(p: argparse.ArgumentParser, default: str | None, init_aware: bool = False) -> None:
+    shown = (f" (default: {default})" if default else " (default: the one the embeddings were made with)")
+    if init_aware:  # train: --init's model unless told otherwise
+        shown = f" (default: the model of --init, else {default})"
+    p.add_argument("--model", default=None if init_aware else default,
+                   help=f"preset ({', '.join(MODELS)}), hub id or local diffusers folder{shown}")
     p.add_argument("--revision", help="hub revision (branch, tag or commit) to pin")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
@@ -142,12 +144,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.val_image:
             prepare_examples(args.val_image, args.val_mask, args.classes)
     resume = Learned.load(args.resume) if args.resume else None
-    seg = Segmenter.from_pretrained(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
+    parent = Learned.load(args.init) if args.init else None
+    model = args.model or (parent.model_id if parent else DEFAULT_MODEL)
+    revision = args.revision or (parent.revision if parent else None)
+    seg = Segmenter.from_pretrained(model, revision=revision, device=args.device, dtype=args.dtype)
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
     try:
         learned = seg.fit(args.image, args.mask, args.classes, progress=not args.quiet,
                           checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every,
-                          resume=resume, val_images=args.val_image or None,
+                          resume=resume, init=args.init, val_images=args.val_image or None,
                           val_masks=args.val_mask or None, **config_overrides(args))
     except KeyboardInterrupt:
         if args.checkpoint_every:
@@ -371,8 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save a resumable checkpoint every N steps (and on Ctrl-C)")
     p.add_argument("--checkpoint", help="checkpoint file (default: OUT.ckpt)")
     p.add_argument("--resume", help="continue from a checkpoint made with --checkpoint-every")
+    p.add_argument("--init", metavar="LEARNED",
+                   help="continue these learned embeddings (a refinement: same model; the same classes, "
+                        "or those plus new ones at the end; --refine-steps steps unless --steps)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_model_args(p, DEFAULT_MODEL)
+    _add_model_args(p, DEFAULT_MODEL, init_aware=True)
     _add_input_args(p)
     _add_settings(p, train=True)
     p.set_defaults(func=cmd_train)

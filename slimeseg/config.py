@@ -53,6 +53,8 @@ class SlimeConfig:
     # -- optimisation (METHOD.md "Losses") --
     epochs: int = _setting(200, "passes over the training pairs, batch 1")
     steps: int | None = _setting(None, "optimisation steps; overrides --epochs (default: epochs x images)")
+    refine_steps: int = _setting(50, "steps of a warm start from learned embeddings (--init) when "
+                                     "--steps is not given")
     lr: float = _setting(0.1, "Adam learning rate")
     alpha: float = _setting(1.0, "weight of the WAS-map MSE loss")
     beta: float = _setting(0.005, "weight of the diffusion (LDM) loss")
@@ -113,6 +115,8 @@ class SlimeConfig:
             raise ValueError(f"min_crop_ratio must be in (0, 1], got {self.min_crop_ratio}")
         if self.tiles < 1:
             raise ValueError(f"tiles must be >= 1, got {self.tiles}")
+        if self.refine_steps < 0 or (self.steps is not None and self.steps < 0):
+            raise ValueError("steps and refine_steps must be >= 0")
         if self.validate_every is not None and self.validate_every < 1:
             raise ValueError(f"validate_every must be >= 1, got {self.validate_every}")
         if self.patience is not None and self.patience < 1:
@@ -124,9 +128,12 @@ class SlimeConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
-    def total_steps(self, num_pairs: int) -> int:
-        """Optimisation steps for `num_pairs` training pairs (epochs x pairs, batch 1)."""
-        return self.steps if self.steps is not None else self.epochs * max(num_pairs, 1)
+    def total_steps(self, num_pairs: int, warm_start: bool = False) -> int:
+        """Optimisation steps for `num_pairs` training pairs (epochs x pairs, batch 1; a warm start
+        from learned embeddings: `refine_steps`), unless `steps` is set."""
+        if self.steps is not None:
+            return self.steps
+        return self.refine_steps if warm_start else self.epochs * max(num_pairs, 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON view for artifact metadata and reports."""

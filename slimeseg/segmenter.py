@@ -105,7 +105,7 @@ class Segmenter:
             callback: Callback | None = None, checkpoint_path: str | os.PathLike | None = None,
             checkpoint_every: int = 0, resume: Learned | None = None,
             val_images: Sequence[ImageLike] | None = None, val_masks: Sequence[ImageLike] | None = None,
-            **overrides: Any) -> Learned:
+            init: Learned | str | os.PathLike | None = None, **overrides: Any) -> Learned:
         """Learn one embedding per foreground class from (image, mask) pairs; also sets it for predict.
 
         `overrides` change single settings of `config` (None means "not set"). With
@@ -114,7 +114,14 @@ class Segmenter:
         run. If training fails (non-finite loss), the last good embeddings become `self.learned`
         and are saved to `checkpoint_path` when one is given. `val_images`/`val_masks` are the
         pairs that validate with `select_best` / `patience` (default: `training.split_validation`).
+        `init` (an artifact or its file) continues its embeddings instead of starting from the
+        prompt: refining with corrected examples takes `refine_steps` steps, not 200 epochs.
         """
+        if init is not None:
+            name = str(init) if isinstance(init, (str, os.PathLike)) else "the embeddings to continue"
+            if isinstance(init, (str, os.PathLike)):
+                init = Learned.load(init)
+            training.check_init(init, classes, self.sd, name)
         cfg = (config or SlimeConfig()).replace(**overrides)
         examples = prepare_examples(images, masks, classes)
         validation = None
@@ -125,7 +132,7 @@ class Segmenter:
             learned = training.fit(self.sd, examples, classes, cfg, progress=progress,
                                    callback=callback, checkpoint_path=checkpoint_path,
                                    checkpoint_every=checkpoint_every, resume=resume,
-                                   validation=validation)
+                                   validation=validation, init=init)
         except TrainingError as exc:
             if exc.learned is not None:
                 self.learned = exc.learned

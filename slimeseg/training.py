@@ -128,6 +128,38 @@ def split_validation(examples: list[Example], cfg: SlimeConfig,
     return examples[:-1], examples[-1:]
 
 
+def check_init(init: Learned, classes: Sequence[str], sd: StableDiffusion,
+               name: str | os.PathLike = "the embeddings to continue") -> None:
+    """Refuse a warm start that cannot work: another model, or classes that are not the
+    artifact's own (optionally followed by new ones). Errors name `name` and both sides."""
+    if init.fingerprint != sd.fingerprint:
+        raise ArtifactError(f"{name}: learned with model '{init.model_id}', but this run uses "
+                            f"'{sd.model_id}' (their configs differ); continue it with --model "
+                            f"{init.model_id}")
+    old, classes = list(init.classes), list(classes)
+    if classes[:len(old)] != old:
+        raise InputError(f"{name}: has classes [{', '.join(old)}]; a warm start needs the same "
+                         f"classes, or those followed by new ones, not [{', '.join(classes)}]")
+
+
+def warm_start(init: Learned, classes: list[str], base: torch.Tensor, sd: StableDiffusion
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen sequence (1, 77, D) and first embeddings (K-1, D) of a run continuing `init`.
+
+    Same model, and the same classes or the same ones with new classes appended: old classes
+    keep their learned embeddings, new ones start from the prompt as in a fresh fit. With the
+    same classes the whole sequence is the parent's, so zero steps give back its embeddings.
+    """
+    check_init(init, classes, sd)
+    old = list(init.classes)
+    if classes == old:
+        base = init.context[None].to(base)  # (1, 77, D)
+    k = len(classes)
+    start = base[0, 1:k].clone()  # (K-1, D)
+    start[:len(old) - 1] = init.context[1:len(old)].to(start)
+    return base, start
+
+
 @dataclass
 class TrainingJob:
     """The fixed part of a fit: model, examples, classes, settings and the frozen prompt."""
@@ -140,19 +172,26 @@ class TrainingJob:
     uncond: torch.Tensor | None  # (1, 77, D) empty prompt, only with LDM guidance
     store: AttentionStore
     validation: list[Example] = field(default_factory=list)  # what picks the best step
+    start: torch.Tensor | None = None  # (K-1, D) first embeddings (default: the prompt's rows)
+    parent: Learned | None = None  # the artifact a warm start continues
     latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, sd: StableDiffusion, examples: list[Example], classes: Sequence[str],
-               cfg: SlimeConfig, validation: list[Example] | None = None) -> TrainingJob:
-        """Encode the prompt once and set up the attention store for `cfg`."""
+               cfg: SlimeConfig, validation: list[Example] | None = None,
+               init: Learned | None = None) -> TrainingJob:
+        """Encode the prompt once and set up the attention store for `cfg`; with `init`, start
+        from its embeddings (`warm_start`)."""
         examples, val = split_validation(examples, cfg, validation)
         k = len(classes)
         base = sd.encode_prompt(" ".join(["part"] * k)).to(sd.device)  # (1, 77, D)
+        start = None
+        if init is not None:
+            base, start = warm_start(init, list(classes), base, sd)
         uncond = sd.encode_prompt("").to(sd.device) if cfg.ldm_guidance else None
         store = AttentionStore(k, cls.latent_hw(cfg), want_was=cfg.use_was and cfg.use_mse,
                                values_fn=maps.train_values)
-        return cls(sd, examples, list(classes), cfg, base, uncond, store, val)
+        return cls(sd, examples, list(classes), cfg, base, uncond, store, val, start, init)
 
     @staticmethod
     def latent_hw(cfg: SlimeConfig) -> tuple[int, int]:
@@ -164,7 +203,17 @@ class TrainingJob:
 
     @property
     def total(self) -> int:
-        return self.cfg.total_steps(len(self.examples))
+        return self.cfg.total_steps(len(self.examples), warm_start=self.parent is not None)
+
+    def lineage(self, steps: int) -> list[dict[str, Any]]:
+        """The rounds that made these embeddings: the parent's, then this one."""
+        parent = self.parent
+        entry = {"parent": None if parent is None else parent.digest(),
+                 "examples": [e.sha256 for e in self.examples],
+                 "validation": [e.sha256 for e in self.validation], "steps": steps,
+                 "classes": list(self.classes), "seed": self.cfg.seed,
+                 "new_classes": [] if parent is None else self.classes[len(parent.classes):]}
+        return [*(parent.lineage if parent is not None else []), entry]
 
     @property
     def validate_every(self) -> int:
@@ -181,7 +230,8 @@ class TrainState:
     def __init__(self, job: TrainingJob) -> None:
         self.job = job
         k = job.num_classes
-        self.trainable = job.base[0, 1:k].clone().float().requires_grad_(True)  # (K-1, D)
+        first = job.base[0, 1:k] if job.start is None else job.start
+        self.trainable = first.clone().float().requires_grad_(True)  # (K-1, D)
         self.optimizer = torch.optim.Adam([self.trainable], lr=job.cfg.lr)
         self.gen = torch.Generator().manual_seed(job.cfg.seed)
         self.scaler = LossScale.for_run(job.cfg, job.sd.dtype)
@@ -231,7 +281,8 @@ class TrainState:
         learned = Learned(context=context, classes=list(job.classes), model_id=job.sd.model_id,
                           fingerprint=job.sd.fingerprint, config=job.cfg.to_dict(),
                           revision=job.sd.revision, image_hashes=[e.sha256 for e in job.examples],
-                          uncond=None if job.uncond is None else job.uncond[0].cpu(), history=history)
+                          uncond=None if job.uncond is None else job.uncond[0].cpu(), history=history,
+                          lineage=job.lineage(self.step))
         if self.step < job.total and not (final and "stopped_early_at" in self.history):
             learned.state = self.resume_tensors()  # steps remain: this can be continued
         return learned
@@ -270,6 +321,10 @@ class TrainState:
             raise ArtifactError(f"checkpoint is for model '{checkpoint.model_id}', not '{job.sd.model_id}'")
         if not checkpoint.state:
             raise InputError("this file holds finished embeddings, not a resumable checkpoint")
+        parent = checkpoint.lineage[-1].get("parent") if checkpoint.lineage else None
+        if parent != (None if job.parent is None else job.parent.digest()):
+            raise InputError("checkpoint continues other learned embeddings (--init) than this run; "
+                             "resume with the same --init as the interrupted run")
         saved = SlimeConfig.from_dict(checkpoint.config)
         if saved.replace(steps=job.cfg.steps, epochs=job.cfg.epochs) != job.cfg:
             raise InputError("checkpoint was made with other settings; resume with the same ones")
@@ -411,7 +466,8 @@ def _validate_if_due(job: TrainingJob, state: TrainState) -> None:
 def fit(sd: StableDiffusion, examples: list[Example], classes: Sequence[str], cfg: SlimeConfig, *,
         progress: bool = True, callback: Callback | None = None,
         checkpoint_path: str | os.PathLike | None = None, checkpoint_every: int = 0,
-        resume: Learned | None = None, validation: list[Example] | None = None) -> Learned:
+        resume: Learned | None = None, validation: list[Example] | None = None,
+        init: Learned | None = None) -> Learned:
     """Learn one embedding per foreground class from validated examples; returns the artifact.
 
     With `select_best` (or `patience`), the embeddings are validated every `validate_every` steps
@@ -420,10 +476,12 @@ def fit(sd: StableDiffusion, examples: list[Example], classes: Sequence[str], cf
     resumable checkpoint is written atomically to `checkpoint_path` every N steps and on Ctrl-C;
     `resume` continues one to the same result as an uninterrupted run. If the loss or embeddings
     turn non-finite, the last good embeddings are saved to `checkpoint_path` (when given) and
-    carried by the TrainingError.
+    carried by the TrainingError. `init` continues learned embeddings (a warm start: same model,
+    the same classes or more; `refine_steps` steps unless `steps` is set); the artifact's lineage
+    names its parent and the examples of every round.
     """
     # 0. the frozen prompt, the attention store and the starting state
-    job = TrainingJob.create(sd, examples, classes, cfg, validation)
+    job = TrainingJob.create(sd, examples, classes, cfg, validation, init)
     state = TrainState(job)
     if resume is not None:
         state.restore(resume)
