@@ -12,18 +12,27 @@ left behind are removed. For each input `NAME` the outputs are:
   filled in its colour and outlined, so regions read clearly even where an object's own colour is
   close to its class colour;
 - `classes.json` once per folder: class names, palette, model and embeddings.
+
+With `format="parquet"` (for feeding results to other Ray or Spark jobs) the label maps are rows
+of one Parquet dataset instead, `labels/part-*.parquet`: the input's path, its name, its size, the
+class names and the PNG bytes of its label map (the very bytes `NAME.png` would hold). Each part
+is written atomically and named by a digest of its batch's inputs, so writing a batch again
+replaces its part instead of duplicating rows. A run's failures go to `errors.jsonl` (PNG) or
+`errors.parquet` (path and a one-line reason per input).
 """
 
 from __future__ import annotations
 
 import colorsys
 import contextlib
+import hashlib
+import io
 import json
 import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +46,10 @@ from .errors import InputError
 LABELS_SUFFIX = ".png"
 OVERLAY_SUFFIX = ".overlay.png"
 CLASSES_FILE = "classes.json"
-_TEMP = re.compile(r"\.(.+\.png|classes\.json|.+\.zip|.+\.json)\.[^.]+\.tmp")  # what atomic_path makes
+PARQUET_DIR = "labels"  # format="parquet": the dataset's folder inside the output folder
+ERRORS_FILES = {"png": "errors.jsonl", "parquet": "errors.parquet"}
+FORMATS = tuple(ERRORS_FILES)
+_TEMP = re.compile(r"\.(.+\.png|classes\.json|.+\.zip|.+\.jsonl?|.+\.parquet)\.[^.]+\.tmp")  # atomic_path's
 
 
 # ---------------------------------------------------------------------------- colours
@@ -129,6 +141,13 @@ def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
     return img
 
 
+def label_png_bytes(labels: np.ndarray, num_classes: int) -> bytes:
+    """The bytes of the label map's PNG file (what `save_labels` writes)."""
+    buf = io.BytesIO()
+    label_image(labels, num_classes).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_labels(path: str | os.PathLike, labels: np.ndarray, num_classes: int) -> None:
     """Write a label map as a single-channel palette PNG whose pixel values are class indices."""
     save_png(path, label_image(labels, num_classes))
@@ -193,40 +212,66 @@ def remove_stale_temp_files(out_dir: Path) -> int:
 class SegmentWriter:
     """Writes label maps (and overlays) for one output folder by the rules in the module doc.
 
-    Holds only paths and settings, so it can be copied to worker processes; `prepare` runs once
-    (on the driver), `done` and `write` per image (anywhere).
+    Holds only paths and settings, so it can be copied to worker processes; `prepare` and
+    `finished` run once (on the driver), `done`, `write` and `write_part` per image or batch
+    (anywhere).
     """
 
     out_dir: Path
     classes: list[str]
     overlays: bool = True
     info: dict[str, Any] = field(default_factory=dict)  # model, embeddings: kept in classes.json
+    format: str = "png"  # "png": files per input; "parquet": rows of labels/part-*.parquet
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.classes = list(self.classes)
+        if self.format not in FORMATS:
+            raise InputError(f"unknown output format '{self.format}' (choose {' or '.join(FORMATS)})")
+        if self.format == "parquet":
+            self.overlays = False  # the dataset holds label maps only
 
     @property
     def suffixes(self) -> tuple[str, ...]:
         return (LABELS_SUFFIX, OVERLAY_SUFFIX) if self.overlays else (LABELS_SUFFIX,)
+
+    @property
+    def parquet_dir(self) -> Path:
+        return self.out_dir / PARQUET_DIR
+
+    @property
+    def errors_file(self) -> Path:
+        return self.out_dir / ERRORS_FILES[self.format]
 
     def prepare(self) -> int:
         """Create the folder, check it is writable, remove a killed run's temp files, write
         classes.json; returns how many temp files were removed."""
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.format == "parquet":
+                self.parquet_dir.mkdir(exist_ok=True)
         except OSError as exc:
             raise InputError(f"{self.out_dir}: cannot create output directory ({exc.strerror})") from None
         if not os.access(self.out_dir, os.W_OK):
             raise InputError(f"{self.out_dir}: output directory is not writable")
-        removed = remove_stale_temp_files(self.out_dir)
+        removed = self.remove_temp_files()
         write_json(self.out_dir / CLASSES_FILE, {"classes": self.classes,
                                                  "palette": palette(len(self.classes)).tolist(),
                                                  **self.info})
         return removed
 
+    def remove_temp_files(self) -> int:
+        """Delete the temp files of writes that never finished (a killed process's)."""
+        removed = remove_stale_temp_files(self.out_dir)
+        if self.format == "parquet" and self.parquet_dir.is_dir():
+            removed += remove_stale_temp_files(self.parquet_dir)
+        return removed
+
     def names(self, inputs: Sequence[Path]) -> dict[Path, str]:
-        """Output stem per input (see `output_names`)."""
+        """Output stem per input (see `output_names`); Parquet rows are keyed by path, so there
+        inputs of the same stem do not clash."""
+        if self.format == "parquet":
+            return {p: safe_stem(p.stem) for p in inputs}
         return output_names(inputs, self.suffixes)
 
     def files(self, stem: str) -> list[Path]:
@@ -237,6 +282,16 @@ class SegmentWriter:
         """Whether every output of this input exists (each is whole: writes are atomic)."""
         return all(p.exists() for p in self.files(stem))
 
+    def finished(self, names: Mapping[Path, str]) -> set[Path]:
+        """The inputs (of `names`: input -> stem) whose outputs are all there, from one listing of
+        the folder (PNG) or the path column of the Parquet parts: no per-file look-ups, so it
+        stays fast for millions of inputs on a network file system."""
+        if self.format == "parquet":
+            done = self._parquet_paths()
+            return {p for p in names if str(p) in done}
+        present = {e.name for e in os.scandir(self.out_dir)} if self.out_dir.is_dir() else set()
+        return {p for p, stem in names.items() if all(stem + s in present for s in self.suffixes)}
+
     def write(self, stem: str, image: np.ndarray, labels: np.ndarray) -> list[Path]:
         """Write one input's outputs atomically; the label map goes last, so its presence means
         the image is finished."""
@@ -244,6 +299,58 @@ class SegmentWriter:
             save_overlay(self.out_dir / (stem + OVERLAY_SUFFIX), image, labels)
         save_labels(self.out_dir / (stem + LABELS_SUFFIX), labels, len(self.classes))
         return self.files(stem)
+
+    # ------------------------------------------------------------------ Parquet
+    def write_part(self, rows: Sequence[tuple[str, str, np.ndarray]],
+                   batch: Iterable[str] | None = None) -> Path | None:
+        """Parquet: one part file with a row per (path, name, labels), written atomically.
+
+        Its name is a digest of `batch` (the paths of the whole batch, failed ones included;
+        default: the rows' paths), so a retried task that writes the same batch again replaces
+        the part instead of adding duplicate rows. Nothing is written for no rows.
+        """
+        pa, pq = _pyarrow()
+        if not rows:
+            return None
+        key = sorted(batch if batch is not None else (r[0] for r in rows))
+        digest = hashlib.sha256("\n".join(key).encode()).hexdigest()[:24]
+        k = len(self.classes)
+        table = pa.table({
+            "path": pa.array([r[0] for r in rows], pa.string()),
+            "name": pa.array([r[1] for r in rows], pa.string()),
+            "width": pa.array([r[2].shape[1] for r in rows], pa.int32()),
+            "height": pa.array([r[2].shape[0] for r in rows], pa.int32()),
+            "classes": pa.array([self.classes] * len(rows), pa.list_(pa.string())),
+            "labels_png": pa.array([label_png_bytes(r[2], k) for r in rows], pa.binary()),
+        })
+        path = self.parquet_dir / f"part-{digest}.parquet"
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        return path
+
+    def _parquet_paths(self) -> set[str]:
+        """The paths already in the Parquet parts (each part is whole: writes are atomic)."""
+        _, pq = _pyarrow()
+        parts = sorted(self.parquet_dir.glob("part-*.parquet")) if self.parquet_dir.is_dir() else []
+        done: set[str] = set()
+        for part in parts:
+            done.update(pq.read_table(part, columns=["path"]).column("path").to_pylist())
+        return done
+
+    # ------------------------------------------------------------------ failures
+    def write_errors(self, errors: Sequence[tuple[str, str]]) -> Path:
+        """A run's failures, (path, one-line reason) each, replacing an earlier run's list:
+        `errors.jsonl` ({"path": ..., "error": ...} per line) or `errors.parquet`."""
+        path = self.errors_file
+        with atomic_path(path) as tmp:
+            if self.format == "parquet":
+                pa, pq = _pyarrow()
+                pq.write_table(pa.table({"path": pa.array([e[0] for e in errors], pa.string()),
+                                         "error": pa.array([e[1] for e in errors], pa.string())}),
+                               tmp)
+            else:
+                tmp.write_text("".join(json.dumps({"path": p, "error": e}) + "\n" for p, e in errors))
+        return path
 
     def zip(self, name: str = "labels.zip", stems: Iterable[str] | None = None) -> Path:
         """All outputs (or those of `stems`) and classes.json in one zip, written atomically."""
@@ -256,3 +363,13 @@ class SegmentWriter:
                 if p.name == CLASSES_FILE or (p.suffix == ".png" and (wanted is None or p.name in wanted)):
                     zf.write(p, p.name)
         return path
+
+
+def _pyarrow() -> tuple[Any, Any]:
+    """pyarrow and pyarrow.parquet, for the Parquet format (installed with slimeseg[ray])."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError("Parquet output needs pyarrow; install it with: pip install 'slimeseg[ray]'") from None
+    return pa, pq

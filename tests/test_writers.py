@@ -102,3 +102,59 @@ def test_writer_refuses_an_unusable_folder(tmp_path):
     with pytest.raises(InputError, match="cannot create output directory"):
         SegmentWriter(blocker / "sub", SHAPE_CLASSES).prepare()
     assert remove_stale_temp_files(tmp_path) == 0
+
+
+def test_finished_lists_the_folder_once_and_wants_every_output(tmp_path):
+    image, mask = shapes_scene(2, 32)
+    writer = SegmentWriter(tmp_path / "out", SHAPE_CLASSES)
+    writer.prepare()
+    names = writer.names([tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"])
+    for stem in ("a", "b", "c"):
+        writer.write(stem, image, mask)
+    (tmp_path / "out" / "b.overlay.png").unlink()  # incomplete: redone by a re-run
+    (tmp_path / "out" / "c.png").unlink()
+    assert writer.finished(names) == {tmp_path / "a.png"}
+    assert SegmentWriter(tmp_path / "none", SHAPE_CLASSES).finished(names) == set()
+
+
+def test_parquet_parts_are_atomic_idempotent_and_hold_the_png_bytes(tmp_path):
+    import pyarrow.parquet as pq
+
+    image, mask = shapes_scene(3, 40)
+    writer = SegmentWriter(tmp_path / "out", SHAPE_CLASSES, format="parquet")
+    assert not writer.overlays  # the dataset holds label maps only
+    (tmp_path / "out" / "labels").mkdir(parents=True)
+    (tmp_path / "out" / "labels" / ".part-x.parquet.abcd1234.tmp").write_bytes(b"half")  # a killed write
+    assert writer.prepare() == 1
+    inputs = [tmp_path / "x.png", tmp_path / "sub" / "x.png"]
+    names = writer.names(inputs)  # keyed by path: the same stem twice is no clash
+    assert list(names.values()) == ["x", "x"]
+    rows = [(str(p), names[p], mask) for p in inputs]
+    first = writer.write_part(rows, batch=[str(p) for p in inputs] + ["/failed.png"])
+    again = writer.write_part(rows[::-1], batch=["/failed.png"] + [str(p) for p in inputs][::-1])
+    assert first == again  # a retried batch replaces its part: no duplicate rows
+    assert writer.write_part([]) is None
+    table = pq.read_table(writer.parquet_dir)
+    assert table.num_rows == 2 and sorted(table.column("path").to_pylist()) == sorted(map(str, inputs))
+    png = tmp_path / "one.png"
+    SegmentWriter(tmp_path, SHAPE_CLASSES).write("one", image, mask)
+    assert table.column("labels_png")[0].as_py() == png.read_bytes()
+    assert table.column("classes")[0].as_py() == SHAPE_CLASSES
+    assert (table.column("width")[0].as_py(), table.column("height")[0].as_py()) == (40, 40)
+    assert writer.finished({**names, tmp_path / "y.png": "y"}) == set(inputs)
+    path = writer.write_errors([("/a.png", "not a readable image")])
+    assert path.name == "errors.parquet" and pq.read_table(path).to_pylist() == [
+        {"path": "/a.png", "error": "not a readable image"}]
+    with pytest.raises(InputError, match="unknown output format"):
+        SegmentWriter(tmp_path, SHAPE_CLASSES, format="csv")
+
+
+def test_errors_jsonl_replaces_the_last_runs_list(tmp_path):
+    writer = SegmentWriter(tmp_path, SHAPE_CLASSES)
+    writer.write_errors([("/a b.png", "corrupt"), ("/c.png", "too large")])
+    lines = [json.loads(s) for s in (tmp_path / "errors.jsonl").read_text().splitlines()]
+    assert lines == [{"path": "/a b.png", "error": "corrupt"}, {"path": "/c.png", "error": "too large"}]
+    writer.write_errors([])
+    assert (tmp_path / "errors.jsonl").read_text() == ""
+    (tmp_path / ".errors.jsonl.1234abcd.tmp").write_text("{")  # a killed run's
+    assert remove_stale_temp_files(tmp_path) == 1
