@@ -200,6 +200,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .writers import SegmentWriter
 
     _apply_input_args(args)
+    if args.ray is not None:
+        return _segment_on_ray(args)
+    if args.workers or args.format or args.batch_size:
+        raise InputError("--workers, --format and --batch-size go with --ray")
     learned = Learned.load(args.learned)
     inputs = _segment_inputs(args.inputs)
     writer = SegmentWriter(Path(args.out), learned.classes, overlays=not args.no_overlays,
@@ -227,6 +231,19 @@ def cmd_segment(args: argparse.Namespace) -> int:
           + (f", skipped {skipped} already done" if skipped else "")
           + (f", {len(failed)} failed" if failed else ""))
     return EXIT_PARTIAL_FAILURE if failed else 0
+
+
+def _segment_on_ray(args: argparse.Namespace) -> int:
+    """`segment --ray`: the same job on a Ray cluster (slimeseg.distributed)."""
+    from .distributed import segment
+
+    result = segment(args.learned, args.inputs, args.out, address=args.ray or None,
+                     workers=args.workers, format=args.format or "png",
+                     batch_size=args.batch_size or 1, overlays=not args.no_overlays,
+                     overwrite=args.overwrite, model=args.model, revision=args.revision,
+                     device=args.device, dtype=args.dtype, max_image_pixels=args.max_image_pixels,
+                     progress=not args.quiet, **config_overrides(args))
+    return EXIT_PARTIAL_FAILURE if result.failed else 0
 
 
 def _segmenter_for(args: argparse.Namespace, learned: Any) -> Any:
@@ -393,6 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true", dest="no_overlays",
                    help="write only the label maps (NAME.png), no NAME.overlay.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    ray = p.add_argument_group("on a Ray cluster (pip install 'slimeseg[ray]')")
+    ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="run on Ray Data: a local cluster, RAY_ADDRESS's, or ADDRESS (auto, "
+                          "HOST:6379, ray://HOST:10001); inputs may also be globs and .txt or "
+                          ".parquet lists of image paths; failures go to OUT/errors.jsonl")
+    ray.add_argument("--workers", type=int, metavar="N",
+                     help="workers, each with the model (default: one per GPU, else one per CPU)")
+    ray.add_argument("--format", choices=["png", "parquet"],
+                     help="png: NAME.png files (default); parquet: one dataset in OUT/labels "
+                          "(path, size, classes, label map PNG bytes)")
+    ray.add_argument("--batch-size", type=int, dest="batch_size", metavar="N",
+                     help="images per UNet pass on a worker (default 1: the labels of a run "
+                          "without --ray, bit for bit; more is faster on GPUs, a few pixels differ)")
     _add_model_args(p, None)
     _add_input_args(p)
     _add_settings(p, train=False)
