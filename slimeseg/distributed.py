@@ -422,8 +422,8 @@ def write_batch(batch: dict[str, np.ndarray], writer: SegmentWriter) -> dict[str
 class SegmentWorker:
     """Step 2, one actor of the pool: a `Segmenter` for the artifact, loaded once.
 
-    On CPU-only clusters it also runs steps 1 and 3 (`load`, `writer` given), so images never
-    leave the process.
+    On CPU-only clusters it also runs steps 1 and 3 (`load` and `writer` given), image by image,
+    so images never leave the process.
     """
 
     def __init__(self, learned: Any, name: str, model: str | None, revision: str | None,
@@ -455,12 +455,15 @@ class SegmentWorker:
         return self._seg
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.load is not None:
-            batch = load_batch(batch, **self.load)
-        batch = self.predict(batch)
-        if self.writer is not None:
-            batch = write_batch(batch, self.writer)
-        return batch
+        if self.load is None or self.writer is None:  # load and write tasks do the rest
+            return self.predict(batch)
+        # all three steps here, one UNet batch (by default one image) at a time: one decoded image
+        # in memory, not a block of them, and outputs appear steadily
+        parts = []
+        for start in range(0, len(batch["path"]), self.batch_size):
+            chunk = {k: v[start:start + self.batch_size] for k, v in batch.items()}
+            parts.append(write_batch(self.predict(load_batch(chunk, **self.load)), self.writer))
+        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
     def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths, status, errors = list(batch["path"]), list(batch["status"]), list(batch["error"])

@@ -292,6 +292,7 @@ def test_cli_passes_its_flags_and_settings_to_the_ray_job(job, tmp_path, monkeyp
         return SimpleNamespace(failed=[("x", "bad")])
 
     monkeypatch.setattr(distributed, "segment", fake)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # --max-image-pixels sets it
     code = main(["segment", str(job.learned), "a/*.png", "list.txt", "--out", str(tmp_path), "--ray",
                  "auto", "--workers", "3", "--format", "parquet", "--batch-size", "4", "--image-size",
                  "128", "--no-was", "--device", "cpu", "--max-image-pixels", "1000", "--quiet"])
