@@ -2,11 +2,15 @@
 
 For each world kind (car, face), k-shot (1, 5) and seed, a SLiMe fit on k examples of the
 world's training split is scored by mIoU on a held-out split (another world seed, >= 50 images),
-with ablations: WAS maps on/off and augmentation on/off. Prints a table (mean +- std over seeds,
-per part) and writes JSON. `--fast` is the variant the test suite runs.
+with ablations: WAS maps on/off and augmentation on/off. Prints a table (mean +- std over seeds
+(5 by default), per part), beside each row the all-background score (predicting background
+everywhere on the same held-out images) and, with `--ceiling`, what a linear classifier on the
+same model's UNet features reaches with 500 labelled images (`lab.ceiling`) and the row's share
+of it; writes JSON. `--fast` is the variant the test suite runs.
 
     python benchmarks/quality.py --json benchmarks/results-quality.json
     python benchmarks/quality.py --fast
+    python benchmarks/quality.py --kinds car --shots 1 --variants full --ceiling
     # the two kinds on two cores, then one table:
     python benchmarks/quality.py --kinds car --threads 1 --json car.json &
     python benchmarks/quality.py --kinds face --threads 1 --json face.json; wait
@@ -108,21 +112,44 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """mIoU % mean +- std over seeds, one line per (kind, shots, variant), parts after."""
+def all_background_miou(masks: list[np.ndarray], classes: tuple[str, ...] | list[str]) -> float:
+    """mIoU of predicting background everywhere (the floor a row must clear)."""
+    cm = ConfusionMatrix(len(classes))
+    for mask in masks:
+        cm.update(np.zeros_like(mask), mask)
+    return float(cm.result(list(classes)).miou)
+
+
+def format_table(rows: list[dict[str, Any]], all_background: dict[str, float] | None = None,
+                 ceilings: dict[str, dict] | None = None) -> str:
+    """mIoU % mean +- std over seeds, one line per (kind, shots, variant), beside it the
+    all-background score and (if measured) the share of the linear ceiling; parts after."""
     lines = []
+    all_background, ceilings = all_background or {}, ceilings or {}
     for kind in dict.fromkeys(r["kind"] for r in rows):
         sub = [r for r in rows if r["kind"] == kind]
         classes = list(sub[0]["per_class"])
-        head = f"{kind:<5} {'shots':>5} {'variant':<8} {'mIoU %':>12} " + " ".join(f"{c:>12}" for c in classes)
+        ceil = ceilings.get(kind)
+        head = (f"{kind:<5} {'shots':>5} {'variant':<8} {'seeds':>5} {'mIoU %':>12} {'all-bg':>6} "
+                + (f"{'% ceil':>6} " if ceil else "") + " ".join(f"{c:>12}" for c in classes))
         lines += [head, "-" * len(head)]
+        bg = all_background.get(kind)
+        bg_cell = f"{100 * bg:6.1f}" if bg is not None else f"{'-':>6}"
         for r in sub:
             cells = []
             for c in classes:
                 v = r["per_class"][c]
                 cells.append(f"{100 * v[0]:5.1f} ± {100 * v[1]:4.1f}" if v else f"{'-':>12}")
-            lines.append(f"{kind:<5} {r['shots']:>5} {r['variant']:<8} "
-                         f"{100 * r['miou_mean']:5.1f} ± {100 * r['miou_std']:4.1f} " + " ".join(cells))
+            share = f"{100 * r['miou_mean'] / ceil['miou']:6.0f} " if ceil else ""
+            lines.append(f"{kind:<5} {r['shots']:>5} {r['variant']:<8} {len(r['seeds']):>5} "
+                         f"{100 * r['miou_mean']:5.1f} ± {100 * r['miou_std']:4.1f} {bg_cell} {share}" + " ".join(cells))
+        if ceil:
+            cells = [f"{100 * ceil['per_class'][c]:12.1f}" if ceil["per_class"].get(c) is not None else f"{'-':>12}"
+                     for c in classes]
+            lines.append(f"{kind:<5} {'':>5} {'ceiling':<8} {'':>5} {100 * ceil['miou']:12.1f} {bg_cell} {100:6.0f} "
+                         + " ".join(cells))
+            lines.append(f"      (ceiling: a linear classifier on the UNet's up-block features, "
+                         f"{ceil['n_train']} labelled images, {ceil['weighting']} class weighting)")
         lines.append("")
     return "\n".join(lines)
 
@@ -132,8 +159,10 @@ def merge(paths: list[str], out: str | None) -> dict[str, Any]:
     reports = [json.loads(Path(p).read_text()) for p in paths]
     runs = [Run(**r) for rep in reports for r in rep["runs"]]
     report = {**reports[0], "rows": summarise(runs), "runs": [r.__dict__ for r in runs],
-              "seconds": max(r["seconds"] for r in reports), "merged_from": [str(p) for p in paths]}
-    print(format_table(report["rows"]))
+              "seconds": max(r["seconds"] for r in reports), "merged_from": [str(p) for p in paths],
+              "all_background": {k: v for rep in reports for k, v in rep.get("all_background", {}).items()},
+              "ceiling": {k: v for rep in reports for k, v in (rep.get("ceiling") or {}).items()}}
+    print(format_table(report["rows"], report["all_background"], report["ceiling"]))
     if out:
         Path(out).write_text(json.dumps(report, indent=2))
     return report
@@ -144,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", default=str(LAB_MODEL), help="the lab SD (default: the committed one)")
     p.add_argument("--kinds", default="car,face")
     p.add_argument("--shots", default="1,5")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--test", type=int, default=50, help="held-out images per kind")
     p.add_argument("--size", type=int, default=256, help="image size (the lab SD's training size)")
@@ -153,6 +182,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--dtype", default=None, help="model dtype (default float32 on CPU), e.g. bfloat16")
     p.add_argument("--fast", action="store_true",
                    help="the test-suite variant: car, 1-shot, 1 seed, WAS on/off, few steps and images")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also fit the linear ceiling (lab.ceiling) per kind and print each row's share of it")
+    p.add_argument("--ceiling-train", type=int, default=500, help="labelled images the ceiling is fitted on")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="merge reports of earlier runs into one table")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
@@ -165,10 +197,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     seg = Segmenter.from_pretrained(args.model, device="cpu", dtype=args.dtype)
     runs: list[Run] = []
+    all_background: dict[str, float] = {}
+    ceilings: dict[str, dict] = {}
     t_start = time.perf_counter()
     for kind in args.kinds.split(","):
         test = [World(kind, size=args.size, seed=TEST_WORLD_SEED).sample(i) for i in range(args.test)]
         images, masks = [s.image for s in test], [s.mask for s in test]
+        all_background[kind] = all_background_miou(masks, World(kind).classes)
+        if args.ceiling:
+            from .ceiling import ceiling
+
+            ceilings[kind] = ceiling(seg.sd, kind, images, masks, args.size, args.ceiling_train,
+                                     log=lambda s: print(s, flush=True))
         for shots in map(int, args.shots.split(",")):
             wanted = args.variants.split(",")
             also = tuple(v for v in wanted if v in PREDICT_ONLY)
@@ -185,11 +225,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               f"({run.steps} steps, fit {run.fit_seconds:.0f} s)", flush=True)
     rows = summarise(runs)
     print()
-    print(format_table(rows))
+    print(format_table(rows, all_background, ceilings))
     report = {"benchmark": "slimeseg lab quality", "model": args.model, "size": args.size,
               "dtype": str(seg.sd.dtype).replace("torch.", ""),
               "test_images": args.test, "steps_per_shot": args.steps_per_shot,
               "train_world_seed": TRAIN_WORLD_SEED, "test_world_seed": TEST_WORLD_SEED,
+              "all_background": all_background, "ceiling": ceilings or None,
               "rows": rows, "runs": [r.__dict__ for r in runs],
               "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
               "versions": {"slimeseg": __version__, "torch": torch.__version__,

@@ -100,3 +100,62 @@ def test_self_attention_is_peaked_and_groups_parts(pipe: StableDiffusionPipeline
     assert stats.entropy_ratio < 0.75
     assert stats.own_part_ratio > 2.0
     assert stats.far_own_part_ratio > 1.4
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(folder.rglob("*.safetensors")):
+        out.update({f"{f.parent.name}/{k}": v for k, v in load_file(f).items()})
+    return out
+
+
+def test_interrupted_and_resumed_training_gives_the_same_weights(tmp_path: Path, monkeypatch) -> None:
+    """Stopped by SIGINT while rendering, in the VAE and in the UNet phase, then resumed each time:
+    bitwise the weights of an uninterrupted run (one thread), and the README lists every run."""
+    import json
+    import os
+    import signal
+
+    from lab import train_model
+
+    args = ["--size", "64", "--images", "8", "--vae-steps", "12", "--unet-steps", "12", "--seed", "3",
+            "--val-every", "5", "--v2-fraction", "0.5", "--no-eval"]
+    assert train_model.main([str(tmp_path / "a"), *args]) == 0
+    assert not (tmp_path / "a.ckpt").exists()  # removed after success
+
+    triggers = ["rendered images 0..7", "vae step 0/", "unet step 0/"]  # each fires one SIGINT
+
+    def fake_print(*a, **kw) -> None:
+        line = " ".join(map(str, a))
+        if triggers and line.startswith(triggers[0]):
+            triggers.pop(0)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_model, "print", fake_print, raising=False)
+    out = str(tmp_path / "b")
+    assert train_model.main([out, *args]) == 130
+    state = torch.load(tmp_path / "b.ckpt" / "state.pt", weights_only=False)
+    assert state["phase"] == "render" and (tmp_path / "b.ckpt" / "data" / "train_000000.pt").exists()
+    assert train_model.main([out, *args]) == 2  # a checkpoint exists: --resume or remove it
+    assert train_model.main([out, "--resume", "--seed", "4"]) == 2  # options must agree
+    assert train_model.main([out, "--resume"]) == 130
+    state = torch.load(tmp_path / "b.ckpt" / "state.pt", weights_only=False)
+    assert (state["phase"], state["vae_step"]) == ("vae", 1)
+    assert train_model.main([out, *args, "--resume"]) == 130
+    state = torch.load(tmp_path / "b.ckpt" / "state.pt", weights_only=False)
+    assert (state["phase"], state["unet_step"], len(state["runs"])) == ("unet", 1, 3)
+    assert train_model.main([out, "--resume", "--keep-checkpoint"]) == 0
+    assert not triggers
+
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and len(a) > 100
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra = json.loads((tmp_path / "a" / "training.json").read_text())
+    rb = json.loads((tmp_path / "b" / "training.json").read_text())
+    assert ra["unet_curve"] == rb["unet_curve"] and ra["unet_val_curve"] == rb["unet_val_curve"]
+    assert len(rb["runs"]) == 4 and rb["cpu_s"] > 0
+    assert rb["command"] == f"python -m lab.train_model {out} " + " ".join(args)
+    readme = (tmp_path / "b" / "README.md").read_text()
+    assert "Trained in 4 runs" in readme and f"`python -m lab.train_model {out} --resume`" in readme

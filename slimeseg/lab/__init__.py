@@ -6,6 +6,16 @@ checkout), and open to users who want labelled images to try slimeseg on.
 
 from __future__ import annotations
 
-from .world import KIND_CLASSES, Sample, World, caption_vocabulary, make_split
+from .world import (
+    KIND_CLASSES,
+    Sample,
+    SceneObject,
+    SceneWorld,
+    World,
+    caption_vocabulary,
+    compose,
+    make_split,
+)
 
-__all__ = ["KIND_CLASSES", "Sample", "World", "caption_vocabulary", "make_split"]
+__all__ = ["KIND_CLASSES", "Sample", "SceneObject", "SceneWorld", "World", "caption_vocabulary", "compose",
+           "make_split"]

@@ -186,10 +186,37 @@ def with_noise(tex: Texture, amplitude: float, extent: int, rng: np.random.Gener
     return noisy
 
 
+GRAIN_PERIODS = (61, 67)  # co-prime tiles: the grain repeats only every 4087 px
+
+
+def with_tiled_noise(tex: Texture, amplitude: float, rng: np.random.Generator) -> Texture:
+    """Per-pixel grain like `with_noise`, from two small co-prime tiles instead of a full-canvas grid.
+
+    Costs the same at any canvas size (`with_noise` draws (extent + 1)^2 values per texture, which
+    dominates rendering on large canvases); the sum of the tiles has the same amplitude.
+    """
+    tiles = [rng.normal(0.0, amplitude / np.sqrt(2.0), size=(p, p, 1)).astype(np.float32) for p in GRAIN_PERIODS]
+
+    def noisy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        i, j = np.floor(y).astype(int), np.floor(x).astype(int)
+        out = tex(x, y)
+        for p, tile in zip(GRAIN_PERIODS, tiles, strict=True):
+            out = out + tile[i % p, j % p]
+        return out
+
+    return noisy
+
+
 def random_part_texture(
-    c: np.ndarray, rng: np.random.Generator, scale: float, extent: int, centre: tuple[float, float]
+    c: np.ndarray, rng: np.random.Generator, scale: float, extent: int, centre: tuple[float, float],
+    noise: Callable[[Texture, float], Texture] | None = None,
 ) -> Texture:
-    """A random texture around colour `c` for a part of an object `scale` px wide at `centre`."""
+    """A random texture around colour `c` for a part of an object `scale` px wide at `centre`.
+
+    `noise(texture, amplitude)` adds grain (default: `with_noise` over `extent`).
+    """
+    if noise is None:
+        noise = lambda t, a: with_noise(t, a, extent, rng)  # noqa: E731
     c2 = shift(c, rng, rng.uniform(0.12, 0.35))
     kind = rng.choice(["solid", "noise", "stripes", "checkers", "gradient", "blotches"],
                       p=[0.25, 0.2, 0.15, 0.1, 0.2, 0.1])
@@ -197,7 +224,7 @@ def random_part_texture(
     if kind == "solid":
         tex = solid(c)
     elif kind == "noise":
-        tex = with_noise(solid(c), rng.uniform(0.03, 0.08), extent, rng)
+        tex = noise(solid(c), rng.uniform(0.03, 0.08))
     elif kind == "stripes":
         tex = stripes(c, c2, period, rng.uniform(0, np.pi))
     elif kind == "checkers":
@@ -209,5 +236,5 @@ def random_part_texture(
     else:
         tex = blotches(c, c2, period * 1.5, extent, rng)
     if kind != "noise" and rng.uniform() < 0.3:
-        tex = with_noise(tex, rng.uniform(0.02, 0.05), extent, rng)
+        tex = noise(tex, rng.uniform(0.02, 0.05))
     return tex
