@@ -45,6 +45,7 @@ CONCURRENCY_ID = "model"  # train and segment share one model: one job at a time
 MAX_STEPS = 20000  # per training run
 BRUSH_CLASSES = 12  # classes that can be painted with the brush (more: upload a mask)
 IMAGE_SIZES = (64, 1024)  # the image-size slider's range, in steps of 64 (SD needs multiples of 64)
+GALLERY_PER_IMAGE = 3  # results gallery items per segmented image: original, overlay, label map
 _POLL_S = 0.4  # how often the progress display refreshes while training
 
 
@@ -55,22 +56,28 @@ def hex_color(rgb: np.ndarray | tuple[int, int, int]) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+BACKGROUND_BRUSH = (0, 0, 0)  # the last brush colour paints background (to correct a prediction)
+
+
 def brush_colors() -> list[str]:
-    """The fixed brush colours: class k (1..BRUSH_CLASSES) paints in palette colour k."""
-    return [hex_color(c) for c in palette(BRUSH_CLASSES + 1)[1:]]
+    """The fixed brush colours: class k (1..BRUSH_CLASSES) paints in palette colour k; the last
+    one, black, paints background over what lies below (a predicted region being corrected)."""
+    return [hex_color(c) for c in palette(BRUSH_CLASSES + 1)[1:]] + [hex_color(BACKGROUND_BRUSH)]
 
 
-def layers_to_mask(layers: list[np.ndarray], num_classes: int, size: tuple[int, int]) -> np.ndarray:
-    """Painted RGBA layers -> (H, W) uint8 class indices; unpainted pixels are background (0).
+def layers_to_mask(layers: list[np.ndarray], num_classes: int, size: tuple[int, int],
+                   base: np.ndarray | None = None) -> np.ndarray:
+    """Painted RGBA layers -> (H, W) uint8 class indices; unpainted pixels keep `base` (a label map
+    being corrected; default: background, 0).
 
     Layers are laid over each other in order (later on top). A pixel counts as painted where its
-    alpha is at least half; it takes the class whose palette colour is nearest, so brush
-    antialiasing and lossy round trips cannot produce a wrong index. Paint in the colour of a
-    class that was not added is refused (SlimeError), never silently dropped.
+    alpha is at least half; it takes the class whose brush colour is nearest (black: background),
+    so brush antialiasing and lossy round trips cannot produce a wrong index. Paint in the colour
+    of a class that was not added is refused (SlimeError), never silently dropped.
     """
     h, w = size
-    mask = np.zeros((h, w), dtype=np.uint8)
-    colors = palette(BRUSH_CLASSES + 1)[1:].astype(np.int32)  # (BRUSH_CLASSES, 3)
+    mask = np.zeros((h, w), dtype=np.uint8) if base is None else base.astype(np.uint8).copy()
+    colors = np.concatenate([np.array([BACKGROUND_BRUSH]), palette(BRUSH_CLASSES + 1)[1:]]).astype(np.int32)
     for layer in layers:
         if layer is None:
             continue
@@ -83,8 +90,8 @@ def layers_to_mask(layers: list[np.ndarray], num_classes: int, size: tuple[int, 
         if not painted.any():
             continue
         rgb = arr[painted][:, :3].astype(np.int32)  # (N, 3)
-        dist = ((rgb[:, None, :] - colors[None, :, :]) ** 2).sum(-1)  # (N, BRUSH_CLASSES)
-        mask[painted] = (dist.argmin(1) + 1).astype(np.uint8)
+        dist = ((rgb[:, None, :] - colors[None, :, :]) ** 2).sum(-1)  # (N, BRUSH_CLASSES + 1)
+        mask[painted] = dist.argmin(1).astype(np.uint8)  # index 0 is the background brush
     top = int(mask.max())
     if top >= num_classes:
         raise SlimeError(f"paint in colour {top} ({hex_color(palette(top + 1)[top])}) belongs to no "
@@ -137,7 +144,15 @@ class Session:
     classes: list[str] = field(default_factory=lambda: ["background"])
     images: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8
     masks: list[np.ndarray] = field(default_factory=list)  # (H, W) uint8
-    learned_path: str | None = None  # the artifact in use (trained here or loaded)
+    rounds: list[str] = field(default_factory=list)  # artifact of every round (trained, loaded, refined)
+    results: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)  # last segmented:
+    # (name, image, labels)
+    picked: int | None = None  # the result opened in the correction editor
+
+    @property
+    def learned_path(self) -> str | None:
+        """The artifact in use: the latest round."""
+        return self.rounds[-1] if self.rounds else None
 
     def workdir(self) -> Path:
         """A fresh folder for outputs served back as downloads (removed when the server exits)."""
@@ -288,11 +303,26 @@ class SlimeApp:
         return {"steps": total, "image_size": size,
                 "seed": self.defaults.seed if seed is None else int(seed)}
 
+    def refine_settings(self, steps: float | None, seed: float | None, sess: Session) -> dict[str, Any]:
+        """The settings of a refinement: continue the current embeddings on all examples for
+        `steps` (default: SlimeConfig's refine_steps), at the image size they were learned at."""
+        if not sess.learned_path:
+            raise SlimeError("Train or load learned embeddings first, then correct a result.")
+        learned = Learned.load(sess.learned_path)
+        if learned.classes != sess.classes:
+            raise SlimeError(f"The examples' classes [{', '.join(sess.classes)}] differ from the "
+                             f"embeddings' [{', '.join(learned.classes)}]; start over to refine these.")
+        settings = self.train_settings(self.defaults.refine_steps if steps is None else steps,
+                                       learned.config.get("image_size"), seed, sess)
+        return {**settings, "init": learned}
+
     def train(self, steps: float | None, image_size: float | None, seed: float | None,
-              sess: Session, key: str = "default") -> Iterator[TrainUpdate]:
+              sess: Session, key: str = "default", refine: bool = False) -> Iterator[TrainUpdate]:
         """Fit on the session's examples in a worker thread, yielding progress; the last update
-        carries the artifact (saved for download). `stop(key)` ends it early, keeping the result."""
-        settings = self.train_settings(steps, image_size, seed, sess)
+        carries the artifact (saved for download, a new round). `refine` continues the current
+        embeddings instead of starting afresh. `stop(key)` ends it early, keeping the result."""
+        settings = (self.refine_settings(steps, seed, sess) if refine
+                    else self.train_settings(steps, image_size, seed, sess))
         total = settings["steps"]
         flag = threading.Event()
         self._stop_flags[key] = flag
@@ -334,9 +364,9 @@ class SlimeApp:
             exc = result["error"]
             raise SlimeError(str(exc) if isinstance(exc, SlimeError) else f"training failed: {exc}")
         learned: Learned = result["learned"]
-        out = sess.workdir() / "learned.safetensors"
+        out = sess.workdir() / f"learned-round{len(sess.rounds) + 1}.safetensors"
         learned.save(out)
-        sess.learned_path = str(out)
+        sess.rounds = [*sess.rounds, str(out)]
         done = learned.history.get("steps_done", step)
         yield TrainUpdate(done, total, loss, "stopped early" if done < total else "done", list(losses),
                           learned, str(out))
@@ -359,10 +389,65 @@ class SlimeApp:
             raise SlimeError(f"{path.name}: made with model '{learned.model_id}', which differs "
                              f"from the model this app runs ('{self.segmenter.sd.model_id}'); start "
                              f"the app with --model {learned.model_id}")
-        dest = sess.workdir() / "learned.safetensors"
+        dest = sess.workdir() / path.name
         shutil.copyfile(path, dest)
-        sess.learned_path = str(dest)
+        sess.rounds = [*sess.rounds, str(dest)]
+        if not sess.images:  # corrections of its results will be examples in its classes
+            sess.classes = list(learned.classes)
         return learned
+
+    def undo(self, sess: Session) -> Learned:
+        """Back to the previous round's embeddings (the undone round's file stays listed until then)."""
+        if len(sess.rounds) < 2:
+            raise SlimeError("Nothing to undo: there is no earlier round.")
+        sess.rounds = sess.rounds[:-1]
+        return Learned.load(sess.learned_path)
+
+    # ------------------------------------------------------------ correcting a result
+    def pick_result(self, index: int, sess: Session) -> np.ndarray:
+        """Open the segmented image behind gallery item `index` for correcting: returns its overlay,
+        the picture the correction editor paints on. Strokes in a class colour (black: background)
+        replace the prediction under them; `add_correction` adds the image with the fixed map."""
+        if not sess.results:
+            raise SlimeError("Segment some images first, then pick one to correct.")
+        learned = Learned.load(sess.learned_path)
+        if sess.classes != learned.classes:
+            if sess.images:
+                raise SlimeError(f"The examples' classes [{', '.join(sess.classes)}] differ from the "
+                                 f"embeddings' [{', '.join(learned.classes)}]; start over first.")
+            sess.classes = list(learned.classes)
+        if learned.num_classes - 1 > BRUSH_CLASSES:
+            raise SlimeError(f"{learned.num_classes - 1} classes: the brush paints at most "
+                             f"{BRUSH_CLASSES}; correct this one in a paint program and upload the mask.")
+        sess.picked = min(index // GALLERY_PER_IMAGE, len(sess.results) - 1)
+        _, image, labels = sess.results[sess.picked]
+        # The prediction is the editor's picture (its overlay), not an editable layer: Gradio's
+        # ImageEditor (6.31) does not show layers set from the server.
+        return overlay(image, labels)
+
+    @staticmethod
+    def add_correction(layers: Sequence[np.ndarray] | None, sess: Session) -> Session:
+        """Add the picked result as an example: its original image, and its predicted label map
+        with the painted strokes laid over it (unpainted pixels keep the prediction)."""
+        if sess.picked is None:
+            raise SlimeError("Pick a segmented image to correct first (click it in the results).")
+        _, image, labels = sess.results[sess.picked]
+        mask = layers_to_mask(list(layers or []), len(sess.classes), labels.shape, labels)
+        if not mask.any():
+            raise SlimeError("The corrected map is all background: paint the classes that are there.")
+        sess.images = [*sess.images, image]
+        sess.masks = [*sess.masks, mask]
+        return sess
+
+    def before_after(self, sess: Session) -> list[tuple[np.ndarray, str]]:
+        """The picked image segmented by the previous round and by the current one."""
+        if sess.picked is None or len(sess.rounds) < 2:
+            return []
+        name, image, before = sess.results[sess.picked]
+        after = self.segmenter.predict(image, Learned.load(sess.learned_path))
+        sess.results[sess.picked] = (name, image, after)
+        return [(overlay(image, before), f"{name} · before (round {len(sess.rounds) - 1})"),
+                (overlay(image, after), f"{name} · after (round {len(sess.rounds)})")]
 
     # ------------------------------------------------------------ segmenting
     @staticmethod
@@ -385,6 +470,7 @@ class SlimeApp:
         gallery: list[tuple[np.ndarray, str]] = []
         problems: list[str] = []
         accepted: list[Path] = []
+        results: list[tuple[str, np.ndarray, np.ndarray]] = []
         for item in files:
             path = upload_path(item)
             try:
@@ -397,11 +483,13 @@ class SlimeApp:
                 problems.append(str(exc))
                 continue
             accepted.append(path)
+            results.append((path.name, image, labels))
             writer.write(stem, image, labels)
             gallery += [(image, path.name), (overlay(image, labels), f"{path.name} · segmented"),
                         (colour_labels(labels, learned.num_classes), f"{path.name} · label map")]
         if not gallery:
             raise SlimeError("; ".join(problems) or "nothing segmented")
+        sess.results, sess.picked = results, None
         note = f"{len(accepted)} image(s) segmented" + (f", {len(problems)} refused" if problems else "")
         return SegmentResult(gallery, learned.classes, note, str(writer.zip()), problems)
 
@@ -480,15 +568,42 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
     def check_train(steps: float | None, image_size: float, seed: float | None, sess: Session) -> None:
         app.train_settings(steps, image_size, seed, sess)
 
-    def train(steps: float | None, image_size: float, seed: float | None, sess: Session,
-              request: gr.Request) -> Iterator[tuple[Any, ...]]:
-        for u in app.train(steps, image_size, seed, sess, key=request.session_hash or "default"):
+    def run_training(steps: float | None, image_size: float | None, seed: float | None, sess: Session,
+                     key: str, refine: bool) -> Iterator[tuple[Any, ...]]:
+        for u in app.train(steps, image_size, seed, sess, key=key, refine=refine):
             bar = progress_html(u.step, u.total, u.loss, u.state)
             if u.learned is None:
-                yield bar, loss_frame(u.losses), gr.skip(), gr.skip(), gr.skip()
+                yield bar, loss_frame(u.losses), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             else:
+                what = f"Refined {u.step} steps (round {len(sess.rounds)})" if refine else f"Trained {u.step} steps"
                 yield (bar, loss_frame(u.losses), u.learned_path,
-                       legend_html(u.learned.classes, f"Trained {u.step} steps; ready to segment."), sess)
+                       legend_html(u.learned.classes, f"{what}; ready to segment."), sess,
+                       list(sess.rounds), app.before_after(sess) if refine else gr.skip())
+
+    def train(steps: float | None, image_size: float, seed: float | None, sess: Session,
+              request: gr.Request) -> Iterator[tuple[Any, ...]]:
+        yield from run_training(steps, image_size, seed, sess, request.session_hash or "default", False)
+
+    def refine(steps: float | None, seed: float | None, sess: Session,
+               request: gr.Request) -> Iterator[tuple[Any, ...]]:
+        yield from run_training(steps, None, seed, sess, request.session_hash or "default", True)
+
+    def undo(sess: Session) -> tuple[Any, ...]:
+        learned = app.undo(sess)
+        note = f"Back to round {len(sess.rounds)}; ready to segment."
+        return sess, legend_html(learned.classes, note), sess.learned_path, list(sess.rounds)
+
+    def pick(sess: Session, number: float | None, evt: gr.SelectData) -> tuple[Any, ...]:
+        app.pick_result(int(evt.index), sess)
+        number = int(number or 0)
+        name = sess.results[sess.picked][0]
+        note = (f"Correcting {name}: paint the right class over what is wrong (black: background), "
+                "press Add corrected example, then Refine.")
+        return number + 1, sess, legend(sess), note
+
+    def add_correction(value: dict | None, sess: Session) -> tuple[Any, ...]:
+        sess = app.add_correction((value or {}).get("layers"), sess)
+        return sess, app.example_gallery(sess), app.examples_text(sess)
 
     def stop(request: gr.Request) -> None:
         if not app.stop(request.session_hash or "default"):
@@ -496,10 +611,10 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
 
     def load_artifact(file: Any, sess: Session) -> tuple[Any, ...]:
         if file is None:
-            return sess, gr.skip(), gr.skip()
+            return sess, gr.skip(), gr.skip(), gr.skip(), gr.skip()
         learned = app.load_artifact(file, sess)
         note = f"Loaded {upload_path(file).name}; ready to segment."
-        return sess, legend_html(learned.classes, note), sess.learned_path
+        return sess, legend_html(learned.classes, note), sess.learned_path, list(sess.rounds), legend(sess)
 
     def segment(files: list[Any] | None, sess: Session) -> tuple[Any, ...]:
         result = app.segment(files, sess)
@@ -551,11 +666,17 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
                 with gr.Row():
                     train_btn = gr.Button("Train", variant="primary", elem_id="train")
                     stop_btn = gr.Button("Stop (keep result)", variant="stop", elem_id="stop")
+                with gr.Row():
+                    refine_btn = gr.Button(f"Refine (continue, {d.refine_steps} steps if empty)",
+                                           elem_id="refine")
+                    undo_btn = gr.Button("Undo round", elem_id="undo")
                 progress = gr.HTML(progress_html(0, 0, None, "idle"), elem_id="train_progress")
                 loss_plot = gr.LinePlot(x="step", y="loss", label="Loss", height=220,
                                         elem_id="loss_plot")
                 artifact_out = gr.File(label="Learned embeddings (download)", interactive=False, height=90,
                                        elem_id="artifact_download")
+                rounds_out = gr.File(label="Every round's embeddings", file_count="multiple",
+                                     interactive=False, height=90, elem_id="rounds_download")
                 artifact_in = gr.File(label="…or load learned embeddings (.safetensors)", height=120,
                                       file_types=[".safetensors"], elem_id="artifact_upload")
         gr.Markdown("### 3. Segment")
@@ -567,9 +688,35 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
                 labels_zip = gr.File(label="Label maps (zip)", interactive=False, height=90, elem_id="labels_zip")
         result_legend = gr.HTML(legend_html([], "Train or load learned embeddings, then segment."),
                                 elem_id="result_legend")
-        results = gr.Gallery(label="Each image: the original, the overlay, the label map",
+        results = gr.Gallery(label="Each image: the original, the overlay, the label map "
+                                   "(click one to correct it in the example editor)",
                              columns=3, height=420, preview=False, object_fit="contain",
                              elem_id="results")
+        correcting = gr.Markdown("", elem_id="correcting")
+        # picks so far: each pick renders a fresh correction editor. A hidden Number, not a State:
+        # a State's change does not trigger gr.render in Gradio 6.31.
+        to_correct = gr.Number(0, visible=False, precision=0, elem_id="to_correct")
+
+        @gr.render(inputs=[to_correct, sess], triggers=[to_correct.change])
+        def correction_editor(number: float | None, sess_now: Session) -> None:
+            # A new editor per pick: Gradio's ImageEditor (6.31) goes blank at the first stroke
+            # when the server replaces a picture it already shows, so it is never reused.
+            if not number or sess_now.picked is None:
+                return
+            _, image, labels = sess_now.results[sess_now.picked]
+            view = overlay(image, labels)
+            with gr.Row():
+                correction = gr.ImageEditor(
+                    value={"background": view, "layers": [], "composite": None}, key=f"correct-{int(number)}",
+                    label="Correct it: paint the right class over wrong regions (black: background)",
+                    type="numpy", image_mode="RGBA", sources=(), format="png", interactive=True,
+                    brush=gr.Brush(colors=brush_colors(), color_mode="fixed"), eraser=gr.Eraser(),
+                    layers=gr.LayerOptions(layers=["corrections"], allow_additional_layers=False),
+                    transforms=(), canvas_size=(512, 512), elem_id="correction_editor", scale=3)
+                add_btn = gr.Button("Add corrected example", elem_id="add_correction", scale=1)
+            add_btn.click(_ui(add_correction), [correction, sess], [sess, examples_gallery, examples_info])
+        before_after = gr.Gallery(label="The corrected image: before and after refining", columns=2,
+                                  height=300, preview=False, object_fit="contain", elem_id="before_after")
 
         # ------------------------------------------------------------ events
         add_class_btn.click(_ui(add_class), [class_name, sess], [sess, class_name, classes_legend])
@@ -578,12 +725,20 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
         add_example_btn.click(_ui(add_example), [editor, mask_file, sess],
                               [sess, examples_gallery, examples_info, mask_file])
         clear_btn.click(clear_examples, [sess], [sess, examples_gallery, examples_info])
+        trained = [progress, loss_plot, artifact_out, result_legend, sess, rounds_out, before_after]
         train_btn.click(_ui(check_train), [steps, image_size, seed, sess], None, queue=False).success(
-                        _ui(train), [steps, image_size, seed, sess],
-                        [progress, loss_plot, artifact_out, result_legend, sess],
+                        _ui(train), [steps, image_size, seed, sess], trained,
                         concurrency_limit=1, concurrency_id=CONCURRENCY_ID, show_progress="minimal")
+        refine_btn.click(_ui(lambda n, sd, s: app.refine_settings(n, sd, s) and None), [steps, seed, sess],
+                         None, queue=False).success(
+                         _ui(refine), [steps, seed, sess], trained,
+                         concurrency_limit=1, concurrency_id=CONCURRENCY_ID, show_progress="minimal")
+        undo_btn.click(_ui(undo), [sess], [sess, result_legend, artifact_out, rounds_out], queue=False)
+        results.select(_ui(pick), [sess, to_correct], [to_correct, sess, classes_legend, correcting],
+                       queue=False)
         stop_btn.click(stop, None, None, queue=False)
-        artifact_in.upload(_ui(load_artifact), [artifact_in, sess], [sess, result_legend, artifact_out],
+        artifact_in.upload(_ui(load_artifact), [artifact_in, sess],
+                           [sess, result_legend, artifact_out, rounds_out, classes_legend],
                            concurrency_limit=1, concurrency_id="load")
         segment_btn.click(_ui(lambda files, s: app.check_segment(files, s)), [seg_files, sess], None,
                           queue=False).success(

@@ -72,6 +72,20 @@ def test_layers_to_mask_tolerates_antialiasing_and_stacks_layers():
     np.testing.assert_array_equal(got, want)
 
 
+def test_layers_to_mask_corrects_a_base_map():
+    _, base = shapes_scene(2, 64)
+    fix = np.zeros_like(base)
+    fix[:10, :10] = 3  # a missed region...
+    layer = _paint(fix)
+    layer[30:40, 30:40] = (0, 0, 0, 255)  # ...and a false one painted back to background
+    got = layers_to_mask([layer], 4, base.shape, base)
+    want = base.copy()
+    want[:10, :10] = 3
+    want[30:40, 30:40] = 0
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(layers_to_mask([], 4, base.shape, base), base)
+
+
 def test_layers_to_mask_resizes_and_refuses_paint_of_unknown_class():
     mask = np.zeros((10, 10), np.uint8)
     mask[2:5, 2:5] = 1
@@ -83,8 +97,9 @@ def test_layers_to_mask_resizes_and_refuses_paint_of_unknown_class():
 
 
 def test_brush_colours_are_the_overlay_palette():
-    assert len(brush_colors()) == BRUSH_CLASSES
+    assert len(brush_colors()) == BRUSH_CLASSES + 1  # the classes, then black: paint background
     assert brush_colors()[0] == "#{:02x}{:02x}{:02x}".format(*palette(2)[1])
+    assert brush_colors()[-1] == "#000000"
     html = legend_html(["background", "car <b>"])
     assert "1: car &lt;b&gt;" in html and brush_colors()[0] in html
 
@@ -330,6 +345,54 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
                 with zf.open("scene1.png") as fh:
                     lab = np.asarray(Image.open(fh))
             assert (lab == labels).mean() > 0.99  # the app's labels are the library's
+
+            # 3b. a correction round: pick a result, fix its label map with a stroke, refine
+            page.locator("#results button.thumbnail-item").nth(2).click()  # scene1's label map
+            page.wait_for_function(
+                "document.querySelector('#correcting').innerText.includes('Correcting scene1.png')")
+            editor = page.locator("#correction_editor")
+            editor.wait_for()
+            page.wait_for_timeout(1000)  # the fresh editor loads the overlay
+            editor.scroll_into_view_if_needed()
+            shot(page, "06b-result-opened-for-correction")
+            canvas = editor.locator("canvas").first.bounding_box()
+            zoom = float(re.search(r"(\d+)%", editor.inner_text()).group(1)) / 100
+            x0 = canvas["x"] + canvas["width"] / 2 - size * zoom / 2
+            y0 = canvas["y"] + canvas["height"] / 2 - size * zoom / 2
+            scene1_mask = shapes_scene(1, size)[1]
+            editor.locator("button[aria-label=Brush]").click()
+            editor.locator("button[aria-label=Color]").click()
+            editor.locator("menu.swatch button.color").nth(1).click()  # class 2: square
+            for stroke in _strokes(scene1_mask, 2):
+                (sx, sy), rest = stroke[0], stroke[1:]
+                page.mouse.move(x0 + sx * zoom, y0 + sy * zoom)
+                page.mouse.down()
+                for x, y in rest:
+                    page.mouse.move(x0 + x * zoom, y0 + y * zoom, steps=3)
+                page.mouse.up()
+            page.wait_for_timeout(500)
+            shot(page, "06c-corrected")
+            page.locator("#add_correction").click()
+            page.wait_for_function("document.querySelector('#examples_info').innerText.includes('3 example')")
+            page.locator("#steps input").fill("5")
+            page.locator("#refine").click()
+            page.wait_for_function("document.querySelectorAll('#before_after img').length >= 2",
+                                   timeout=90_000)
+            ba = page.locator("#before_after").inner_text()
+            assert "before (round 1)" in ba and "after (round 2)" in ba, ba
+            page.wait_for_function("document.querySelectorAll('#rounds_download a').length >= 2")
+            shot(page, "06d-refined-before-after")
+            with page.expect_download() as dl:
+                page.locator("#artifact_download a").first.click()
+            refined_path = tmp_path / "refined.safetensors"
+            dl.value.save_as(refined_path)
+            refined = Learned.load(refined_path)
+            assert refined.lineage[-1]["parent"] == learned.digest()
+            assert refined.history["steps_done"] == 5 and len(refined.image_hashes) == 3
+            page.locator("#undo").click()
+            page.wait_for_function(
+                "document.querySelector('#result_legend').innerText.includes('Back to round 1')")
+            shot(page, "06e-undone")
 
             # 4. a fresh page: load the downloaded artifact and segment with it
             _open(page, app_server)

@@ -14,6 +14,7 @@ from slimeseg.app import MAX_STEPS, Session, SlimeApp
 from slimeseg.config import MAX_CLASSES, SlimeConfig
 from slimeseg.errors import SlimeError
 from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+from slimeseg.writers import overlay, palette
 
 
 @pytest.fixture
@@ -127,3 +128,53 @@ def test_load_artifact_refuses_other_models(app, tmp_path, other_tiny_dir):
     fresh = Session()
     learned = app.load_artifact(last.learned_path, fresh)
     assert learned.classes == SHAPE_CLASSES and fresh.learned_path != last.learned_path
+
+
+def test_correction_round_refines_and_undo_goes_back(app, tmp_path):
+    from slimeseg.app import layers_to_mask
+
+    sess = _session_with_example(app, tmp_path)
+    *_, first = app.train(3, 64, 0, sess)
+    Image.fromarray(shapes_scene(4, 48)[0]).save(tmp_path / "new.png")
+    result = app.segment([str(tmp_path / "new.png")], sess)
+    with pytest.raises(SlimeError, match="Segment some images first"):
+        app.pick_result(0, Session(rounds=list(sess.rounds)))
+    view = app.pick_result(2, sess)  # the third gallery item: the label map of image 0
+    assert sess.picked == 0
+    _, image, labels = sess.results[0]
+    np.testing.assert_array_equal(view, overlay(image, labels))  # the editor paints on the overlay
+    with pytest.raises(SlimeError, match="all background"):
+        blank = [("x.png", image, np.zeros_like(labels))]
+        app.add_correction([], Session(results=blank, picked=0, classes=sess.classes))
+    # the user paints the true mask over it (black where it is background) and adds the example
+    true_mask = shapes_scene(4, 48)[1]
+    layer = np.zeros((*true_mask.shape, 4), np.uint8)
+    layer[..., :3] = np.array([(0, 0, 0), *palette(4)[1:]])[true_mask]
+    layer[..., 3] = 255
+    assert np.array_equal(layers_to_mask([layer], 4, true_mask.shape, labels), true_mask)
+    sess = app.add_correction([layer], sess)
+    assert len(sess.images) == 2
+    assert sess.images[-1] is image  # the original image, not the overlay it was corrected on
+    np.testing.assert_array_equal(sess.masks[-1], true_mask)
+    updates = list(app.train(None, None, 0, sess, refine=True))
+    last = updates[-1]
+    assert last.state == "done" and last.total == SlimeConfig().refine_steps
+    assert len(sess.rounds) == 2 and last.learned.lineage[-1]["parent"] == first.learned.digest()
+    assert last.learned.config["image_size"] == 64  # the size the embeddings were learned at
+    pair = app.before_after(sess)
+    assert [c.split(" · ")[1] for _, c in pair] == ["before (round 1)", "after (round 2)"]
+    assert result.zip_path
+    back = app.undo(sess)
+    assert len(sess.rounds) == 1 and back.digest() == first.learned.digest()
+    with pytest.raises(SlimeError, match="Nothing to undo"):
+        app.undo(sess)
+
+
+def test_refine_needs_embeddings_in_the_examples_classes(app, tmp_path):
+    sess = _session_with_example(app, tmp_path)
+    with pytest.raises(SlimeError, match="Train or load"):
+        app.refine_settings(None, None, sess)
+    *_, last = app.train(2, 64, 0, sess)
+    sess.classes = [*sess.classes, "extra"]
+    with pytest.raises(SlimeError, match="differ from the embeddings'"):
+        app.refine_settings(None, None, sess)
