@@ -40,10 +40,10 @@ WEIGHTINGS = {"none": 0.0, "sqrt": 0.5, "inverse": 1.0}  # class weight = freque
 def unet_features(sd: StableDiffusion, images: Sequence[np.ndarray], size: int, t: int = 100, seed: int = 0,
                   batch: int = 8) -> torch.Tensor:
     """(N, C, h, w) float16: the up blocks' outputs at the latent grid, for images resized to size."""
+    from slimeseg.config import SlimeConfig
     from slimeseg.inference import model_input
 
-    class _Cfg:  # model_input only reads image_size
-        image_size = size
+    _Cfg = SlimeConfig(image_size=size, aspect="squash")  # noqa: N806 (square inputs, as v1 trained)
 
     context = sd.encode_prompt("")  # (1, 77, D): the unconditional prompt
     outputs: list[torch.Tensor] = []

@@ -45,6 +45,10 @@ CONCURRENCY_ID = "model"  # train and segment share one model: one job at a time
 MAX_STEPS = 20000  # per training run
 BRUSH_CLASSES = 12  # classes that can be painted with the brush (more: upload a mask)
 IMAGE_SIZES = (64, 1024)  # the image-size slider's range, in steps of 64 (SD needs multiples of 64)
+# the segment step's resolution choices -> the `resolution` setting (None: the embeddings' own)
+RESOLUTIONS: dict[str, str | None] = {"as trained (one pass, aspect kept)": None,
+                                      "native (windows over the full image, slower)": "native",
+                                      "half (windows over the image at 1/2)": "0.5"}
 GALLERY_PER_IMAGE = 3  # results gallery items per segmented image: original, overlay, label map
 _POLL_S = 0.4  # how often the progress display refreshes while training
 
@@ -460,8 +464,10 @@ class SlimeApp:
         if len(files) > MAX_SEGMENT_FILES:
             raise SlimeError(f"{len(files)} images given; at most {MAX_SEGMENT_FILES} at a time.")
 
-    def segment(self, files: Sequence[Any] | None, sess: Session) -> SegmentResult:
-        """Segment uploaded images with the session's embeddings; outputs go through the shared
+    def segment(self, files: Sequence[Any] | None, sess: Session,
+                resolution: str | None = None) -> SegmentResult:
+        """Segment uploaded images with the session's embeddings (at `resolution`: "model",
+        "native" or a scale; default: the embeddings' setting); outputs go through the shared
         writer (safe names, refused clashes, atomic files) into a fresh folder and one zip."""
         self.check_segment(files, sess)
         learned = Learned.load(sess.learned_path)
@@ -478,7 +484,7 @@ class SlimeApp:
                     raise InputError(f"{path.name}: not an image ({', '.join(IMAGE_EXTENSIONS)})")
                 stem = writer.names([*accepted, path])[path]  # refuses a clash with an earlier one
                 image = _check_size(load_image(path), path.name)
-                labels = self.segmenter.predict(image, learned)
+                labels = self.segmenter.predict(image, learned, resolution=resolution or None)
             except SlimeError as exc:
                 problems.append(str(exc))
                 continue
@@ -616,8 +622,8 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
         note = f"Loaded {upload_path(file).name}; ready to segment."
         return sess, legend_html(learned.classes, note), sess.learned_path, list(sess.rounds), legend(sess)
 
-    def segment(files: list[Any] | None, sess: Session) -> tuple[Any, ...]:
-        result = app.segment(files, sess)
+    def segment(files: list[Any] | None, resolution: str, sess: Session) -> tuple[Any, ...]:
+        result = app.segment(files, sess, RESOLUTIONS.get(resolution))
         for msg in result.problems:
             gr.Warning(msg)
         return result.gallery, legend_html(result.classes, result.note), result.zip_path
@@ -684,6 +690,8 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
             seg_files = gr.File(label="Images to segment", file_count="multiple", height=160,
                                 file_types=list(IMAGE_EXTENSIONS), elem_id="segment_files", scale=2)
             with gr.Column(scale=1):
+                resolution = gr.Dropdown(list(RESOLUTIONS), value=next(iter(RESOLUTIONS)),
+                                         label="Resolution", elem_id="resolution")
                 segment_btn = gr.Button("Segment", variant="primary", elem_id="segment")
                 labels_zip = gr.File(label="Label maps (zip)", interactive=False, height=90, elem_id="labels_zip")
         result_legend = gr.HTML(legend_html([], "Train or load learned embeddings, then segment."),
@@ -742,7 +750,7 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
                            concurrency_limit=1, concurrency_id="load")
         segment_btn.click(_ui(lambda files, s: app.check_segment(files, s)), [seg_files, sess], None,
                           queue=False).success(
-                          _ui(segment), [seg_files, sess], [results, result_legend, labels_zip],
+                          _ui(segment), [seg_files, resolution, sess], [results, result_legend, labels_zip],
                           concurrency_limit=1, concurrency_id=CONCURRENCY_ID)
     demo.queue(default_concurrency_limit=1)
     return demo

@@ -108,6 +108,10 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
            if getattr(args, f.name, None) is not None}
     if getattr(args, "preset", None):
         out = {**AUGMENT_PRESETS[args.preset], **out}
+    try:  # a bad value (--resolution huge, --image-size 100) is the user's error, said in one line
+        SlimeConfig().replace(**out)
+    except ValueError as exc:
+        raise InputError(f"bad setting: {exc}") from None
     return out
 
 

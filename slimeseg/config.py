@@ -79,7 +79,11 @@ class SlimeConfig:
     # -- the maps --
     use_was: bool = _setting(True, "WAS maps; off: cross-attention maps only, in training and inference",
                              BOTH)
-    image_size: int = _setting(512, "SD input side in pixels (a multiple of 64)", BOTH)
+    image_size: int = _setting(512, "SD input side in pixels (a multiple of 64); with --aspect keep, "
+                                     "the input holds about image_size^2 pixels", BOTH)
+    aspect: Literal["keep", "squash"] = _setting(
+        "keep", "inference input: keep the image's aspect ratio (sides multiples of 64, about "
+                "image_size^2 px) or squash it to an image_size square (the paper's)", BOTH)
     # -- augmentation (one random draw per step) --
     augment: bool = _setting(True, "augment the examples each step (crop, flip, rotation, blur)")
     augment_order: Literal["slimeseg", "reference"] = _setting(
@@ -94,12 +98,24 @@ class SlimeConfig:
     rotate_degrees: float = _setting(30.0, "largest rotation in degrees")
     # -- inference --
     t_test: int = _setting(100, "inference timestep", BOTH)
-    normalization: Literal["train", "reference"] = _setting(
-        "train", "inference map normalisation: as in training, or the reference code's", BOTH)
+    normalization: Literal["train", "reference", "reference_exact"] = _setting(
+        "train", "inference map normalisation: as in training; reference = the reference code's "
+                 "rescaling (its class threshold only with --tiles > 1); reference_exact = its test "
+                 "step exactly (threshold with one tile too, background droppable, rescale after "
+                 "upsampling)", BOTH)
     tiles: int = _setting(1, "n x n overlapping crops at inference, averaged (reference: 2 for faces)", BOTH)
     tile_ratio: float = _setting(400 / 512, "tile side relative to the image (reference: 400 of 512)", BOTH)
     tile_threshold: float = _setting(0.2, "reference normalisation: drop a class in a tile below this max",
                                      BOTH)
+    resolution: str = _setting(
+        "model", "inference resolution: model = one pass at image_size; native = overlapping "
+                 "image_size windows over the image at its own scale; a number = at that scale", BOTH)
+    context: Literal["none", "mean", "gate"] = _setting(
+        "gate", "windows (--resolution not model) combined with one whole-image pass: none; mean "
+                "of the scores; gate = the whole image decides object vs background, windows the part",
+        BOTH)
+    window_overlap: float = _setting(0.5, "overlap of neighbouring windows (fraction of a window)", BOTH)
+    window_batch: int = _setting(4, "windows per UNet batch", BOTH)
     # -- reproducibility --
     seed: int = _setting(0, "random seed for repeatable runs", BOTH)
     extra: dict[str, Any] = _setting(dict, "free-form notes kept with the settings", scope="none")
@@ -109,8 +125,6 @@ class SlimeConfig:
             raise ValueError(f"image_size must be a multiple of 64, got {self.image_size}")
         if not 0 <= self.t_min <= self.t_max:
             raise ValueError(f"need 0 <= t_min <= t_max, got {self.t_min}, {self.t_max}")
-        if self.normalization not in ("train", "reference"):
-            raise ValueError(f"normalization must be 'train' or 'reference', got {self.normalization!r}")
         if not 0 < self.min_crop_ratio <= 1:
             raise ValueError(f"min_crop_ratio must be in (0, 1], got {self.min_crop_ratio}")
         if self.tiles < 1:
@@ -123,10 +137,27 @@ class SlimeConfig:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if not self.loss_scale_init > 0:
             raise ValueError(f"loss_scale_init must be > 0, got {self.loss_scale_init}")
-        for name in ("loss_scale", "validation", "augment_order"):
+        if not 0 <= self.window_overlap < 1:
+            raise ValueError(f"window_overlap must be in [0, 1), got {self.window_overlap}")
+        if self.window_batch < 1:
+            raise ValueError(f"window_batch must be >= 1, got {self.window_batch}")
+        self.window_scale()  # checks resolution
+        for name in ("loss_scale", "validation", "augment_order", "aspect", "context", "normalization"):
             allowed = typing.get_args(typing.get_type_hints(SlimeConfig)[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    def window_scale(self) -> float | None:
+        """The scale of the image that windows run over (native: 1.0), or None for one model pass."""
+        if self.resolution in ("model", "native"):
+            return None if self.resolution == "model" else 1.0
+        try:
+            scale = float(self.resolution)
+        except (TypeError, ValueError):
+            scale = 0.0
+        if not 0 < scale <= 4:
+            raise ValueError(f"resolution must be 'model', 'native' or a scale in (0, 4], got {self.resolution!r}")
+        return scale
 
     def total_steps(self, num_pairs: int, warm_start: bool = False) -> int:
         """Optimisation steps for `num_pairs` training pairs (epochs x pairs, batch 1; a warm start

@@ -1,18 +1,28 @@
 """Applying learned embeddings to images (METHOD.md "Inference").
 
-An image is resized to the model's input, encoded, noised at t_test and run once through the UNet
-with attention capture; the captured maps give per-class scores at the latent resolution
+An image is resized to the model's input (its aspect ratio kept, about image_size^2 pixels, or
+squashed to the square: `input_hw`), encoded, noised at t_test and run once through the UNet with
+attention capture; the captured maps give per-class scores at the latent resolution
 (`score_batch`), optionally over overlapping tiles (`score_image`), which are upsampled to the
 image's own size (`predict_scores`) and argmax-ed into a label map (`predict_labels`).
+
+At native resolution (`resolution` "native" or a scale) overlapping image_size windows run over
+the image at that scale (`score_windows`), their scores blended with smooth weights at the latent
+resolution and combined with the whole-image pass (`combine`); the per-pixel argmax is taken in
+bands of rows (`labels_at`), so memory stays bounded whatever the image's size.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
 
 from . import maps
 from .artifact import Learned
@@ -21,71 +31,233 @@ from .config import SlimeConfig
 from .examples import image_tensor
 from .models import StableDiffusion
 
+MAX_ASPECT = 4  # the model input's long side is at most 4x its short side (longer strips are squeezed)
+BAND_ELEMENTS = 1 << 24  # the final upsampling + argmax handles at most ~16 M scores (64 MB) at once
+
+
+def input_hw(hw: tuple[int, int], cfg: SlimeConfig) -> tuple[int, int]:
+    """The model input's (height, width) for an image of size `hw`: image_size square (squash), or
+    the image's aspect ratio at about image_size^2 pixels, each side a multiple of 64 (keep)."""
+    s = cfg.image_size
+    if cfg.aspect == "squash" or hw[0] == hw[1]:
+        return s, s
+    ratio = min(max(hw[0] / hw[1], 1 / MAX_ASPECT), MAX_ASPECT)
+    h = max(64, round(s * math.sqrt(ratio) / 64) * 64)
+    w = max(64, round(s / math.sqrt(ratio) / 64) * 64)
+    return h, w
+
 
 def model_input(image: np.ndarray, cfg: SlimeConfig) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, S, S) in [0, 1] at the model's input size (antialiased)."""
-    x = F.interpolate(image_tensor(image)[None], size=(cfg.image_size,) * 2, mode="bilinear",
+    """(H, W, 3) uint8 -> (3, h, w) in [0, 1] at the model's input size (`input_hw`, antialiased)."""
+    x = F.interpolate(image_tensor(image)[None], size=input_hw(image.shape[:2], cfg), mode="bilinear",
                       align_corners=False, antialias=True)
     return x[0].clamp(0, 1)
 
 
-@torch.no_grad()
-def score_batch(sd: StableDiffusion, batch: torch.Tensor, learned: Learned,
-                cfg: SlimeConfig) -> torch.Tensor:
-    """Per-class scores at the latent resolution for a (B, 3, S, S) batch: (B, K, h, w)."""
-    k = learned.num_classes
-    hw = (batch.shape[-2] // 8, batch.shape[-1] // 8)
-    reference = cfg.normalization == "reference"
-    store = AttentionStore(k, hw, want_was=cfg.use_was, want_probs=reference,
-                           values_fn=maps.reference_values if reference else maps.train_values)
-    latents = sd.encode_image(batch)  # (B, 4, h, w)
+def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: SlimeConfig,
+             store: AttentionStore) -> AttentionStore:
+    """Encode a (B, 3, h, w) batch, noise it at t_test (one noise for all) and run the UNet once
+    with attention capture into `store`."""
+    latents = sd.encode_image(batch)  # (B, 4, h/8, w/8)
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(latents.shape[1:], generator=gen).expand_as(latents)  # one noise for all
     t = torch.full((latents.shape[0],), cfg.t_test, dtype=torch.long, device=sd.device)
     context = learned.context[None].to(sd.device).expand(latents.shape[0], -1, -1)  # (B, 77, D)
     with capture(sd.unet, sd.plan.roles(), store):
         sd.denoise(latents, noise, t, context)
+    return store
+
+
+@torch.no_grad()
+def score_batch(sd: StableDiffusion, batch: torch.Tensor, learned: Learned,
+                cfg: SlimeConfig) -> torch.Tensor:
+    """Per-class scores at the latent resolution for a (B, 3, h, w) batch: (B, K, h/8, w/8)."""
+    k = learned.num_classes
+    hw = (batch.shape[-2] // 8, batch.shape[-1] // 8)
+    reference = cfg.normalization in ("reference", "reference_exact")  # (exact: per crop, not here)
+    store = _capture(sd, batch, learned, cfg, AttentionStore(
+        k, hw, want_was=cfg.use_was, want_probs=reference,
+        values_fn=maps.reference_values if reference else maps.train_values))
     if reference:
         probs = maps.class_probs(store, hw)  # (B, K, h, w)
         return maps.reference_rescale(store.was(), probs) if cfg.use_was else probs
     return store.was() if cfg.use_was else maps.class_scores(store, hw).softmax(1)
 
 
-def tile_boxes(size: int, cfg: SlimeConfig) -> tuple[int, list[tuple[int, int]]]:
-    """Side and (y, x) corners of the n x n overlapping square tiles of a size x size input."""
-    side = int(round(size * cfg.tile_ratio))
-    stride = (size - side) / (cfg.tiles - 1)
-    return side, [(round(i * stride), round(j * stride)) for i in range(cfg.tiles) for j in range(cfg.tiles)]
+@torch.no_grad()
+def reference_crops(sd: StableDiffusion, crops: torch.Tensor, learned: Learned, cfg: SlimeConfig,
+                    out_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference code's test-time maps of (B, 3, h, w) crops (`normalization="reference_exact"`):
+    classes below `tile_threshold` dropped (also with one crop), the first kept class zeroed below
+    its mean, WAS upsampled to `out_hw` THEN min-max rescaled into the class's probability range.
+    Returns the maps (B, K, *out_hw), 0 for dropped classes, and which classes were kept (B, K)."""
+    hw = (crops.shape[-2] // 8, crops.shape[-1] // 8)
+    values_fn = functools.partial(maps.reference_values, threshold=cfg.tile_threshold)
+    store = _capture(sd, crops, learned, cfg, AttentionStore(
+        learned.num_classes, hw, want_was=cfg.use_was, want_probs=True, values_fn=values_fn))
+    probs = maps.class_probs(store, hw)  # (B, K, h/8, w/8)
+    kept = maps.reference_passed(store, cfg.tile_threshold)  # (B, K)
+    up = F.interpolate(store.was() if cfg.use_was else probs, size=out_hw, mode="bilinear",
+                       align_corners=False)  # (B, K, *out_hw)
+    return maps.reference_rescale(up, probs) * kept[..., None, None], kept
+
+
+def tile_boxes(hw: tuple[int, int], cfg: SlimeConfig) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """(height, width) and (y, x) corners of the n x n overlapping tiles of an input of size `hw`."""
+    side = (int(round(hw[0] * cfg.tile_ratio)), int(round(hw[1] * cfg.tile_ratio)))
+    sy, sx = ((n - t) / (cfg.tiles - 1) for n, t in zip(hw, side, strict=True))
+    return side, [(round(i * sy), round(j * sx)) for i in range(cfg.tiles) for j in range(cfg.tiles)]
 
 
 def score_image(sd: StableDiffusion, image: torch.Tensor, learned: Learned,
                 cfg: SlimeConfig) -> torch.Tensor:
-    """Scores (K, S, S) for one (3, S, S) input, averaged over n x n overlapping tiles if tiles > 1.
+    """Scores (K, h, w) for one (3, h, w) input, averaged over n x n overlapping tiles if tiles > 1.
 
     Each tile is upsampled to the model input, scored, and its scores resized back into its box;
     with the reference normalisation a class whose maximum in a tile is below `tile_threshold` is
-    left out of that tile's vote, as the reference code does.
+    left out of that tile's vote, as the reference code does; "reference_exact" is the reference's
+    test step exactly (`reference_crops`), its threshold applied with one tile too.
     """
-    size = image.shape[-1]
-    if cfg.tiles == 1:
-        s = score_batch(sd, image[None], learned, cfg)[0]  # (K, h, w)
-        return F.interpolate(s[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-    side, boxes = tile_boxes(size, cfg)
-    crops = torch.stack([F.interpolate(image[None, :, y:y + side, x:x + side], size=(size, size),
+    hw = tuple(image.shape[-2:])
+    exact = cfg.normalization == "reference_exact"
+    if cfg.tiles == 1 and not exact:
+        s = score_batch(sd, image[None], learned, cfg)[0]  # (K, h/8, w/8)
+        return F.interpolate(s[None], size=hw, mode="bilinear", align_corners=False)[0]
+    (th, tw), boxes = tile_boxes(hw, cfg) if cfg.tiles > 1 else (hw, [(0, 0)])
+    crops = torch.stack([F.interpolate(image[None, :, y:y + th, x:x + tw], size=hw,
                                        mode="bilinear", align_corners=False)[0] for y, x in boxes])
-    scores = score_batch(sd, crops, learned, cfg)  # (n*n, K, h, w)
-    k = scores.shape[1]
-    total = torch.zeros(k, size, size, device=scores.device)  # (K, S, S)
-    count = torch.full((k, size, size), 1e-7, device=scores.device)  # (K, S, S)
-    for (y, x), s in zip(boxes, scores, strict=True):
-        keep = torch.ones(k, dtype=torch.bool, device=s.device)
-        if cfg.normalization == "reference":  # the reference drops weak classes per tile
-            keep = s.flatten(1).amax(1) >= cfg.tile_threshold
-            keep[0] = True
-        up = F.interpolate(s[None], size=(side, side), mode="bilinear", align_corners=False)[0]
-        total[keep, y:y + side, x:x + side] += up[keep]
-        count[keep, y:y + side, x:x + side] += 1
+    k = learned.num_classes
+    if exact:  # the reference's test step: thresholds and rescaling per crop at the box's size
+        ups, kept = reference_crops(sd, crops, learned, cfg, (th, tw))  # (n*n, K, th, tw), (n*n, K)
+    else:
+        scores = score_batch(sd, crops, learned, cfg)  # (n*n, K, h/8, w/8)
+        ups = F.interpolate(scores, size=(th, tw), mode="bilinear", align_corners=False)
+        kept = torch.ones(len(boxes), k, dtype=torch.bool, device=ups.device)
+        if cfg.normalization == "reference":  # drop weak classes per tile (background always kept)
+            kept = scores.flatten(2).amax(2) >= cfg.tile_threshold
+            kept[:, 0] = True
+    total = torch.zeros(k, *hw, device=ups.device)  # (K, h, w)
+    count = torch.full((k, *hw), 1e-7, device=ups.device)  # (K, h, w)
+    for (y, x), up, keep in zip(boxes, ups, kept, strict=True):
+        total[keep, y:y + th, x:x + tw] += up[keep]
+        count[keep, y:y + th, x:x + tw] += 1
     return total / count
+
+
+# ---------------------------------------------------------------- native resolution: windows
+def window_starts(length: int, side: int, overlap: float) -> list[int]:
+    """Starts (multiples of 8) of windows of `side` covering `length`, neighbours overlapping by
+    about `overlap` of a window; the first starts at 0 and the last ends at `length`."""
+    if length <= side:
+        return [0]
+    n = math.ceil((length - side) / max(side * (1 - overlap), 8)) + 1
+    return [round(i * (length - side) / (n - 1) / 8) * 8 for i in range(n)]
+
+
+def ramp(n: int, taper: int, start: bool, end: bool) -> torch.Tensor:
+    """1-D blending weights over a window's n latent cells: linear ramps of `taper` cells on the
+    sides that overlap a neighbour (`start` / `end`), 1 elsewhere, never 0."""
+    w = torch.ones(n)
+    if taper > 0:
+        up = (torch.arange(taper) + 0.5) / taper
+        if start:
+            w[:taper] = torch.minimum(w[:taper], up)
+        if end:
+            w[n - taper:] = torch.minimum(w[n - taper:], up.flip(0))
+    return w
+
+
+def scaled_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """The image at `scale`, each side rounded to a multiple of 8 (a latent cell), uint8."""
+    h, w = (max(8, round(n * scale / 8) * 8) for n in image.shape[:2])
+    if (h, w) == image.shape[:2]:
+        return image
+    return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None))
+
+
+def score_windows(sd: StableDiffusion, image: np.ndarray, learned: Learned, cfg: SlimeConfig,
+                  progress: bool | None = None) -> torch.Tensor:
+    """Blended window scores (K, H'/8, W'/8) over the image at the scale of `cfg.resolution`.
+
+    Windows of image_size (or the image's side where it is smaller) step over the scaled image with
+    `window_overlap`; each is scored, `window_batch` at a time, and added into a latent-resolution
+    canvas with weights that ramp linearly across the overlaps, so no seam shows.
+    """
+    big = scaled_image(image, cfg.window_scale() or 1.0)  # (H', W', 3)
+    (h, w), s = big.shape[:2], cfg.image_size
+    side = (min(s, h), min(s, w))
+    boxes = [(y, x) for y in window_starts(h, side[0], cfg.window_overlap)
+             for x in window_starts(w, side[1], cfg.window_overlap)]
+    size = tuple(max(64, math.ceil(n / 64) * 64) for n in side)  # the UNet's input for a window
+    k = learned.num_classes
+    total = torch.zeros(k, h // 8, w // 8)  # (K, H'/8, W'/8)
+    weight = torch.full((h // 8, w // 8), 1e-6)  # (H'/8, W'/8)
+    taper = tuple(round(n * cfg.window_overlap / 8) for n in side)
+    bar = tqdm(total=len(boxes), desc="windows", unit="window", leave=False,
+               disable=(len(boxes) <= cfg.window_batch) if progress is None else not progress)
+    for start in range(0, len(boxes), cfg.window_batch):
+        chunk = boxes[start:start + cfg.window_batch]
+        crops = torch.stack([image_tensor(big[y:y + side[0], x:x + side[1]]) for y, x in chunk])
+        if crops.shape[-2:] != size:  # a side smaller than a multiple of 64: stretch a little
+            crops = F.interpolate(crops, size=size, mode="bilinear", align_corners=False)
+        scores = score_batch(sd, crops.clamp(0, 1), learned, cfg).float().cpu()  # (B, K, size/8)
+        if scores.shape[-2:] != (side[0] // 8, side[1] // 8):
+            scores = F.interpolate(scores, size=(side[0] // 8, side[1] // 8), mode="bilinear",
+                                   align_corners=False)
+        for (y, x), sc in zip(chunk, scores, strict=True):
+            wy = ramp(side[0] // 8, taper[0], y > 0, y + side[0] < h)
+            wx = ramp(side[1] // 8, taper[1], x > 0, x + side[1] < w)
+            wt = wy[:, None] * wx[None]  # (s/8, s/8)
+            ys, xs = slice(y // 8, y // 8 + side[0] // 8), slice(x // 8, x // 8 + side[1] // 8)
+            total[:, ys, xs] += sc * wt
+            weight[ys, xs] += wt
+        bar.update(len(chunk))
+    bar.close()
+    return total / weight
+
+
+def combine(windows: torch.Tensor, whole: torch.Tensor, rule: str) -> torch.Tensor:
+    """Window scores (K, h, w) with the whole-image pass's (K, h', w') resized to them:
+    none = windows alone; mean = their average; gate = background where the whole image says
+    background, else the windows' best part (scores rescaled so the argmax says exactly that)."""
+    if rule == "none":
+        return windows
+    whole = F.interpolate(whole[None].float(), size=windows.shape[-2:], mode="bilinear",
+                          align_corners=False)[0].cpu()  # (K, h, w)
+    if rule == "mean":
+        return (windows + whole) / 2
+    fg_whole = whole[1:].amax(0)  # (h, w) the whole pass's best part score
+    fg_win = windows[1:].amax(0).clamp_min(1e-6)  # (h, w)
+    parts = windows[1:] * (fg_whole / fg_win)[None]  # (K-1, h, w): windows' ranking, whole's level
+    return torch.cat([whole[:1], parts])
+
+
+def native_scores(sd: StableDiffusion, image: np.ndarray, learned: Learned, cfg: SlimeConfig,
+                  progress: bool | None = None) -> torch.Tensor:
+    """Scores (K, H'/8, W'/8) of windows at the chosen scale combined with the whole-image pass."""
+    windows = score_windows(sd, image, learned, cfg, progress)
+    if cfg.context == "none":
+        return windows
+    whole = score_batch(sd, model_input(image, cfg)[None], learned, cfg)[0]  # (K, h/8, w/8)
+    return combine(windows, whole, cfg.context)
+
+
+def labels_at(scores: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
+    """Argmax of low-resolution (K, h, w) scores bilinearly upsampled to `hw`, in bands of rows so
+    that at most BAND_ELEMENTS upsampled scores exist at once: (H, W) uint8."""
+    k = scores.shape[0]
+    if k * hw[0] * hw[1] <= BAND_ELEMENTS:
+        return labels_of(to_image_size(scores, hw))
+    scores = scores[None].float().cpu()
+    out = np.empty(hw, np.uint8)
+    band = max(1, BAND_ELEMENTS // (k * hw[1]))
+    xs = (torch.arange(hw[1]) + 0.5) / hw[1] * 2 - 1  # grid_sample's coordinates, align_corners=False
+    for y0 in range(0, hw[0], band):
+        ys = (torch.arange(y0, min(hw[0], y0 + band)) + 0.5) / hw[0] * 2 - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)[None]  # (1, b, W, 2)
+        up = F.grid_sample(scores, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out[y0:y0 + len(ys)] = up[0].argmax(0).numpy()
+    return out
 
 
 def to_image_size(scores: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -93,10 +265,19 @@ def to_image_size(scores: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(scores[None].float(), size=hw, mode="bilinear", align_corners=False)[0].cpu()
 
 
+def low_res_scores(sd: StableDiffusion, image: np.ndarray, learned: Learned, cfg: SlimeConfig,
+                   progress: bool | None = None) -> torch.Tensor:
+    """Scores (K, h, w) of one image before the final upsampling: the model pass (with tiles) or
+    the native-resolution windows combined with the whole image."""
+    if cfg.window_scale() is not None:
+        return native_scores(sd, image, learned, cfg, progress)
+    return score_image(sd, model_input(image, cfg), learned, cfg)
+
+
 def predict_scores(sd: StableDiffusion, image: np.ndarray, learned: Learned,
                    cfg: SlimeConfig) -> torch.Tensor:
     """Per-class scores (K, H, W) at the image's own size (their argmax is the label map)."""
-    return to_image_size(score_image(sd, model_input(image, cfg), learned, cfg), image.shape[:2])
+    return to_image_size(low_res_scores(sd, image, learned, cfg), image.shape[:2])
 
 
 def labels_of(scores: torch.Tensor) -> np.ndarray:
@@ -106,13 +287,17 @@ def labels_of(scores: torch.Tensor) -> np.ndarray:
 
 def predict_labels(sd: StableDiffusion, images: Sequence[np.ndarray], learned: Learned,
                    cfg: SlimeConfig, batch_size: int = 4) -> list[np.ndarray]:
-    """Label maps for many images, `batch_size` UNet passes at a time (tiles: one image at a time)."""
-    if cfg.tiles > 1:
-        return [labels_of(predict_scores(sd, im, learned, cfg)) for im in images]
-    out: list[np.ndarray] = []
+    """Label maps for many images, `batch_size` UNet passes at a time (images whose model inputs
+    share a size batch together; tiles and windows: one image at a time)."""
+    if cfg.tiles > 1 or cfg.window_scale() is not None or cfg.normalization == "reference_exact":
+        return [labels_at(low_res_scores(sd, im, learned, cfg), im.shape[:2]) for im in images]
+    out: list[np.ndarray | None] = [None] * len(images)
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        x = torch.stack([model_input(a, cfg) for a in chunk])  # (B, 3, S, S)
-        scores = score_batch(sd, x, learned, cfg)  # (B, K, h, w)
-        out += [labels_of(to_image_size(s, a.shape[:2])) for a, s in zip(chunk, scores, strict=True)]
-    return out
+        idx = range(start, min(start + batch_size, len(images)))
+        for hw in dict.fromkeys(input_hw(images[i].shape[:2], cfg) for i in idx):
+            same = [i for i in idx if input_hw(images[i].shape[:2], cfg) == hw]
+            x = torch.stack([model_input(images[i], cfg) for i in same])  # (B, 3, h, w)
+            scores = score_batch(sd, x, learned, cfg)  # (B, K, h/8, w/8)
+            for i, sc in zip(same, scores, strict=True):
+                out[i] = labels_at(sc, images[i].shape[:2])
+    return out  # type: ignore[return-value]

@@ -38,11 +38,26 @@ def train_values(store: AttentionStore, hw: tuple[int, int]) -> torch.Tensor:
     return class_scores(store, hw).softmax(1).flatten(2)
 
 
-def reference_values(store: AttentionStore, hw: tuple[int, int]) -> torch.Tensor:
-    """R as the reference code's test time: 77-token probabilities, background zeroed below its mean."""
+def reference_passed(store: AttentionStore, threshold: float) -> torch.Tensor:
+    """The classes the reference keeps in a crop: 77-token probability peak >= threshold: (B, K)."""
+    return class_probs(store, store.latent_hw).flatten(2).amax(-1) >= threshold
+
+
+def reference_values(store: AttentionStore, hw: tuple[int, int],
+                     threshold: float | None = None) -> torch.Tensor:
+    """R as the reference code's test time: 77-token probabilities; with a `threshold`, classes
+    whose peak is below it are dropped (zeroed) and the FIRST kept class (background unless it was
+    dropped) is zeroed below its mean, as its indexing does; without one, background is: (B, K, N)."""
     probs = class_probs(store, hw).flatten(2).clone()  # (B, K, N)
-    bg = probs[:, 0]
-    probs[:, 0] = torch.where(bg > bg.mean(-1, keepdim=True), bg, torch.zeros_like(bg))
+    if threshold is None:
+        first = torch.zeros(probs.shape[0], dtype=torch.long, device=probs.device)
+    else:
+        passed = reference_passed(store, threshold)  # (B, K)
+        probs = probs * passed[..., None]
+        first = passed.float().argmax(1)  # the first kept class (0 when none is kept: all zero anyway)
+    rows = torch.arange(probs.shape[0], device=probs.device)
+    m = probs[rows, first]  # (B, N)
+    probs[rows, first] = torch.where(m > m.mean(-1, keepdim=True), m, torch.zeros_like(m))
     return probs
 
 

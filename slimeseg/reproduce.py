@@ -87,6 +87,10 @@ class ReproduceResult:
             return f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
 
         rows.append(("ours", [pm(summary["per_class"][c]) for c in cols] + [pm(summary["miou"])]))
+        if all("reference_decoding" in r["report"] for r in self.runs) and self.runs:
+            ref_dec = self.summary("reference_decoding")
+            rows.append(("ours, reference decoding", [pm(ref_dec["per_class"][c]) for c in cols]
+                         + [pm(ref_dec["miou"])]))
         paper = "-" if self.paper_miou is None else f"{self.paper_miou:.1f}"
         rows.append((self.paper_label, ["-"] * len(cols) + [paper]))
         header = ["", *cols, "mIoU"]
@@ -130,14 +134,16 @@ def protocol_config(dataset_name: str, config: SlimeConfig | None = None,
 def reproduce(model: str, dataset_name: str, shots: int, seeds: int = 3, data_dir: str | os.PathLike = ".",
               config: SlimeConfig | None = None, *, device: str | None = None, dtype: str | None = None,
               revision: str | None = None, segmenter: Segmenter | None = None, progress: bool = False,
-              echo: Callable[[str], None] | None = None, **overrides: Any) -> ReproduceResult:
+              echo: Callable[[str], None] | None = None, reference_decoding: bool = True,
+              **overrides: Any) -> ReproduceResult:
     """Run the paper's k-shot experiment on `dataset_name` (car, horse or celeba), seeds 0..n-1.
 
     Settings: `protocol_config(dataset_name, config, **overrides)`, e.g. `steps=50`,
     `use_was=False`; the same settings reach training and inference, so ablations apply to both.
     Per seed: `splits.kshot_split(dataset_name, data_dir, shots, seed)`, `fit`, then
     `evaluate_learned` on the test split. `segmenter` reuses an already loaded model; `echo`
-    receives one progress line per seed.
+    receives one progress line per seed. `reference_decoding` also scores each seed's embeddings
+    with the reference code's own test step (`normalization="reference_exact"`), printed beside.
     """
     if dataset_name not in DATASETS:
         raise InputError(f"unknown dataset {dataset_name!r} (choose from {', '.join(DATASETS)})")
@@ -160,6 +166,11 @@ def reproduce(model: str, dataset_name: str, shots: int, seeds: int = 3, data_di
                                   per_image=True, progress=progress, dataset_path=data_dir,
                                   dataset_format=split.data_format)
         report["timings"]["fit_s"] = round(fit_s, 3)
+        if reference_decoding:  # the same embeddings decoded by the reference code's test step
+            ref = evaluate_learned(seg, learned, split.test_set,
+                                   SlimeConfig.from_dict(learned.config).replace(normalization="reference_exact"),
+                                   dataset_path=data_dir, dataset_format=split.data_format)
+            report["reference_decoding"] = ref["accumulated"]
         if result is None:
             result = ReproduceResult(
                 dataset=dataset_name, shots=shots, seeds=[], classes=list(split.classes),
@@ -174,7 +185,9 @@ def reproduce(model: str, dataset_name: str, shots: int, seeds: int = 3, data_di
         if echo is not None:
             echo(f"seed {seed}: trained on {len(split.train)}, tested on {len(split.test)} "
                  f"(fit {fit_s:.1f}s, eval {report['timings']['predict_s']:.1f}s): "
-                 f"mIoU {percent(report['miou'])}%")
+                 f"mIoU {percent(report['miou'])}%"
+                 + (f" (reference decoding {percent(report['reference_decoding']['miou'])}%)"
+                    if reference_decoding else ""))
     assert result is not None
     result.notes.insert(0, f"split: {result.settings['split_rule']}")
     if shots not in (1, 10):

@@ -178,3 +178,13 @@ def test_refine_needs_embeddings_in_the_examples_classes(app, tmp_path):
     sess.classes = [*sess.classes, "extra"]
     with pytest.raises(SlimeError, match="differ from the embeddings'"):
         app.refine_settings(None, None, sess)
+
+
+def test_segment_at_native_resolution_keeps_each_images_size(app, tmp_path):
+    sess = _session_with_example(app, tmp_path)
+    *_, last = app.train(2, 64, 0, sess)
+    wide = np.concatenate([shapes_scene(i, 96)[0] for i in range(3)], axis=1)[:90]  # (90, 288, 3)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    result = app.segment([str(tmp_path / "wide.png")], sess, "native")
+    labels = result.gallery[2][0]  # the label map, coloured
+    assert labels.shape[:2] == (90, 288) and sess.results[0][2].shape == (90, 288)

@@ -159,3 +159,18 @@ def test_segment_without_overlays(workdir, tiny_dir, tmp_path):
     assert main(["segment", str(learned), str(workdir / "scene1.jpg"), "--out", str(out), "--no-overlays",
                  "--quiet"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["classes.json", "scene1.png"]
+
+
+def test_segment_at_native_resolution_and_squashed(workdir, tiny_dir, tmp_path):
+    learned = workdir / "shapes.safetensors"
+    if not learned.exists():
+        assert _train(workdir, tiny_dir, learned) == 0
+    wide = np.concatenate([shapes_scene(i, 192)[0] for i in range(2)], axis=1)[:150]  # (150, 384, 3)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    for flags in (["--resolution", "native", "--context", "mean"], ["--aspect", "squash"], ["--resolution", "0.5"]):
+        out = tmp_path / "-".join(flags)
+        assert main(["segment", str(learned), str(tmp_path / "wide.png"), "--out", str(out), "--quiet",
+                     *flags]) == 0
+        assert np.asarray(Image.open(out / "wide.png")).shape == (150, 384)
+    assert main(["segment", str(learned), str(tmp_path / "wide.png"), "--out", str(tmp_path / "bad"),
+                 "--resolution", "huge"]) == 2

@@ -159,6 +159,8 @@ def test_reproduce_celeba_and_car(segmenter):
     assert summary["miou"]["seeds"] == 2 and summary["miou"]["std"] >= 0
     table = face.table()
     assert "69.6" in table and "ours" in table and "seed 1" in table and "mIoU" in table
+    assert "ours, reference decoding" in table  # the reference's own test step, beside ours
+    assert all(0 <= r["report"]["reference_decoding"]["miou"] <= 1 for r in face.runs)
     json.dumps(face.to_dict())
 
     car = reproduce("tiny", "car", 1, seeds=2, data_dir=SHARED_DATA / "pascal-part", steps=2,

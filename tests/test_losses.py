@@ -50,3 +50,19 @@ def test_reference_rescale_maps_into_cross_attention_range():
     out = maps.reference_rescale(was, probs)
     torch.testing.assert_close(out.flatten(2).amin(-1), probs.flatten(2).amin(-1))
     torch.testing.assert_close(out.flatten(2).amax(-1), probs.flatten(2).amax(-1))
+
+
+def test_reference_exact_values_drop_weak_classes_and_zero_the_first_kept_below_its_mean():
+    from slimeseg.attention import AttentionStore
+
+    store = AttentionStore(3, (2, 2), want_probs=True)
+    probs = torch.tensor([[[0.1, 0.1, 0.1, 0.15],  # background peaks at 0.15: dropped at 0.2
+                           [0.3, 0.1, 0.5, 0.2],  # the first kept class: zeroed below its mean 0.275
+                           [0.2, 0.6, 0.1, 0.1]]]).view(1, 3, 2, 2)
+    store.cross_probs = [probs]
+    got = maps.reference_values(store, (2, 2), threshold=0.2)[0]
+    torch.testing.assert_close(got[0], torch.zeros(4))
+    torch.testing.assert_close(got[1], torch.tensor([0.3, 0.0, 0.5, 0.0]))
+    torch.testing.assert_close(got[2], probs[0, 2].flatten())
+    plain = maps.reference_values(store, (2, 2))[0]  # no threshold: background zeroed below its mean
+    torch.testing.assert_close(plain[0], torch.tensor([0.0, 0.0, 0.0, 0.15]))
