@@ -177,8 +177,6 @@ def test_a_12_megapixel_image_stays_within_a_memory_bound(tiny_dir):
 import json, resource, numpy as np
 from slimeseg import Segmenter
 from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
-
-LAB_MODEL = Path(__file__).resolve().parent / "assets" / "lab-sd"
 seg = Segmenter.from_pretrained({str(tiny_dir)!r}, device="cpu")
 im, m = shapes_scene(0, 64)
 learned = seg.fit([im], [m], SHAPE_CLASSES, steps=1, image_size=64, progress=False)
