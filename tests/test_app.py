@@ -183,12 +183,41 @@ def _strokes(mask: np.ndarray, cls: int) -> list[list[tuple[float, float]]]:
     return out
 
 
+def _canvas_origin(editor, size: int) -> tuple[float, float, float]:
+    """Page (x, y) of an editor's image pixel (0, 0) and its zoom, for a size x size image."""
+    canvas = editor.locator("canvas").first.bounding_box()
+    zoom = float(re.search(r"(\d+)%", editor.inner_text()).group(1)) / 100
+    return (canvas["x"] + canvas["width"] / 2 - size * zoom / 2,
+            canvas["y"] + canvas["height"] / 2 - size * zoom / 2, zoom)
+
+
+def _draw(page, origin: tuple[float, float, float], strokes: list[list[tuple[float, float]]]) -> None:
+    """Drag the mouse along each stroke (image coordinates) with the button down."""
+    x0, y0, zoom = origin
+    for (sx, sy), *rest in strokes:
+        page.mouse.move(x0 + sx * zoom, y0 + sy * zoom)
+        page.mouse.down()
+        for x, y in rest:
+            page.mouse.move(x0 + x * zoom, y0 + y * zoom, steps=3)
+        page.mouse.up()
+
+
+def _download_artifact(page, path):
+    """Save the app's current learned embeddings to `path` and load them."""
+    from slimeseg import Learned
+
+    with page.expect_download() as dl:
+        page.locator("#artifact_download a").first.click()
+    dl.value.save_as(path)
+    return Learned.load(path)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                     "(apt-get install chromium; CI installs it)")
 def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
-    from slimeseg import Learned, Segmenter
+    from slimeseg import Segmenter
 
     size = 128
     image, mask = shapes_scene(0, size)
@@ -233,33 +262,17 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
                 page.wait_for_function(
                     f"document.querySelector('#class_legend').innerText.includes('{name}')")
             editor = page.locator("#example_editor")
-            canvas = editor.locator("canvas").first.bounding_box()
-            zoom = float(re.search(r"(\d+)%", editor.inner_text()).group(1)) / 100
-            x0 = canvas["x"] + canvas["width"] / 2 - size * zoom / 2
-            y0 = canvas["y"] + canvas["height"] / 2 - size * zoom / 2
+            origin = _canvas_origin(editor, size)
             editor.locator("button[aria-label=Brush]").click()
             editor.locator("button[aria-label='Brush Size']").click()
             editor.locator("input[type=range]").fill("4")
             for cls in range(1, len(SHAPE_CLASSES)):
                 editor.locator("button[aria-label=Color]").click()
                 editor.locator("menu.swatch button.color").nth(cls - 1).click()
-                for stroke in _strokes(mask, cls):
-                    (sx, sy), rest = stroke[0], stroke[1:]
-                    page.mouse.move(x0 + sx * zoom, y0 + sy * zoom)
-                    page.mouse.down()
-                    for x, y in rest:
-                        page.mouse.move(x0 + x * zoom, y0 + y * zoom, steps=3)
-                    page.mouse.up()
-            # a stray stroke on the background, then erased again
-            page.mouse.move(x0 + 4 * zoom, y0 + 64 * zoom)
-            page.mouse.down()
-            page.mouse.move(x0 + 10 * zoom, y0 + 64 * zoom, steps=3)
-            page.mouse.up()
+                _draw(page, origin, _strokes(mask, cls))
+            _draw(page, origin, [[(4, 64), (10, 64)]])  # a stray stroke on the background...
             editor.locator("button[aria-label=Erase]").click()
-            page.mouse.move(x0 + 1 * zoom, y0 + 64 * zoom)
-            page.mouse.down()
-            page.mouse.move(x0 + 14 * zoom, y0 + 64 * zoom, steps=6)
-            page.mouse.up()
+            _draw(page, origin, [[(1, 64), (14, 64)]])  # ...erased again
             shot(page, "02-painted")
             page.locator("#add_example").click()
             page.wait_for_function("document.querySelector('#examples_info').innerText.includes('1 example')")
@@ -307,11 +320,8 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
             assert 3 <= steps_done < 300
             page.wait_for_selector("#artifact_download a")
             shot(page, "05-trained-stopped-early")
-            with page.expect_download() as dl:
-                page.locator("#artifact_download a").first.click()
             artifact = tmp_path / "learned.safetensors"
-            dl.value.save_as(artifact)
-            learned = Learned.load(artifact)
+            learned = _download_artifact(page, artifact)
             assert learned.classes == SHAPE_CLASSES
             assert learned.history["steps_done"] == steps_done
             assert learned.config["image_size"] == 64
@@ -355,21 +365,11 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
             page.wait_for_timeout(1000)  # the fresh editor loads the overlay
             editor.scroll_into_view_if_needed()
             shot(page, "06b-result-opened-for-correction")
-            canvas = editor.locator("canvas").first.bounding_box()
-            zoom = float(re.search(r"(\d+)%", editor.inner_text()).group(1)) / 100
-            x0 = canvas["x"] + canvas["width"] / 2 - size * zoom / 2
-            y0 = canvas["y"] + canvas["height"] / 2 - size * zoom / 2
             scene1_mask = shapes_scene(1, size)[1]
             editor.locator("button[aria-label=Brush]").click()
             editor.locator("button[aria-label=Color]").click()
             editor.locator("menu.swatch button.color").nth(1).click()  # class 2: square
-            for stroke in _strokes(scene1_mask, 2):
-                (sx, sy), rest = stroke[0], stroke[1:]
-                page.mouse.move(x0 + sx * zoom, y0 + sy * zoom)
-                page.mouse.down()
-                for x, y in rest:
-                    page.mouse.move(x0 + x * zoom, y0 + y * zoom, steps=3)
-                page.mouse.up()
+            _draw(page, _canvas_origin(editor, size), _strokes(scene1_mask, 2))
             page.wait_for_timeout(500)
             shot(page, "06c-corrected")
             page.locator("#add_correction").click()
@@ -382,11 +382,7 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
             assert "before (round 1)" in ba and "after (round 2)" in ba, ba
             page.wait_for_function("document.querySelectorAll('#rounds_download a').length >= 2")
             shot(page, "06d-refined-before-after")
-            with page.expect_download() as dl:
-                page.locator("#artifact_download a").first.click()
-            refined_path = tmp_path / "refined.safetensors"
-            dl.value.save_as(refined_path)
-            refined = Learned.load(refined_path)
+            refined = _download_artifact(page, tmp_path / "refined.safetensors")
             assert refined.lineage[-1]["parent"] == learned.digest()
             assert refined.history["steps_done"] == 5 and len(refined.image_hashes) == 3
             page.locator("#undo").click()
