@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: lab/, slimeseg/
 
-from lab.quality import AUGMENT, LAB_MODEL, TRAIN_POOL, TRAIN_WORLD_SEED  # noqa: E402
+from lab.quality import AUGMENT, LAB_MODEL, TRAIN_POOL, TRAIN_WORLD_SEED, groups, mean_std  # noqa: E402
 from slimeseg import Learned, Segmenter, SlimeConfig, __version__, inference  # noqa: E402
 from slimeseg.lab import World, compose  # noqa: E402
 from slimeseg.metrics import ConfusionMatrix  # noqa: E402
@@ -139,15 +139,15 @@ def peak_rss(seg: Segmenter, learned: Learned, image: np.ndarray, settings: dict
 
 
 def summarise(runs: list[dict[str, Any]], rss: dict[str, float]) -> list[dict[str, Any]]:
+    """Mean +- std over seeds per (kind, shots, mode), the small parts apart."""
     rows = []
-    for key in dict.fromkeys((r["kind"], r["shots"], r["mode"]) for r in runs):
-        group = [r for r in runs if (r["kind"], r["shots"], r["mode"]) == key]
-        small = [statistics.mean(r["per_class"][c] for c in SMALL_PARTS[key[0]]) for r in group]
-        m = [r["miou"] for r in group]
+    for key, group in groups(runs, lambda r: (r["kind"], r["shots"], r["mode"])).items():
+        miou_mean, miou_std = mean_std(r["miou"] for r in group)
+        small_mean, small_std = mean_std(statistics.mean(r["per_class"][c] for c in SMALL_PARTS[key[0]])
+                                         for r in group)
         rows.append({"kind": key[0], "shots": key[1], "mode": key[2], "seeds": len(group),
-                     "miou_mean": statistics.mean(m), "miou_std": statistics.stdev(m) if len(m) > 1 else 0.0,
-                     "small_mean": statistics.mean(small),
-                     "small_std": statistics.stdev(small) if len(small) > 1 else 0.0,
+                     "miou_mean": miou_mean, "miou_std": miou_std,
+                     "small_mean": small_mean, "small_std": small_std,
                      "peak_rss_mb": rss.get(f"{key[0]}/{key[2]}"),
                      "per_class_mean": {c: statistics.mean(r["per_class"][c] for r in group)
                                         for c in group[0]["per_class"]},

@@ -25,7 +25,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: lab/, slimeseg/
 
-from lab.quality import AUGMENT, LAB_MODEL, TEST_WORLD_SEED, TRAIN_POOL, TRAIN_WORLD_SEED  # noqa: E402
+from lab.quality import (  # noqa: E402
+    AUGMENT,
+    LAB_MODEL,
+    TEST_WORLD_SEED,
+    TRAIN_POOL,
+    TRAIN_WORLD_SEED,
+    groups,
+    mean_std,
+)
 from slimeseg import Segmenter, SlimeConfig, __version__  # noqa: E402
 from slimeseg.lab import World  # noqa: E402
 from slimeseg.metrics import ConfusionMatrix  # noqa: E402
@@ -67,12 +75,11 @@ def run(seg: Segmenter, kind: str, shots: int, variant: str, seed: int, size: in
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean +- std over seeds per (kind, shots, variant)."""
     rows = []
-    for key in dict.fromkeys((r["kind"], r["shots"], r["variant"]) for r in runs):
-        group = [r for r in runs if (r["kind"], r["shots"], r["variant"]) == key]
-        m = [r["miou"] for r in group]
+    for key, group in groups(runs, lambda r: (r["kind"], r["shots"], r["variant"])).items():
+        miou_mean, miou_std = mean_std(r["miou"] for r in group)
         best = [r["best_step"] for r in group if r["best_step"] is not None]
         rows.append({"kind": key[0], "shots": key[1], "variant": key[2], "seeds": [r["seed"] for r in group],
-                     "miou_mean": statistics.mean(m), "miou_std": statistics.stdev(m) if len(m) > 1 else 0.0,
+                     "miou_mean": miou_mean, "miou_std": miou_std,
                      "best_steps": best, "steps_run_mean": statistics.mean(r["steps_run"] for r in group),
                      "steps_planned": group[0]["steps_planned"],
                      "fit_seconds_mean": statistics.mean(r["fit_seconds"] for r in group)})

@@ -27,7 +27,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: lab/, slimeseg/
 
-from lab.quality import AUGMENT, LAB_MODEL, TEST_WORLD_SEED, TRAIN_POOL, TRAIN_WORLD_SEED  # noqa: E402
+from lab.quality import (  # noqa: E402
+    AUGMENT,
+    LAB_MODEL,
+    TEST_WORLD_SEED,
+    TRAIN_POOL,
+    TRAIN_WORLD_SEED,
+    groups,
+    mean_std,
+)
 from slimeseg import Learned, Segmenter, SlimeConfig, __version__  # noqa: E402
 from slimeseg.lab import World  # noqa: E402
 from slimeseg.metrics import ConfusionMatrix, image_confusion, iou_from_confusion  # noqa: E402
@@ -97,11 +105,10 @@ def run_seed(seg: Segmenter, kind: str, seed: int, size: int, steps_list: list[i
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    for key in dict.fromkeys((r["kind"], r["round"], r["variant"]) for r in rows):
-        g = [r for r in rows if (r["kind"], r["round"], r["variant"]) == key]
-        m = [r["miou"] for r in g]
+    for key, g in groups(rows, lambda r: (r["kind"], r["round"], r["variant"])).items():
+        miou_mean, miou_std = mean_std(r["miou"] for r in g)
         out.append({"kind": key[0], "round": key[1], "variant": key[2], "seeds": [r["seed"] for r in g],
-                    "miou_mean": statistics.mean(m), "miou_std": statistics.stdev(m) if len(m) > 1 else 0.0,
+                    "miou_mean": miou_mean, "miou_std": miou_std,
                     "fit_seconds_mean": statistics.mean(r["fit_seconds"] for r in g), "steps": g[0]["steps"]})
     return out
 

@@ -24,9 +24,10 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ import torch
 from slimeseg import Segmenter, SlimeConfig, __version__
 from slimeseg.lab import World
 from slimeseg.metrics import ConfusionMatrix
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,20 +96,34 @@ AUGMENT = {"car": {"min_crop_ratio": 0.6, "rotate_degrees": 30.0},
            "face": {"min_crop_ratio": 0.6, "rotate_degrees": 10.0}}
 
 
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (0 for a single value)."""
+    v = list(values)
+    return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+
+def groups(runs: Iterable[T], key: Callable[[T], tuple]) -> dict[tuple, list[T]]:
+    """Runs grouped by `key`, the groups in the order their keys first appear (the benchmarks'
+    rows: one per (kind, shots, variant) or the like, over seeds)."""
+    out: dict[tuple, list[T]] = {}
+    for r in runs:
+        out.setdefault(key(r), []).append(r)
+    return out
+
+
 def summarise(runs: list[Run]) -> list[dict[str, Any]]:
     """Mean +- std over seeds per (kind, shots, variant), overall and per class."""
     rows = []
-    keys = sorted({(r.kind, r.shots, r.variant) for r in runs}, key=lambda k: (k[0], k[1], list(VARIANTS).index(k[2])))
-    for kind, shots, variant in keys:
-        group = [r for r in runs if (r.kind, r.shots, r.variant) == (kind, shots, variant)]
-        mious = [r.miou for r in group]
+    grouped = groups(runs, lambda r: (r.kind, r.shots, r.variant))
+    for kind, shots, variant in sorted(grouped, key=lambda k: (k[0], k[1], list(VARIANTS).index(k[2]))):
+        group = grouped[(kind, shots, variant)]
         per_class = {}
         for name in group[0].per_class:
             vals = [r.per_class[name] for r in group if r.per_class[name] is not None]
-            per_class[name] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
+            per_class[name] = mean_std(vals) if vals else None
+        miou_mean, miou_std = mean_std(r.miou for r in group)
         rows.append({"kind": kind, "shots": shots, "variant": variant, "seeds": [r.seed for r in group],
-                     "miou_mean": statistics.mean(mious),
-                     "miou_std": statistics.stdev(mious) if len(mious) > 1 else 0.0,
+                     "miou_mean": miou_mean, "miou_std": miou_std,
                      "per_class": per_class, "fit_seconds_median": statistics.median(r.fit_seconds for r in group),
                      "steps": group[0].steps})
     return rows

@@ -49,6 +49,7 @@ IMAGE_SIZES = (64, 1024)  # the image-size slider's range, in steps of 64 (SD ne
 RESOLUTIONS: dict[str, str | None] = {"as trained (one pass, aspect kept)": None,
                                       "native (windows over the full image, slower)": "native",
                                       "half (windows over the image at 1/2)": "0.5"}
+BACKGROUND_BRUSH = (0, 0, 0)  # the last brush colour paints background (to correct a prediction)
 GALLERY_PER_IMAGE = 3  # results gallery items per segmented image: original, overlay, label map
 _POLL_S = 0.4  # how often the progress display refreshes while training
 
@@ -58,9 +59,6 @@ def hex_color(rgb: np.ndarray | tuple[int, int, int]) -> str:
     """(r, g, b) -> '#rrggbb'."""
     r, g, b = (int(c) for c in rgb)
     return f"#{r:02x}{g:02x}{b:02x}"
-
-
-BACKGROUND_BRUSH = (0, 0, 0)  # the last brush colour paints background (to correct a prediction)
 
 
 def brush_colors() -> list[str]:
@@ -484,7 +482,7 @@ class SlimeApp:
                     raise InputError(f"{path.name}: not an image ({', '.join(IMAGE_EXTENSIONS)})")
                 stem = writer.names([*accepted, path])[path]  # refuses a clash with an earlier one
                 image = _check_size(load_image(path), path.name)
-                labels = self.segmenter.predict(image, learned, resolution=resolution or None)
+                labels = self.segmenter.predict(image, learned, resolution=resolution)
             except SlimeError as exc:
                 problems.append(str(exc))
                 continue

@@ -294,8 +294,9 @@ def predict_labels(sd: StableDiffusion, images: Sequence[np.ndarray], learned: L
     out: list[np.ndarray | None] = [None] * len(images)
     for start in range(0, len(images), batch_size):
         idx = range(start, min(start + batch_size, len(images)))
-        for hw in dict.fromkeys(input_hw(images[i].shape[:2], cfg) for i in idx):
-            same = [i for i in idx if input_hw(images[i].shape[:2], cfg) == hw]
+        sizes = {i: input_hw(images[i].shape[:2], cfg) for i in idx}
+        for hw in dict.fromkeys(sizes.values()):
+            same = [i for i in idx if sizes[i] == hw]
             x = torch.stack([model_input(images[i], cfg) for i in same])  # (B, 3, h, w)
             scores = score_batch(sd, x, learned, cfg)  # (B, K, h/8, w/8)
             for i, sc in zip(same, scores, strict=True):
