@@ -181,7 +181,7 @@ def merge(paths: list[str], out: str | None) -> dict[str, Any]:
               "ceiling": {k: v for rep in reports for k, v in (rep.get("ceiling") or {}).items()}}
     print(format_table(report["rows"], report["all_background"], report["ceiling"]))
     if out:
-        Path(out).write_text(json.dumps(report, indent=2))
+        _write_json(out, report)
     return report
 
 
@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--test", type=int, default=50, help="held-out images per kind")
-    p.add_argument("--size", type=int, default=256, help="image size (the lab SD's training size)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image size (default: the lab SD's training size, 8 x its UNet sample size)")
     p.add_argument("--steps-per-shot", type=int, default=200, help="optimisation steps per example (paper: 200)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--dtype", default=None, help="model dtype (default float32 on CPU), e.g. bfloat16")
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     seg = Segmenter.from_pretrained(args.model, device="cpu", dtype=args.dtype)
+    if args.size is None:
+        args.size = 8 * int(seg.sd.unet.config.sample_size)
     runs: list[Run] = []
     all_background: dict[str, float] = {}
     ceilings: dict[str, dict] = {}
@@ -240,21 +243,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     for run in done:
                         print(f"{kind} {shots}-shot {run.variant:<7} seed {seed}: mIoU {100 * run.miou:5.1f} "
                               f"({run.steps} steps, fit {run.fit_seconds:.0f} s)", flush=True)
-    rows = summarise(runs)
+                    if args.json:  # after every fit, so a stopped run keeps what it measured
+                        _write_json(args.json, _report(args, seg, runs, all_background, ceilings, t_start))
+    report = _report(args, seg, runs, all_background, ceilings, t_start)
     print()
-    print(format_table(rows, all_background, ceilings))
-    report = {"benchmark": "slimeseg lab quality", "model": args.model, "size": args.size,
-              "dtype": str(seg.sd.dtype).replace("torch.", ""),
-              "test_images": args.test, "steps_per_shot": args.steps_per_shot,
-              "train_world_seed": TRAIN_WORLD_SEED, "test_world_seed": TEST_WORLD_SEED,
-              "all_background": all_background, "ceiling": ceilings or None,
-              "rows": rows, "runs": [r.__dict__ for r in runs],
-              "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
-              "versions": {"slimeseg": __version__, "torch": torch.__version__,
-                           "python": platform.python_version()}}
+    print(format_table(report["rows"], all_background, ceilings))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        _write_json(args.json, report)
     return report
+
+
+def _report(args: argparse.Namespace, seg: Segmenter, runs: list[Run], all_background: dict[str, float],
+            ceilings: dict[str, dict], t_start: float) -> dict[str, Any]:
+    return {"benchmark": "slimeseg lab quality", "model": args.model, "size": args.size,
+            "dtype": str(seg.sd.dtype).replace("torch.", ""),
+            "test_images": args.test, "steps_per_shot": args.steps_per_shot,
+            "train_world_seed": TRAIN_WORLD_SEED, "test_world_seed": TEST_WORLD_SEED,
+            "all_background": all_background, "ceiling": ceilings or None,
+            "rows": summarise(runs), "runs": [r.__dict__ for r in runs],
+            "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
+            "versions": {"slimeseg": __version__, "torch": torch.__version__,
+                         "python": platform.python_version()}}
+
+
+def _write_json(path: str, report: dict[str, Any]) -> None:
+    """Write atomically (temp file + rename): a reader never sees half a report."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

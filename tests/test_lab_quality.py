@@ -8,6 +8,9 @@ no part at all, so the floors below fail when the engine stops learning parts.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -17,8 +20,13 @@ from slimeseg.metrics import ConfusionMatrix
 
 
 @pytest.fixture(scope="module")
-def report() -> dict:
-    return quality.main(["--fast"])
+def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("quality") / "fast.json"
+
+
+@pytest.fixture(scope="module")
+def report(written: Path) -> dict:
+    return quality.main(["--fast", "--json", str(written)])
 
 
 def _all_background_miou(n: int, size: int, world_seed: int) -> float:
@@ -40,6 +48,14 @@ def test_fast_variant_learns_parts_on_held_out_images(report: dict) -> None:
         assert row["miou_mean"] >= max(0.19, trivial + 0.01), (variant, row["miou_mean"], trivial)
         parts = {c: v[0] for c, v in row["per_class"].items() if c != "background" and v is not None}
         assert max(parts.values()) >= 0.10, (variant, parts)
+
+
+def test_report_is_written_whole(report: dict, written: Path) -> None:
+    """The JSON (rewritten after every fit, atomically) ends as the returned report; no temp file left."""
+    saved = json.loads(written.read_text())
+    assert saved["rows"] == json.loads(json.dumps(report["rows"])) and len(saved["runs"]) == 2
+    assert saved["size"] == 256  # the model's own training size when --size is not given
+    assert [p.name for p in written.parent.iterdir()] == [written.name]
 
 
 def test_table_shows_seeds_all_background_and_share_of_the_ceiling() -> None:
