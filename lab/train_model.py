@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -484,12 +485,15 @@ def render_readme(r: TrainReport) -> str:
         lines.append(f"Parameters: {params}.")
     lines += ["", "## Re-make", "", "```", r.command, "```", ""]
     if len(r.runs) > 1:
-        lines += [f"Trained in {len(r.runs)} runs (stopped and resumed; the result is the same as one run's):", ""]
+        lines += [f"Trained in {len(r.runs)} runs, each resuming the previous one's checkpoint (one uninterrupted"
+                  " run of the command above computes the same, up to float summation order where runs used"
+                  " other thread counts):", ""]
         lines += [f"{i + 1}. `{run['command']}`: {', '.join(run['phases'])}; CPU {run['cpu_s'] / 60:.1f} min,"
-                  f" wall {run['wall_s'] / 60:.1f} min" for i, run in enumerate(r.runs)]
+                  f" wall {run['wall_s'] / 60:.1f} min" + (f". {run['note']}." if run.get("note") else "")
+                  for i, run in enumerate(r.runs)]
         lines.append("")
     lines += [
-        f"Seed {r.seed}; one CPU thread; CPU times: rendering {r.render_s:.0f} s, VAE {r.vae_s / 60:.1f} min"
+        f"Seed {r.seed}; CPU threads as in the command(s); CPU times: rendering {r.render_s:.0f} s, VAE {r.vae_s / 60:.1f} min"
         f" ({r.vae_steps} steps, batch {cfg.batch}, {r.vae_crop} px crops), encoding {r.encode_s:.0f} s,"
         f" text encoder + UNet {r.unet_s / 60:.1f} min ({r.unet_steps} steps, batch {cfg.batch}),"
         f" evaluation and saving {r.final_s / 60:.1f} min; total {r.cpu_s / 60:.1f} CPU min."
@@ -652,6 +656,24 @@ class Trainer:
         self._saved = st  # model and optimiser states, restored when their phase is set up
         _set_rng_state(self.gen, st["rng"])
         self.where = self.st["phase"] if self.st["phase"] in self.st["cpu"] else "final"
+
+    def restart_unet(self, steps: int) -> None:
+        """Start the UNet phase over with `steps` (its learning-rate schedule depends on the total);
+        the rendered images, the VAE and the latents are kept. Recorded in this run's entry."""
+        if PHASES.index(self.st["phase"]) < PHASES.index("unet"):
+            self.log(f"UNet phase not started yet: it will run {steps} steps")
+        else:
+            done, old = self.st.get("unet_step", 0), self.cfg.unet_steps
+            self.run["note"] = (f"UNet phase restarted with --unet-steps {steps} (was {old}; the {done} step(s)"
+                                " done were discarded, their CPU time is counted)")
+            self.log(self.run["note"])
+            for key in ("unet_step", "unet_losses", "val_curve", "val_random"):
+                self.st.pop(key, None)
+            for key in ("unet", "text_encoder", "unet_opt"):
+                self._saved.pop(key, None)
+            self.st["phase"] = self.where = "unet"
+        self.cfg.unet_steps = steps
+        self.st["config"]["unet_steps"] = steps
 
     def _maybe_save(self) -> None:
         if self.stop_signal is not None:
@@ -850,6 +872,7 @@ class Trainer:
         command = runs[0]["command"]  # one uninterrupted run of it makes the same weights
         if command and "--unet-steps" not in command:
             command += f" --vae-steps {cfg.vae_steps} --unet-steps {cfg.unet_steps}"
+        command = re.sub(r"--unet-steps[= ]\d+", f"--unet-steps {cfg.unet_steps}", command)  # after a restart
         report = TrainReport(
             command=command,
             seed=cfg.seed, size=cfg.size, n_images=cfg.n_images, vae_steps=cfg.vae_steps,
@@ -929,7 +952,8 @@ def train_model(out_dir: str | Path, minutes: float = 45.0, seed: int = 0, size:
                 n_images: int = 2400, vae_steps: int | None = None, unet_steps: int | None = None,
                 qk_scale: float = 10.0, vae_crop: int = 64, command: str = "", log: Callable[[str], None] = print,
                 ckpt_dir: str | Path | None = None, resume: bool = False, checkpoint_minutes: float = 5.0,
-                keep_checkpoint: bool = False, evaluate: bool = True, **options: Any) -> TrainReport:
+                keep_checkpoint: bool = False, evaluate: bool = True, restart_unet: bool = False,
+                **options: Any) -> TrainReport:
     """Train VAE then text encoder + UNet on the world; save a diffusers SD folder in out_dir.
 
     `minutes` is the training budget in CPU minutes (VAE ~25%, UNet the rest) used to pick step
@@ -937,7 +961,8 @@ def train_model(out_dir: str | Path, minutes: float = 45.0, seed: int = 0, size:
     Other TrainConfig fields (unet_channels, heads, v2_fraction, ...) come as keyword options.
     Checkpoints go to `ckpt_dir` (default OUT.ckpt next to OUT); `resume` continues from there.
     After success the checkpoint folder is removed unless `keep_checkpoint`; `evaluate=False`
-    skips the attention figures and the sample grid (tests). Raises _Stopped
+    skips the attention figures and the sample grid (tests); `restart_unet` (with `resume`) starts
+    the UNet phase over with `unet_steps`, keeping images, VAE and latents. Raises _Stopped
     (after checkpointing) when stopped by SIGINT / SIGTERM.
     """
     out = Path(out_dir)
@@ -953,6 +978,10 @@ def train_model(out_dir: str | Path, minutes: float = 45.0, seed: int = 0, size:
         log(f"resuming from {trainer.state_path}: phase {trainer.st['phase']}"
             + (f", VAE step {trainer.st['vae_step']}" if "vae_step" in trainer.st else "")
             + (f", UNet step {trainer.st['unet_step']}" if "unet_step" in trainer.st else ""))
+        if restart_unet:
+            if unet_steps is None:
+                raise ValueError("restarting the UNet phase needs its new step count (--unet-steps)")
+            trainer.restart_unet(unet_steps)
     elif trainer.state_path.exists():
         raise FileExistsError(f"{trainer.state_path} exists: pass --resume to continue it, or remove it")
     report = trainer.train()
@@ -1011,6 +1040,9 @@ def add_train_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="checkpoint every N CPU minutes")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in the checkpoint folder (its options apply; typed ones must agree)")
+    p.add_argument("--restart-unet", action="store_true",
+                   help="with --resume and --unet-steps N: start the UNet phase over with N steps (a new"
+                        " schedule), keeping the rendered images, the VAE and the latents")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the checkpoint folder after success")
     p.add_argument("--no-eval", action="store_true", help="skip the attention figures and sample grid (quick trials)")
 
@@ -1033,18 +1065,24 @@ def run(a: argparse.Namespace, command: str, typed: set[str] | None = None) -> i
     ckpt = Path(a.checkpoint_dir) if a.checkpoint_dir else Path(a.out).with_name(Path(a.out).name + ".ckpt")
     if a.resume and (ckpt / "state.pt").exists():
         saved = TrainConfig.from_dict(torch.load(ckpt / "state.pt", weights_only=False)["config"])
+        free = {"unet_steps"} if a.restart_unet else set()
         clash = [f"--{k.replace('_', '-')} {getattr(a, k)} (checkpoint: {getattr(saved, v)})"
-                 for k, v in CONFIG_OPTIONS.items() if k in (typed or set()) and getattr(a, k) != getattr(saved, v)]
+                 for k, v in CONFIG_OPTIONS.items()
+                 if k in (typed or set()) - free and getattr(a, k) != getattr(saved, v)]
         if clash:
             print(f"error: {ckpt}: the checkpoint was made with other options: {'; '.join(clash)}", file=sys.stderr)
             return 2
+    if a.restart_unet and not (a.resume and a.unet_steps):
+        print("error: --restart-unet needs --resume and the new --unet-steps", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     try:
         report = train_model(a.out, minutes=a.minutes, seed=a.seed, size=a.size, n_images=a.images,
                              vae_steps=a.vae_steps, unet_steps=a.unet_steps, qk_scale=a.qk_scale,
                              vae_crop=a.vae_crop, command=command, log=lambda s: print(s, flush=True),
                              ckpt_dir=ckpt, resume=a.resume, checkpoint_minutes=a.checkpoint_minutes,
-                             keep_checkpoint=a.keep_checkpoint, evaluate=not a.no_eval, **options)
+                             keep_checkpoint=a.keep_checkpoint, evaluate=not a.no_eval,
+                             restart_unet=a.restart_unet, **options)
     except _Stopped as stop:
         resume = command if "--resume" in command.split() else command + " --resume"
         print(f"stopped; checkpoint in {ckpt}. Continue with:\n  {resume}", flush=True)

@@ -6,6 +6,7 @@ own-part attention 3.3 / 3.0 x uniform; a randomly initialised UNet: 0.995 and 1
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,37 @@ def test_interrupted_and_resumed_training_gives_the_same_weights(tmp_path: Path,
     assert rb["command"] == f"python -m lab.train_model {out} " + " ".join(args)
     readme = (tmp_path / "b" / "README.md").read_text()
     assert "Trained in 4 runs" in readme and f"`python -m lab.train_model {out} --resume`" in readme
+
+
+def test_unet_phase_restarts_with_another_schedule(tmp_path: Path, monkeypatch) -> None:
+    """Stopped in the UNet phase, resumed with --restart-unet and fewer steps: the weights of a run
+    that had those steps from the start (one thread), and the README's re-make command says so."""
+    import os
+    import signal
+
+    from lab import train_model
+
+    args = ["--size", "64", "--images", "8", "--vae-steps", "4", "--seed", "5", "--no-eval"]
+    assert train_model.main([str(tmp_path / "a"), *args, "--unet-steps", "3"]) == 0
+
+    triggers = ["unet step 0/"]
+
+    def fake_print(*a, **kw) -> None:
+        if triggers and " ".join(map(str, a)).startswith(triggers[0]):
+            triggers.pop(0)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_model, "print", fake_print, raising=False)
+    out = str(tmp_path / "b")
+    assert train_model.main([out, *args, "--unet-steps", "9"]) == 130
+    assert train_model.main([out, "--resume", "--unet-steps", "3"]) == 2  # another schedule: say --restart-unet
+    assert train_model.main([out, "--restart-unet"]) == 2  # only with --resume and the new step count
+    assert train_model.main([out, "--resume", "--unet-steps", "3", "--restart-unet"]) == 0
+
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    report = json.loads((tmp_path / "b" / "training.json").read_text())
+    assert report["unet_steps"] == 3 and len(report["unet_curve"]) == 1
+    assert report["command"] == f"python -m lab.train_model {out} " + " ".join([*args, "--unet-steps", "3"])
+    assert "UNet phase restarted with --unet-steps 3 (was 9; the 1 step(s) done" in report["runs"][1]["note"]
+    assert "UNet phase restarted" in (tmp_path / "b" / "README.md").read_text()
