@@ -721,8 +721,9 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
                     transforms=(), canvas_size=(512, 512), elem_id="correction_editor", scale=3)
                 add_btn = gr.Button("Add corrected example", elem_id="add_correction", scale=1)
             add_btn.click(_ui(add_correction), [correction, sess], [sess, examples_gallery, examples_info])
+        # height "auto": a fixed height cut the two full-width thumbnails to their top part
         before_after = gr.Gallery(label="The corrected image: before and after refining", columns=2,
-                                  height=300, preview=False, object_fit="contain", elem_id="before_after")
+                                  height="auto", preview=False, object_fit="contain", elem_id="before_after")
 
         # ------------------------------------------------------------ events
         add_class_btn.click(_ui(add_class), [class_name, sess], [sess, class_name, classes_legend])

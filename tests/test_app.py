@@ -380,6 +380,8 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
                                    timeout=90_000)
             ba = page.locator("#before_after").inner_text()
             assert "before (round 1)" in ba and "after (round 2)" in ba, ba
+            page.wait_for_function(  # both overlays decoded, not just their <img> elements present
+                "[...document.querySelectorAll('#before_after img')].every(i => i.complete && i.naturalWidth > 0)")
             page.wait_for_function("document.querySelectorAll('#rounds_download a').length >= 2")
             shot(page, "06d-refined-before-after")
             refined = _download_artifact(page, tmp_path / "refined.safetensors")
