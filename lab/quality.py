@@ -35,6 +35,7 @@ import torch
 from slimeseg import Segmenter, SlimeConfig, __version__
 from slimeseg.lab import World
 from slimeseg.metrics import ConfusionMatrix
+from slimeseg.writers import atomic_path
 
 T = TypeVar("T")
 
@@ -267,10 +268,9 @@ def _report(args: argparse.Namespace, seg: Segmenter, runs: list[Run], all_backg
 
 
 def _write_json(path: str, report: dict[str, Any]) -> None:
-    """Write atomically (temp file + rename): a reader never sees half a report."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
+    """Write through the project's atomic writer: a reader never sees half a report."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
