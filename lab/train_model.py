@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import shlex
 import shutil
@@ -47,6 +46,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from slimeseg.lab.world import KIND_CLASSES, SceneWorld, World, caption_vocabulary
 from slimeseg.tiny import tie_self_attention
 from slimeseg.tokenizer import build_tokenizer
+from slimeseg.writers import atomic_path
 
 from .probe import AttentionStats, self_attention_stats
 
@@ -562,13 +562,9 @@ RENDER_CHUNK = 200  # images per cached chunk (a stop during rendering loses at 
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save through the project's atomic writer (temp file in the same folder, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _rng_state(gen: torch.Generator) -> dict:
