@@ -337,6 +337,9 @@ class TrainConfig:
     vae_lr: float = 1e-3
     unet_lr: float = 5e-4
     val_every: int = 0  # held-out noise MSE every N UNet steps (0: only at the end)
+    # continue from a trained lab SD folder: its VAE (not retrained), scaling factor, tokenizer,
+    # text encoder and UNet are the starting point; the UNet phase runs unet_steps more steps
+    init_from: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -481,6 +484,9 @@ def render_readme(r: TrainReport) -> str:
         f"Self-attention q/k projections start tied and scaled by {r.qk_scale:g}"
         " (`build_unet(qk_scale=...)`; 0 = diffusers' default init).",
     ]
+    if cfg.init_from:
+        lines.append(f"Continued from `{cfg.init_from}`: its VAE (not retrained; scaling factor kept), tokenizer,"
+                     f" text encoder and UNet start this run, which adds {r.unet_steps} UNet steps.")
     if params:
         lines.append(f"Parameters: {params}.")
     lines += ["", "## Re-make", "", "```", r.command, "```", ""]
@@ -501,12 +507,13 @@ def render_readme(r: TrainReport) -> str:
         "",
         "## Losses",
         "",
-        f"- VAE (L1 + image-gradient L1 + 1e-8 KL): first 20 steps {r.vae_loss_first:.4f},"
-        f" last 100 steps {r.vae_loss_final:.4f}; held-out reconstruction L1 (range [-1, 1]) {r.vae_val_l1:.4f}.",
+        (f"- VAE (L1 + image-gradient L1 + 1e-8 KL): first 20 steps {r.vae_loss_first:.4f},"
+         f" last 100 steps {r.vae_loss_final:.4f}; held-out reconstruction L1 (range [-1, 1]) {r.vae_val_l1:.4f}."
+         if r.vae_steps else f"- VAE: the init model's; held-out reconstruction L1 (range [-1, 1]) {r.vae_val_l1:.4f}."),
         f"- VAE scaling factor {r.scaling_factor:.4f} (1 / std of the training latents' means).",
         f"- UNet noise MSE: first 20 steps {r.unet_loss_first:.4f}, last 200 steps {r.unet_loss_final:.4f};"
         f" held-out (64 images, t spread over [0, 1000)) {r.unet_val_loss:.4f}"
-        f" (same UNet at random init: {r.unet_val_loss_random:.4f}).",
+        f" ({'the init model' if cfg.init_from else 'same UNet at random init'}: {r.unet_val_loss_random:.4f}).",
     ]
     if r.unet_val_curve:
         lines.append("- Held-out noise MSE during training: "
@@ -575,6 +582,36 @@ def _set_rng_state(gen: torch.Generator, st: dict) -> None:
     gen.set_state(st["gen"])
     torch.set_rng_state(st["torch"])
     np.random.set_state(st["numpy"])
+
+
+def _init_part(cfg: TrainConfig, part: str, cls: Any) -> Any:
+    """One component of the `cfg.init_from` lab SD, checked against the config it continues under
+    (size, widths, heads, text width, caption words), so a mismatch fails before any training."""
+    folder = Path(cfg.init_from) / part
+    if not folder.is_dir():
+        raise ValueError(f"{cfg.init_from}: no {part}/ folder (--init-from needs a lab SD in diffusers layout)")
+    obj = cls.from_pretrained(folder)
+    c = getattr(obj, "config", None)
+    expect: dict[str, Any] = {}
+    if part == "vae":
+        expect = {"block_out_channels": tuple(cfg.vae_channels)}
+    elif part == "unet":
+        expect = {"sample_size": cfg.size // 8, "block_out_channels": tuple(cfg.unet_channels),
+                  "attention_head_dim": tuple(cfg.heads), "layers_per_block": cfg.layers_per_block,
+                  "cross_attention_dim": cfg.text_dim}
+    elif part == "text_encoder":
+        expect = {"hidden_size": cfg.text_dim}
+    elif part == "tokenizer":
+        vocab = obj.get_vocab()
+        missing = [w for w in caption_vocabulary(cfg.caption_version) if f"{w}</w>" not in vocab]
+        if missing:
+            raise ValueError(f"{folder}: the tokenizer lacks caption words {missing[:5]} (v2 scenes need a v2 model)")
+    for key, want in expect.items():
+        have = getattr(c, key)
+        have = tuple(have) if isinstance(have, (list, tuple)) else have
+        if have != want:
+            raise ValueError(f"{folder}: {key} is {have}, the run's config says {want}")
+    return obj
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -731,6 +768,10 @@ class Trainer:
         if fresh:
             torch.manual_seed(cfg.seed)
         self.vae = build_vae(cfg.size, cfg.vae_channels)
+        if cfg.init_from:
+            self.vae = _init_part(cfg, "vae", AutoencoderKL)
+            if fresh:  # the VAE is the init model's: no VAE steps
+                self.cfg.vae_steps = self.st["config"]["vae_steps"] = 0
         if fresh:
             self.gen.manual_seed(cfg.seed)
             if cfg.vae_steps is None:
@@ -775,7 +816,8 @@ class Trainer:
             return
         stop = lambda: self.stop_signal is not None  # noqa: E731
         self.mean, self.std = encode_dataset(self.vae, self.data, stop=stop)
-        scaling = float(1.0 / self.mean.std())
+        # continuing a model: keep the scaling its UNet was trained with
+        scaling = float(self.vae.config.scaling_factor if self.cfg.init_from else 1.0 / self.mean.std())
         with torch.no_grad():
             hx = self.held.as_float(torch.arange(16))
             val_l1 = float((self.vae.decode(self.vae.encode(hx).latent_dist.mean).sample - hx).abs().mean())
@@ -790,9 +832,15 @@ class Trainer:
         fresh = "unet_step" not in self.st
         if fresh:
             torch.manual_seed(cfg.seed + 1)
-        self.tokenizer = build_tokenizer(caption_vocabulary(cfg.caption_version))
-        self.text_encoder = build_text_encoder(self.tokenizer, cfg.text_dim)
-        self.unet = build_unet(cfg.size, cfg.qk_scale, cfg.unet_channels, cfg.heads, cfg.layers_per_block, cfg.text_dim)
+        if cfg.init_from:
+            self.tokenizer = _init_part(cfg, "tokenizer", CLIPTokenizer)
+            self.text_encoder = _init_part(cfg, "text_encoder", CLIPTextModel)
+            self.unet = _init_part(cfg, "unet", UNet2DConditionModel)
+        else:
+            self.tokenizer = build_tokenizer(caption_vocabulary(cfg.caption_version))
+            self.text_encoder = build_text_encoder(self.tokenizer, cfg.text_dim)
+            self.unet = build_unet(cfg.size, cfg.qk_scale, cfg.unet_channels, cfg.heads, cfg.layers_per_block,
+                                   cfg.text_dim)
         self.scheduler = build_scheduler()
         self.ids, self.held_ids = tokenize(self.tokenizer, self.data.captions), tokenize(self.tokenizer, self.held.captions)
         self.empty = tokenize(self.tokenizer, [""])[0]
@@ -857,7 +905,7 @@ class Trainer:
     def _final(self) -> TrainReport:
         cfg, st = self.cfg, self.st
         val = denoiser_val_loss(self.unet, self.text_encoder, self.held_ids, self.held_z, self.scheduler)
-        self.log(f"held-out noise MSE {val:.4f} (random init {st['val_random']:.4f})")
+        self.log(f"held-out noise MSE {val:.4f} ({'init model' if cfg.init_from else 'random init'} {st['val_random']:.4f})")
         pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
                                        unet=self.unet, scheduler=self.scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
@@ -873,7 +921,8 @@ class Trainer:
             command=command,
             seed=cfg.seed, size=cfg.size, n_images=cfg.n_images, vae_steps=cfg.vae_steps,
             unet_steps=cfg.unet_steps, qk_scale=cfg.qk_scale, vae_crop=cfg.vae_crop,
-            vae_loss_first=float(np.mean(vae_losses[:20])), vae_loss_final=float(np.mean(vae_losses[-100:])),
+            vae_loss_first=float(np.mean(vae_losses[:20])) if vae_losses else float("nan"),
+            vae_loss_final=float(np.mean(vae_losses[-100:])) if vae_losses else float("nan"),
             vae_val_l1=st["val_l1"], scaling_factor=st["scaling"],
             unet_loss_first=float(np.mean(unet_losses[:20])), unet_loss_final=float(np.mean(unet_losses[-200:])),
             unet_val_loss=val, unet_val_loss_random=st["val_random"],
@@ -1000,7 +1049,7 @@ CONFIG_OPTIONS = {
     "minutes": "minutes", "qk_scale": "qk_scale", "vae_crop": "vae_crop", "unet_channels": "unet_channels",
     "heads": "heads", "layers_per_block": "layers_per_block", "text_dim": "text_dim",
     "vae_channels": "vae_channels", "v2_fraction": "v2_fraction", "batch": "batch", "vae_lr": "vae_lr",
-    "unet_lr": "unet_lr", "val_every": "val_every",
+    "unet_lr": "unet_lr", "val_every": "val_every", "init_from": "init_from",
 }
 
 
@@ -1026,6 +1075,9 @@ def add_train_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--v2-fraction", type=float, default=d.v2_fraction,
                    help="share of training images that are v2 scenes (SceneWorld: several objects, sizes"
                         " down to 1/6, cut-offs, close-ups); the rest v1 world images (default 0)")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="continue a trained lab SD: its VAE (kept), tokenizer, text encoder and UNet start this"
+                        " run, which renders its images and runs --unet-steps more UNet steps")
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--vae-lr", type=float, default=d.vae_lr)
     p.add_argument("--unet-lr", type=float, default=d.unet_lr)
@@ -1057,7 +1109,8 @@ def run(a: argparse.Namespace, command: str, typed: set[str] | None = None) -> i
     """Train and save the lab SD as the parsed options say; `command` is recorded to re-make it."""
     torch.set_num_threads(a.threads)
     options = {k: getattr(a, k) for k in ("unet_channels", "heads", "layers_per_block", "text_dim", "vae_channels",
-                                          "v2_fraction", "batch", "vae_lr", "unet_lr", "val_every")}
+                                          "v2_fraction", "batch", "vae_lr", "unet_lr", "val_every",
+                                          "init_from")}
     ckpt = Path(a.checkpoint_dir) if a.checkpoint_dir else Path(a.out).with_name(Path(a.out).name + ".ckpt")
     if a.resume and (ckpt / "state.pt").exists():
         saved = TrainConfig.from_dict(torch.load(ckpt / "state.pt", weights_only=False)["config"])
@@ -1083,7 +1136,7 @@ def run(a: argparse.Namespace, command: str, typed: set[str] | None = None) -> i
         resume = command if "--resume" in command.split() else command + " --resume"
         print(f"stopped; checkpoint in {ckpt}. Continue with:\n  {resume}", flush=True)
         return 128 + (stop.args[0] if stop.args else signal.SIGINT)
-    except (FileExistsError, FileNotFoundError) as exc:
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:  # bad --resume / --init-from
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min: {a.out} (UNet {report.unet_steps} steps,"

@@ -194,3 +194,48 @@ def test_unet_phase_restarts_with_another_schedule(tmp_path: Path, monkeypatch) 
     assert report["command"] == f"python -m lab.train_model {out} " + " ".join([*args, "--unet-steps", "3"])
     assert "UNet phase restarted with --unet-steps 3 (was 9; the 1 step(s) done" in report["runs"][1]["note"]
     assert "UNet phase restarted" in (tmp_path / "b" / "README.md").read_text()
+
+
+def test_training_continues_from_a_trained_model(tmp_path: Path, monkeypatch, capsys) -> None:
+    """--init-from: the init model's VAE and tokenizer are kept as they are, its text encoder and
+    UNet train on; stopped and resumed, the same weights as one run; a model of another size or
+    width is refused before any training."""
+    import os
+    import signal
+
+    from lab import train_model
+
+    base = ["--size", "64", "--images", "8", "--seed", "6", "--no-eval"]
+    assert train_model.main([str(tmp_path / "init"), *base, "--vae-steps", "3", "--unet-steps", "3"]) == 0
+    init = _weights(tmp_path / "init")
+    args = [*base, "--init-from", str(tmp_path / "init"), "--unet-steps", "4"]
+    assert train_model.main([str(tmp_path / "a"), *args]) == 0
+    a = _weights(tmp_path / "a")
+    assert a.keys() == init.keys()
+    assert all(torch.equal(a[k], init[k]) for k in a if k.startswith("vae/"))
+    changed = [k for k in a if k.startswith("unet/") and not torch.equal(a[k], init[k])]
+    assert len(changed) > 50  # the UNet trained on from where it was
+    report = json.loads((tmp_path / "a" / "training.json").read_text())
+    init_report = json.loads((tmp_path / "init" / "training.json").read_text())
+    assert report["vae_steps"] == 0 and report["scaling_factor"] == init_report["scaling_factor"]
+    assert report["unet_val_loss_random"] == pytest.approx(init_report["unet_val_loss"], abs=1e-6)
+    readme = (tmp_path / "a" / "README.md").read_text()
+    assert f"Continued from `{tmp_path / 'init'}`" in readme and "VAE: the init model's" in readme
+
+    triggers = ["unet step 0/"]
+
+    def fake_print(*a, **kw) -> None:
+        if triggers and " ".join(map(str, a)).startswith(triggers[0]):
+            triggers.pop(0)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_model, "print", fake_print, raising=False)
+    out = str(tmp_path / "b")
+    assert train_model.main([out, *args]) == 130
+    assert train_model.main([out, "--resume"]) == 0
+    b = _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    monkeypatch.undo()
+    assert train_model.main([str(tmp_path / "c"), *args, "--size", "128"]) == 2
+    assert "unet: sample_size is 8, the run's config says 16" in capsys.readouterr().err
