@@ -373,14 +373,14 @@ class TrainReport:
     unet_s: float = 0.0
     final_s: float = 0.0
     cpu_s: float = 0.0  # all phases, all runs
-    vae_loss_first: float = 0.0
-    vae_loss_final: float = 0.0
+    vae_loss_first: float | None = 0.0  # None: no VAE steps (the VAE came with --init-from)
+    vae_loss_final: float | None = 0.0
     vae_val_l1: float = 0.0
     scaling_factor: float = 1.0
     unet_loss_first: float = 0.0
     unet_loss_final: float = 0.0
     unet_val_loss: float = 0.0
-    unet_val_loss_random: float = 0.0
+    unet_val_loss_random: float = 0.0  # before the UNet phase: at random init, or the --init-from model
     config: dict = field(default_factory=dict)
     parameters: dict[str, int] = field(default_factory=dict)
     runs: list[dict] = field(default_factory=list)  # each run: command, phases, CPU and wall seconds
@@ -435,11 +435,12 @@ SAMPLE_CAPTIONS_V2 = [
 
 
 def evaluate_attention(model_dir: str | Path, seed: int = 0, n_per_kind: int = 8,
-                       qk_scale: float = 10.0) -> dict[str, dict]:
+                       qk_scale: float = 10.0, start_from: str | Path | None = None) -> dict[str, dict]:
     """Self-attention stats of the saved model and of untrained UNets, per kind, on held-out images.
 
     'init' is the trained model's initialisation (tied q/k at qk_scale), 'random' diffusers' default
-    init: what training added is trained vs init. Held-out images: v1 world samples.
+    init: what training added is trained vs init. A run continued from another lab SD
+    (`start_from`) has 'start' rows (that model's UNet) instead of 'init'. Held-out images: v1 world samples.
     """
     pipe = StableDiffusionPipeline.from_pretrained(model_dir)
     size = pipe.unet.config.sample_size * 8
@@ -453,6 +454,8 @@ def evaluate_attention(model_dir: str | Path, seed: int = 0, n_per_kind: int = 8
         return unet.eval()
 
     inits = [("init", untrained(qk_scale))] if qk_scale > 0 else []
+    if start_from is not None:
+        inits = [("start", StableDiffusionPipeline.from_pretrained(start_from).unet.eval())]
     for label, unet in [("trained", pipe.unet), *inits, ("random", untrained(0.0))]:
         for kind in KINDS:
             samples = [World(kind, size, seed + 2000).sample(i) for i in range(n_per_kind)]
@@ -481,9 +484,10 @@ def render_readme(r: TrainReport) -> str:
         "byte-level tokenizer over the caption words; DDPM scheduler (scaled-linear 0.00085..0.012).",
         f"Trained on {r.n_images} images ({', '.join(KINDS)}, alternating; {world}) at {r.size}x{r.size}"
         f" (latents {r.size // 8}x{r.size // 8}).",
-        f"Self-attention q/k projections start tied and scaled by {r.qk_scale:g}"
-        " (`build_unet(qk_scale=...)`; 0 = diffusers' default init).",
     ]
+    if not cfg.init_from:
+        lines.append(f"Self-attention q/k projections start tied and scaled by {r.qk_scale:g}"
+                     " (`build_unet(qk_scale=...)`; 0 = diffusers' default init).")
     if cfg.init_from:
         lines.append(f"Continued from `{cfg.init_from}`: its VAE (not retrained; scaling factor kept), tokenizer,"
                      f" text encoder and UNet start this run, which adds {r.unet_steps} UNet steps.")
@@ -510,7 +514,8 @@ def render_readme(r: TrainReport) -> str:
         (f"- VAE (L1 + image-gradient L1 + 1e-8 KL): first 20 steps {r.vae_loss_first:.4f},"
          f" last 100 steps {r.vae_loss_final:.4f}; held-out reconstruction L1 (range [-1, 1]) {r.vae_val_l1:.4f}."
          if r.vae_steps else f"- VAE: the init model's; held-out reconstruction L1 (range [-1, 1]) {r.vae_val_l1:.4f}."),
-        f"- VAE scaling factor {r.scaling_factor:.4f} (1 / std of the training latents' means).",
+        f"- VAE scaling factor {r.scaling_factor:.4f} ("
+        + ("the init model's" if cfg.init_from else "1 / std of the training latents' means") + ").",
         f"- UNet noise MSE: first 20 steps {r.unet_loss_first:.4f}, last 200 steps {r.unet_loss_final:.4f};"
         f" held-out (64 images, t spread over [0, 1000)) {r.unet_val_loss:.4f}"
         f" ({'the init model' if cfg.init_from else 'same UNet at random init'}: {r.unet_val_loss_random:.4f}).",
@@ -584,12 +589,29 @@ def _set_rng_state(gen: torch.Generator, st: dict) -> None:
     np.random.set_state(st["numpy"])
 
 
+class InitFromError(ValueError):
+    """--init-from names a folder that is not a lab SD this run can continue."""
+
+
+INIT_PARTS = {"vae": AutoencoderKL, "tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModel,
+              "unet": UNet2DConditionModel}
+
+
+def check_init_from(cfg: TrainConfig) -> None:
+    """Load and check every part of `cfg.init_from` up front (cheap), so a wrong folder fails
+    before anything is rendered or checkpointed."""
+    if cfg.vae_steps:
+        raise InitFromError(f"--init-from {cfg.init_from}: the VAE is the init model's, so --vae-steps must be 0 or unset")
+    for part, cls in INIT_PARTS.items():
+        _init_part(cfg, part, cls)
+
+
 def _init_part(cfg: TrainConfig, part: str, cls: Any) -> Any:
     """One component of the `cfg.init_from` lab SD, checked against the config it continues under
     (size, widths, heads, text width, caption words), so a mismatch fails before any training."""
     folder = Path(cfg.init_from) / part
     if not folder.is_dir():
-        raise ValueError(f"{cfg.init_from}: no {part}/ folder (--init-from needs a lab SD in diffusers layout)")
+        raise InitFromError(f"{cfg.init_from}: no {part}/ folder (--init-from needs a lab SD in diffusers layout)")
     obj = cls.from_pretrained(folder)
     c = getattr(obj, "config", None)
     expect: dict[str, Any] = {}
@@ -605,12 +627,14 @@ def _init_part(cfg: TrainConfig, part: str, cls: Any) -> Any:
         vocab = obj.get_vocab()
         missing = [w for w in caption_vocabulary(cfg.caption_version) if f"{w}</w>" not in vocab]
         if missing:
-            raise ValueError(f"{folder}: the tokenizer lacks caption words {missing[:5]} (v2 scenes need a v2 model)")
+            raise InitFromError(f"{folder}: the tokenizer lacks caption words {missing[:5]} (v2 scenes need a v2 model)")
     for key, want in expect.items():
         have = getattr(c, key)
         have = tuple(have) if isinstance(have, (list, tuple)) else have
+        if isinstance(have, int) and isinstance(want, tuple):  # one value for every block
+            have = (have,) * len(want)
         if have != want:
-            raise ValueError(f"{folder}: {key} is {have}, the run's config says {want}")
+            raise InitFromError(f"{folder}: {key} is {have}, the run's config says {want}")
     return obj
 
 
@@ -921,8 +945,8 @@ class Trainer:
             command=command,
             seed=cfg.seed, size=cfg.size, n_images=cfg.n_images, vae_steps=cfg.vae_steps,
             unet_steps=cfg.unet_steps, qk_scale=cfg.qk_scale, vae_crop=cfg.vae_crop,
-            vae_loss_first=float(np.mean(vae_losses[:20])) if vae_losses else float("nan"),
-            vae_loss_final=float(np.mean(vae_losses[-100:])) if vae_losses else float("nan"),
+            vae_loss_first=float(np.mean(vae_losses[:20])) if vae_losses else None,
+            vae_loss_final=float(np.mean(vae_losses[-100:])) if vae_losses else None,
             vae_val_l1=st["val_l1"], scaling_factor=st["scaling"],
             unet_loss_first=float(np.mean(unet_losses[:20])), unet_loss_final=float(np.mean(unet_losses[-200:])),
             unet_val_loss=val, unet_val_loss_random=st["val_random"],
@@ -931,7 +955,8 @@ class Trainer:
             parameters={"vae": _count(self.vae), "text_encoder": _count(self.text_encoder), "unet": _count(self.unet)},
         )
         if self.evaluate:
-            report.attention = evaluate_attention(self.out, seed=cfg.seed, qk_scale=cfg.qk_scale)
+            report.attention = evaluate_attention(self.out, seed=cfg.seed, qk_scale=cfg.qk_scale,
+                                                 start_from=cfg.init_from)
             sample_grid(StableDiffusionPipeline.from_pretrained(self.out), sample_captions(cfg),
                         self.out / "samples.png", cfg.seed)
         self._tick()
@@ -1014,6 +1039,8 @@ def train_model(out_dir: str | Path, minutes: float = 45.0, seed: int = 0, size:
     ckpt = Path(ckpt_dir) if ckpt_dir is not None else out.with_name(out.name + ".ckpt")
     cfg = TrainConfig(seed=seed, size=size, n_images=n_images, vae_steps=vae_steps, unet_steps=unet_steps,
                       minutes=minutes, qk_scale=qk_scale, vae_crop=vae_crop, **options)
+    if cfg.init_from and cfg.vae_steps is None:
+        cfg.vae_steps = 0  # the VAE is the init model's
     trainer = Trainer(out, cfg, ckpt, command, checkpoint_minutes, log)
     trainer.evaluate = evaluate
     if resume:
@@ -1029,6 +1056,8 @@ def train_model(out_dir: str | Path, minutes: float = 45.0, seed: int = 0, size:
             trainer.restart_unet(unet_steps)
     elif trainer.state_path.exists():
         raise FileExistsError(f"{trainer.state_path} exists: pass --resume to continue it, or remove it")
+    elif cfg.init_from:
+        check_init_from(cfg)
     report = trainer.train()
     if not keep_checkpoint:
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -1105,6 +1134,11 @@ def _typed_options(argv: Sequence[str], parser: argparse.ArgumentParser) -> set[
     return typed
 
 
+def _option_value(key: str, value: Any) -> Any:
+    """An option as compared on --resume (a folder by where it is, however it was spelled)."""
+    return str(Path(value).resolve()) if key == "init_from" and value else value
+
+
 def run(a: argparse.Namespace, command: str, typed: set[str] | None = None) -> int:
     """Train and save the lab SD as the parsed options say; `command` is recorded to re-make it."""
     torch.set_num_threads(a.threads)
@@ -1117,7 +1151,7 @@ def run(a: argparse.Namespace, command: str, typed: set[str] | None = None) -> i
         free = {"unet_steps"} if a.restart_unet else set()
         clash = [f"--{k.replace('_', '-')} {getattr(a, k)} (checkpoint: {getattr(saved, v)})"
                  for k, v in CONFIG_OPTIONS.items()
-                 if k in (typed or set()) - free and getattr(a, k) != getattr(saved, v)]
+                 if k in (typed or set()) - free and _option_value(k, getattr(a, k)) != _option_value(k, getattr(saved, v))]
         if clash:
             print(f"error: {ckpt}: the checkpoint was made with other options: {'; '.join(clash)}", file=sys.stderr)
             return 2
@@ -1136,7 +1170,7 @@ def run(a: argparse.Namespace, command: str, typed: set[str] | None = None) -> i
         resume = command if "--resume" in command.split() else command + " --resume"
         print(f"stopped; checkpoint in {ckpt}. Continue with:\n  {resume}", flush=True)
         return 128 + (stop.args[0] if stop.args else signal.SIGINT)
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:  # bad --resume / --init-from
+    except (FileExistsError, FileNotFoundError, InitFromError) as exc:  # bad --resume / --init-from
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min: {a.out} (UNet {report.unet_steps} steps,"

@@ -213,14 +213,17 @@ def test_training_continues_from_a_trained_model(tmp_path: Path, monkeypatch, ca
     a = _weights(tmp_path / "a")
     assert a.keys() == init.keys()
     assert all(torch.equal(a[k], init[k]) for k in a if k.startswith("vae/"))
-    changed = [k for k in a if k.startswith("unet/") and not torch.equal(a[k], init[k])]
-    assert len(changed) > 50  # the UNet trained on from where it was
+    for part, at_least in (("unet/", 50), ("text_encoder/", 10)):  # both trained on from where they were
+        assert sum(not torch.equal(a[k], init[k]) for k in a if k.startswith(part)) > at_least, part
     report = json.loads((tmp_path / "a" / "training.json").read_text())
     init_report = json.loads((tmp_path / "init" / "training.json").read_text())
     assert report["vae_steps"] == 0 and report["scaling_factor"] == init_report["scaling_factor"]
     assert report["unet_val_loss_random"] == pytest.approx(init_report["unet_val_loss"], abs=1e-6)
     readme = (tmp_path / "a" / "README.md").read_text()
     assert f"Continued from `{tmp_path / 'init'}`" in readme and "VAE: the init model's" in readme
+    assert "start tied and scaled" not in readme and "scaling factor" in readme and "the init model's)" in readme
+    attention = train_model.evaluate_attention(tmp_path / "a", start_from=tmp_path / "init", n_per_kind=2)
+    assert set(attention) == {f"{m}/{k}" for m in ("trained", "start", "random") for k in ("car", "face")}
 
     triggers = ["unet step 0/"]
 
@@ -232,10 +235,14 @@ def test_training_continues_from_a_trained_model(tmp_path: Path, monkeypatch, ca
     monkeypatch.setattr(train_model, "print", fake_print, raising=False)
     out = str(tmp_path / "b")
     assert train_model.main([out, *args]) == 130
-    assert train_model.main([out, "--resume"]) == 0
+    assert train_model.main([out, *args, "--resume"]) == 0  # the printed resume command: options agree
     b = _weights(tmp_path / "b")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert set(json.loads((tmp_path / "b" / "training.json").read_text())["attention"]) == set()  # --no-eval
 
     monkeypatch.undo()
     assert train_model.main([str(tmp_path / "c"), *args, "--size", "128"]) == 2
     assert "unet: sample_size is 8, the run's config says 16" in capsys.readouterr().err
+    assert not (tmp_path / "c.ckpt").exists()  # refused before anything was rendered or checkpointed
+    assert train_model.main([str(tmp_path / "d"), *args, "--vae-steps", "5"]) == 2
+    assert "--vae-steps must be 0" in capsys.readouterr().err
