@@ -1,9 +1,10 @@
 """The lab quality benchmark's fast variant (benchmarks/quality.py --fast) as a regression test.
 
 A 1-shot SLiMe fit on one synthetic car, scored on 16 held-out cars with the lab SD, with WAS
-maps and with cross-attention only. Measured here: mIoU 0.235 (WAS) and 0.219 (cross-attention),
-the wheel class 0.225 / 0.177. Predicting background everywhere scores 0.177 on these images and
-no part at all, so the floors below fail when the engine stops learning parts.
+maps and with cross-attention only. Measured here with the lab SD v3: mIoU 0.284 (WAS) and 0.286
+(cross-attention), the wheel class 0.231 / 0.403 (v1 scored 0.235 / 0.219). Predicting background
+everywhere scores 0.177 on these images and no part at all, so the floors below fail when the
+engine stops learning parts, or falls back to v1's level.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ def test_fast_variant_learns_parts_on_held_out_images(report: dict) -> None:
     rows = {r["variant"]: r for r in report["rows"]}
     assert set(rows) == {"full", "no-WAS"}
     for variant, row in rows.items():
-        assert row["miou_mean"] >= max(0.19, trivial + 0.01), (variant, row["miou_mean"], trivial)
+        assert row["miou_mean"] >= max(0.25, trivial + 0.05), (variant, row["miou_mean"], trivial)
         parts = {c: v[0] for c, v in row["per_class"].items() if c != "background" and v is not None}
-        assert max(parts.values()) >= 0.10, (variant, parts)
+        assert max(parts.values()) >= 0.15, (variant, parts)
 
 
 def test_report_is_written_whole(report: dict, written: Path) -> None:

@@ -120,10 +120,10 @@ def lab():
 
 def test_native_windows_find_parts_on_high_resolution_lab_scenes(lab):
     """The fast variant of benchmarks/native.py: 6 composed 1024 x 768 car scenes (several cars from
-    0.9 of the frame down to 1/6), windows at half scale with the whole-image gate. Measured here:
-    mIoU 0.164 (aspect kept, one pass: 0.171; squashed: 0.167; all background: 0.118). The
-    benchmark found windows do NOT beat one pass on this lab SD (README), so this guards the
-    window path against breaking, not a gain."""
+    0.9 of the frame down to 1/6), windows at half scale with the whole-image gate. Measured here
+    with the lab SD v3: mIoU 0.180 (aspect kept, one pass: 0.266; squashed: 0.261; all background:
+    0.118; v1 scored 0.164 / 0.171 / 0.167). The benchmark found windows do NOT beat one pass on
+    the lab SD (README), so this guards the window path against breaking, not a gain."""
     from slimeseg.lab import World, compose
     from slimeseg.metrics import ConfusionMatrix
 
@@ -138,16 +138,28 @@ def test_native_windows_find_parts_on_high_resolution_lab_scenes(lab):
         background.update(np.zeros_like(s.mask), s.mask)
     res, trivial = cm.result(classes), background.result(classes).miou
     assert trivial == pytest.approx(0.118, abs=0.002)
-    assert res.miou >= 0.145, res.per_class
+    assert res.miou >= 0.16, res.per_class
     assert max(v for c, v in res.per_class.items() if c != "background") >= 0.04, res.per_class
 
 
 def test_a_constant_image_gives_a_constant_label_map_across_windows(lab):
+    """No seams: the windows of a constant image agree everywhere. The gate multiplies in the
+    whole-image pass, which on its own may label a few pixels of a flat grey image (the lab SD v3
+    puts ~0.2 % 'window' there at 600 x 900): the gated map may differ only around where that pass does."""
     seg, learned = lab
     image = np.full((600, 900, 3), 128, np.uint8)  # 3 x 7 windows of 256 at native scale
-    for context in ("none", "gate", "mean"):
+    for context in ("none", "mean"):
         labels = seg.predict(image, learned, resolution="native", context=context)
         assert labels.shape == (600, 900) and len(np.unique(labels)) == 1, context
+    windows = seg.predict(image, learned, resolution="native", context="none")
+    whole = seg.predict(image, learned)  # the one pass the gate uses
+    gated = seg.predict(image, learned, resolution="native", context="gate")
+    assert gated.shape == (600, 900) and (gated != windows).mean() < 0.01
+    if (gated != windows).any():  # only around what the whole-image pass labels, not along window seams
+        assert (whole != windows).any()
+        box = lambda m: (*np.nonzero(m.any(1))[0][[0, -1]], *np.nonzero(m.any(0))[0][[0, -1]])  # noqa: E731
+        (g0, g1, g2, g3), (w0, w1, w2, w3) = box(gated != windows), box(whole != windows)
+        assert g0 >= w0 - 32 and g1 <= w1 + 32 and g2 >= w2 - 32 and g3 <= w3 + 32, ((g0, g1, g2, g3), (w0, w1, w2, w3))
 
 
 def test_banded_argmax_equals_the_full_upsampling(monkeypatch):

@@ -1,5 +1,7 @@
-"""A fixed-seed 1-shot fit on the lab SD gives the embeddings recorded before the engine was
-split into modules (tests/assets/regression, made on main d90dfe0 with one torch thread).
+"""A fixed-seed 1-shot fit on the lab SD gives the recorded embeddings (tests/assets/regression).
+
+First recorded on main d90dfe0 before the engine was split into modules (lab SD v1); re-recorded
+on main c02fc36 when the lab SD v3 replaced v1 (one torch thread both times).
 
 On the machine that recorded them the result is bitwise equal; elsewhere float sums may differ
 in the last bits (two threads instead of one: max |difference| 1e-5 after these 30 steps), so
