@@ -488,7 +488,7 @@ def render_readme(r: TrainReport) -> str:
     if not cfg.init_from:
         lines.append(f"Self-attention q/k projections start tied and scaled by {r.qk_scale:g}"
                      " (`build_unet(qk_scale=...)`; 0 = diffusers' default init).")
-    if cfg.init_from:
+    else:
         lines.append(f"Continued from `{cfg.init_from}`: its VAE (not retrained; scaling factor kept), tokenizer,"
                      f" text encoder and UNet start this run, which adds {r.unet_steps} UNet steps.")
     if params:
@@ -791,11 +791,12 @@ class Trainer:
         fresh = "vae_step" not in self.st
         if fresh:
             torch.manual_seed(cfg.seed)
-        self.vae = build_vae(cfg.size, cfg.vae_channels)
         if cfg.init_from:
             self.vae = _init_part(cfg, "vae", AutoencoderKL)
             if fresh:  # the VAE is the init model's: no VAE steps
                 self.cfg.vae_steps = self.st["config"]["vae_steps"] = 0
+        else:
+            self.vae = build_vae(cfg.size, cfg.vae_channels)
         if fresh:
             self.gen.manual_seed(cfg.seed)
             if cfg.vae_steps is None:

@@ -113,12 +113,27 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _stop_at(monkeypatch, train_model, *lines: str) -> list[str]:
+    """Send SIGINT to ourselves when the trainer logs a line starting with each of `lines`, in
+    order (one signal each); returns the list of those not reached yet."""
+    import os
+    import signal
+
+    triggers = list(lines)
+
+    def fake_print(*a, **kw) -> None:
+        if triggers and " ".join(map(str, a)).startswith(triggers[0]):
+            triggers.pop(0)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_model, "print", fake_print, raising=False)
+    return triggers
+
+
 def test_interrupted_and_resumed_training_gives_the_same_weights(tmp_path: Path, monkeypatch) -> None:
     """Stopped by SIGINT while rendering, in the VAE and in the UNet phase, then resumed each time:
     bitwise the weights of an uninterrupted run (one thread), and the README lists every run."""
     import json
-    import os
-    import signal
 
     from lab import train_model
 
@@ -127,15 +142,7 @@ def test_interrupted_and_resumed_training_gives_the_same_weights(tmp_path: Path,
     assert train_model.main([str(tmp_path / "a"), *args]) == 0
     assert not (tmp_path / "a.ckpt").exists()  # removed after success
 
-    triggers = ["rendered images 0..7", "vae step 0/", "unet step 0/"]  # each fires one SIGINT
-
-    def fake_print(*a, **kw) -> None:
-        line = " ".join(map(str, a))
-        if triggers and line.startswith(triggers[0]):
-            triggers.pop(0)
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(train_model, "print", fake_print, raising=False)
+    triggers = _stop_at(monkeypatch, train_model, "rendered images 0..7", "vae step 0/", "unet step 0/")
     out = str(tmp_path / "b")
     assert train_model.main([out, *args]) == 130
     state = torch.load(tmp_path / "b.ckpt" / "state.pt", weights_only=False)
@@ -166,22 +173,13 @@ def test_interrupted_and_resumed_training_gives_the_same_weights(tmp_path: Path,
 def test_unet_phase_restarts_with_another_schedule(tmp_path: Path, monkeypatch) -> None:
     """Stopped in the UNet phase, resumed with --restart-unet and fewer steps: the weights of a run
     that had those steps from the start (one thread), and the README's re-make command says so."""
-    import os
-    import signal
 
     from lab import train_model
 
     args = ["--size", "64", "--images", "8", "--vae-steps", "4", "--seed", "5", "--no-eval"]
     assert train_model.main([str(tmp_path / "a"), *args, "--unet-steps", "3"]) == 0
 
-    triggers = ["unet step 0/"]
-
-    def fake_print(*a, **kw) -> None:
-        if triggers and " ".join(map(str, a)).startswith(triggers[0]):
-            triggers.pop(0)
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(train_model, "print", fake_print, raising=False)
+    _stop_at(monkeypatch, train_model, "unet step 0/")
     out = str(tmp_path / "b")
     assert train_model.main([out, *args, "--unet-steps", "9"]) == 130
     assert train_model.main([out, "--resume", "--unet-steps", "3"]) == 2  # another schedule: say --restart-unet
@@ -201,8 +199,6 @@ def test_training_continues_from_a_trained_model(tmp_path: Path, monkeypatch, ca
     """--init-from: the init model's VAE and tokenizer are kept as they are, its text encoder and
     UNet train on; stopped and resumed, the same weights as one run; a model of another size or
     width is refused before any training."""
-    import os
-    import signal
 
     from lab import train_model
 
@@ -226,14 +222,7 @@ def test_training_continues_from_a_trained_model(tmp_path: Path, monkeypatch, ca
     attention = train_model.evaluate_attention(tmp_path / "a", start_from=tmp_path / "init", n_per_kind=2)
     assert set(attention) == {f"{m}/{k}" for m in ("trained", "start", "random") for k in ("car", "face")}
 
-    triggers = ["unet step 0/"]
-
-    def fake_print(*a, **kw) -> None:
-        if triggers and " ".join(map(str, a)).startswith(triggers[0]):
-            triggers.pop(0)
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(train_model, "print", fake_print, raising=False)
+    _stop_at(monkeypatch, train_model, "unet step 0/")
     out = str(tmp_path / "b")
     assert train_model.main([out, *args]) == 130
     assert train_model.main([out, *args, "--resume"]) == 0  # the printed resume command: options agree
