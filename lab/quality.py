@@ -6,7 +6,10 @@ with ablations: WAS maps on/off and augmentation on/off. Prints a table (mean +-
 (5 by default), per part), beside each row the all-background score (predicting background
 everywhere on the same held-out images) and, with `--ceiling`, what a linear classifier on the
 same model's UNet features reaches with 500 labelled images (`lab.ceiling`) and the row's share
-of it; writes JSON. `--fast` is the variant the test suite runs.
+of it; writes JSON. `--fast` is the variant the test suite runs. `--compare` tells a change from
+noise: runs of one seed share their examples and fit noise, so it pairs them by seed (two
+reports, or one report's variants against `full`) and prints the mean difference, its 95 %
+interval and how many seeds would resolve a change of `--effect` points.
 
     python benchmarks/quality.py --json benchmarks/results-quality.json
     python benchmarks/quality.py --fast
@@ -15,6 +18,9 @@ of it; writes JSON. `--fast` is the variant the test suite runs.
     python benchmarks/quality.py --kinds car --threads 1 --json car.json &
     python benchmarks/quality.py --kinds face --threads 1 --json face.json; wait
     python benchmarks/quality.py --merge car.json face.json --json benchmarks/results-quality-lab.json
+    # is a change told from noise? B against A, or each variant against full
+    python benchmarks/quality.py --compare before.json after.json
+    python benchmarks/quality.py --compare benchmarks/results-quality-lab-v3.json --effect 2
 """
 
 from __future__ import annotations
@@ -186,6 +192,105 @@ def merge(paths: list[str], out: str | None) -> dict[str, Any]:
     return report
 
 
+Pair = tuple[int, float, float]  # (seed, mIoU of A, mIoU of B)
+
+
+def pairs_between(a: list[Run], b: list[Run]) -> dict[tuple[int | str, ...], list[Pair]]:
+    """Runs of two reports (two models, or one setting changed) matched by (kind, shots, variant,
+    seed): the same seed draws the same examples and the same fit noise, so each pair differs only
+    in what changed between the reports."""
+    index = {(r.kind, r.shots, r.variant, r.seed): r for r in a}
+    out: dict[tuple[int | str, ...], list[Pair]] = {}
+    for r in b:
+        if (m := index.get((r.kind, r.shots, r.variant, r.seed))) is not None:
+            out.setdefault((r.kind, r.shots, r.variant), []).append((r.seed, m.miou, r.miou))
+    return out
+
+
+def pairs_within(runs: list[Run], baseline: str = "full") -> dict[tuple[int | str, ...], list[Pair]]:
+    """Each variant of one report against `baseline`, matched by (kind, shots, seed)."""
+    index = {(r.kind, r.shots, r.seed): r for r in runs if r.variant == baseline}
+    out: dict[tuple[int | str, ...], list[Pair]] = {}
+    for r in runs:
+        if r.variant != baseline and (m := index.get((r.kind, r.shots, r.seed))) is not None:
+            out.setdefault((r.kind, r.shots, f"{r.variant} - {baseline}"), []).append((r.seed, m.miou, r.miou))
+    return out
+
+
+def seeds_for(sd: float, effect: float, most: int = 1000) -> int | None:
+    """Fewest paired seeds whose 95 % interval is at most +-`effect` wide for this paired std
+    (None: more than `most`)."""
+    from scipy.stats import t
+
+    for n in range(2, most + 1):
+        if t.ppf(0.975, n - 1) * sd / n ** 0.5 <= effect:
+            return n
+    return None
+
+
+def delta_rows(pairs: dict[tuple[int | str, ...], list[Pair]], effect: float = 0.02) -> list[dict[str, Any]]:
+    """Per compared row: B - A mean over seeds, the paired std, a 95 % t interval of the mean, whether
+    it excludes 0 (the change is told from noise), and how many seeds would resolve +-`effect`."""
+    from scipy.stats import t
+
+    rows = []
+    for (kind, shots, what), group in pairs.items():
+        deltas = [mb - ma for _, ma, mb in sorted(group)]
+        n = len(deltas)
+        mean, sd = mean_std(deltas)
+        half = float(t.ppf(0.975, n - 1) * sd / n ** 0.5) if n > 1 else None
+        rows.append({"kind": kind, "shots": shots, "compared": what, "seeds": sorted(s for s, _, _ in group),
+                     "a_mean": statistics.mean(ma for _, ma, _ in group),
+                     "b_mean": statistics.mean(mb for _, _, mb in group),
+                     "delta_mean": mean, "delta_std": sd if n > 1 else None,
+                     "ci95": [mean - half, mean + half] if half is not None else None,
+                     "resolved": (abs(mean) > half) if half is not None else None,
+                     "effect": effect, "seeds_for_effect": seeds_for(sd, effect) if n > 1 else None})
+    return rows
+
+
+def format_deltas(rows: list[dict[str, Any]]) -> str:
+    """One line per compared row, in mIoU points: A, B, B - A with its paired std and 95 % interval,
+    whether the interval excludes 0, and the seeds a +-effect interval needs."""
+    effect = 100 * rows[0]["effect"] if rows else 2.0
+    head = (f"{'kind':<5} {'shots':>5} {'compared':<18} {'seeds':>5} {'A':>5} {'B':>5} {'B - A':>6} "
+            f"{'sd':>5} {'95 % interval':>15} {'told':>4} {f'seeds for ±{effect:g}':>14}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ci = f"[{100 * r['ci95'][0]:+5.1f}, {100 * r['ci95'][1]:+5.1f}]" if r["ci95"] else "-"
+        sd = f"{100 * r['delta_std']:5.1f}" if r["delta_std"] is not None else "-"
+        told = {True: "yes", False: "no", None: "-"}[r["resolved"]]
+        need = r["seeds_for_effect"] if r["seeds_for_effect"] is not None else "-"
+        lines.append(f"{r['kind']:<5} {r['shots']:>5} {r['compared']:<18} {len(r['seeds']):>5} "
+                     f"{100 * r['a_mean']:5.1f} {100 * r['b_mean']:5.1f} {100 * r['delta_mean']:+6.1f} "
+                     f"{sd:>5} {ci:>15} {told:>4} {need:>14}")
+    return "\n".join(lines)
+
+
+def compare(paths: list[str], baseline: str, effect: float, out: str | None) -> list[dict[str, Any]]:
+    """Paired differences: two reports (B = the second, A = the first) row by row, or one report's
+    variants against `baseline`; printed, and written to `out` as JSON."""
+    reports = []
+    for path in paths:
+        try:
+            reports.append([Run(**r) for r in json.loads(Path(path).read_text())["runs"]])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"error: {path}: not a quality report ({type(e).__name__}: {e})") from None
+    pairs = pairs_between(*reports) if len(reports) == 2 else pairs_within(reports[0], baseline)
+    if not pairs:
+        what = "runs with the same kind, shots, variant and seed" if len(reports) == 2 else \
+            f"variants with seeds of the baseline '{baseline}'"
+        raise SystemExit(f"error: {', '.join(paths)}: no {what} to pair")
+    rows = delta_rows(pairs, effect)
+    print(f"B - A in mIoU points, paired by seed (A: {paths[0]}"
+          + (f", B: {paths[1]})" if len(paths) == 2 else f" '{baseline}', B: the variant named)"))
+    print(format_deltas(rows))
+    if out:
+        _write_json(out, {"benchmark": "slimeseg lab quality, paired differences", "compared": paths,
+                          "baseline": baseline if len(paths) == 1 else None, "rows": rows})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(LAB_MODEL), help="the lab SD (default: the committed one)")
@@ -205,10 +310,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="also fit the linear ceiling (lab.ceiling) per kind and print each row's share of it")
     p.add_argument("--ceiling-train", type=int, default=500, help="labelled images the ceiling is fitted on")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="merge reports of earlier runs into one table")
+    p.add_argument("--compare", nargs="+", metavar="JSON",
+                   help="paired differences by seed: B.json against A.json (A B), or one report's "
+                        "variants against --baseline (A)")
+    p.add_argument("--baseline", default="full", help="the variant others are compared with (one --compare report)")
+    p.add_argument("--effect", type=float, default=2.0,
+                   help="the change, in mIoU points, whose resolving seeds --compare reports")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.json)
+    if args.compare:
+        if len(args.compare) > 2:
+            p.error("--compare takes one report (variants against --baseline) or two (B against A)")
+        return {"rows": compare(args.compare, args.baseline, args.effect / 100, args.json)}
     if args.fast:
         args.kinds, args.shots, args.seeds, args.variants = "car", "1", "0", "full,no-WAS"
         args.test, args.steps_per_shot = 16, 100

@@ -82,3 +82,62 @@ def test_ceiling_learns_parts_from_labels() -> None:
     assert r["features"] == 224 and r["latent"] == [32, 32] and r["weighting"] in ("none", "sqrt", "inverse")
     assert set(r["per_class"]) == set(World("car").classes)
     assert r["miou"] > quality.all_background_miou(masks, World("car").classes) + 0.05
+
+
+def _runs(variant: str, mious: list[float], kind: str = "car", shots: int = 1, first_seed: int = 0) -> list:
+    return [quality.Run(kind, shots, variant, first_seed + i, m, {"background": 0.8}, 1.0, 200)
+            for i, m in enumerate(mious)]
+
+
+def test_paired_differences_match_a_t_interval_by_hand() -> None:
+    """B - A per seed: its mean, sample std and 95 % t interval; a seed missing on one side is left out."""
+    a = _runs("full", [0.30, 0.25, 0.40, 0.35, 0.20, 0.33])
+    b = _runs("full", [0.33, 0.27, 0.44, 0.36, 0.24])  # seed 5 not run for B
+    (row,) = quality.delta_rows(quality.pairs_between(a, b), effect=0.02)
+    d = np.array([0.03, 0.02, 0.04, 0.01, 0.04])
+    half = 2.7764451051977987 * d.std(ddof=1) / np.sqrt(5)  # t(0.975, 4)
+    assert row["seeds"] == [0, 1, 2, 3, 4] and row["compared"] == "full"
+    assert row["delta_mean"] == pytest.approx(d.mean()) and row["delta_std"] == pytest.approx(d.std(ddof=1))
+    assert row["ci95"] == pytest.approx([d.mean() - half, d.mean() + half])
+    assert row["a_mean"] == pytest.approx(0.30) and row["resolved"] is True
+    # the same differences with more spread are not told from noise
+    (noisy,) = quality.delta_rows(quality.pairs_between(a, _runs("full", [0.40, 0.20, 0.50, 0.30, 0.30])))
+    assert noisy["ci95"][0] < 0 < noisy["ci95"][1] and noisy["resolved"] is False
+
+
+def test_seeds_for_an_effect_is_the_fewest_whose_interval_fits() -> None:
+    from scipy.stats import t
+
+    n = quality.seeds_for(0.04, 0.02)
+    assert t.ppf(0.975, n - 1) * 0.04 / n ** 0.5 <= 0.02 < t.ppf(0.975, n - 2) * 0.04 / (n - 1) ** 0.5
+    assert n == 18 and quality.seeds_for(0.0, 0.02) == 2 and quality.seeds_for(1.0, 0.001, most=50) is None
+
+
+def test_variants_pair_with_the_baseline_of_the_same_kind_shots_and_seed() -> None:
+    runs = (_runs("full", [0.3, 0.3, 0.3]) + _runs("no-WAS", [0.2, 0.4, 0.3, 0.9], first_seed=1)
+            + _runs("full", [0.5, 0.5], kind="face") + _runs("no-WAS", [0.4, 0.4], kind="face"))
+    pairs = quality.pairs_within(runs)
+    assert set(pairs) == {("car", 1, "no-WAS - full"), ("face", 1, "no-WAS - full")}
+    assert pairs[("car", 1, "no-WAS - full")] == [(1, 0.3, 0.2), (2, 0.3, 0.4)]  # seeds 3, 4: no baseline
+    (face,) = [r for r in quality.delta_rows(pairs) if r["kind"] == "face"]
+    assert face["delta_mean"] == pytest.approx(-0.1) and face["delta_std"] == pytest.approx(0.0)
+
+
+def test_compare_prints_writes_and_refuses_reports_with_nothing_to_pair(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "d.json"
+    a.write_text(json.dumps({"runs": [r.__dict__ for r in _runs("full", [0.30, 0.25, 0.40])]}))
+    b.write_text(json.dumps({"runs": [r.__dict__ for r in _runs("full", [0.35, 0.31, 0.44])]}))
+    rows = quality.main(["--compare", str(a), str(b), "--json", str(out)])["rows"]
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("car"))
+    assert line.split()[:7] == ["car", "1", "full", "3", "31.7", "36.7", "+5.0"]
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(rows))
+    other = tmp_path / "face.json"
+    other.write_text(json.dumps({"runs": [r.__dict__ for r in _runs("full", [0.3], kind="face")]}))
+    with pytest.raises(SystemExit, match=r"face\.json: no runs with the same kind, shots, variant and seed"):
+        quality.main(["--compare", str(a), str(other)])
+    with pytest.raises(SystemExit, match=r"a\.json: no variants with seeds of the baseline 'full'"):
+        quality.main(["--compare", str(a)])
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SystemExit, match=r"bad\.json: not a quality report"):
+        quality.main(["--compare", str(tmp_path / "bad.json")])
