@@ -74,11 +74,12 @@ class Run:
 
 def run_one(seg: Segmenter, kind: str, shots: int, variant: str, seed: int, size: int,
             steps_per_shot: int, test_images: list, test_masks: list,
-            also: tuple[str, ...] = ()) -> list[Run]:
+            also: tuple[str, ...] = (), examples_seed: int | None = None) -> list[Run]:
     """Fit on `shots` seeded training examples, score on the held-out split; `also`: predict-only
-    variants scored with the same embeddings."""
+    variants scored with the same embeddings; `examples_seed`: draw the examples with it instead
+    of `seed`, so that runs differ only in the fit's own noise."""
     world = World(kind, size=size, seed=TRAIN_WORLD_SEED)
-    pick = np.random.default_rng(seed).permutation(TRAIN_POOL)[:shots]
+    pick = np.random.default_rng(seed if examples_seed is None else examples_seed).permutation(TRAIN_POOL)[:shots]
     train = [world.sample(int(i)) for i in pick]
     cfg = SlimeConfig(image_size=size, steps=steps_per_shot * shots, seed=seed,
                       **AUGMENT[kind]).replace(**VARIANTS[variant])
@@ -298,6 +299,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--shots", default="1,5")
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--examples-seed", type=int, default=None,
+                   help="draw every run's examples with this seed (the seeds then vary only the fit's noise)")
     p.add_argument("--test", type=int, default=50, help="held-out images per kind")
     p.add_argument("--size", type=int, default=None,
                    help="image size (default: the lab SD's training size, 8 x its UNet sample size)")
@@ -354,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for variant in fits:
                 for seed in map(int, args.seeds.split(",")):
                     done = run_one(seg, kind, shots, variant, seed, args.size, args.steps_per_shot, images,
-                                   masks, also if variant == "full" else ())
+                                   masks, also if variant == "full" else (), args.examples_seed)
                     runs += [r for r in done if r.variant in wanted]
                     for run in done:
                         print(f"{kind} {shots}-shot {run.variant:<7} seed {seed}: mIoU {100 * run.miou:5.1f} "
@@ -373,7 +376,7 @@ def _report(args: argparse.Namespace, seg: Segmenter, runs: list[Run], all_backg
             ceilings: dict[str, dict], t_start: float) -> dict[str, Any]:
     return {"benchmark": "slimeseg lab quality", "model": args.model, "size": args.size,
             "dtype": str(seg.sd.dtype).replace("torch.", ""),
-            "test_images": args.test, "steps_per_shot": args.steps_per_shot,
+            "test_images": args.test, "steps_per_shot": args.steps_per_shot, "examples_seed": args.examples_seed,
             "train_world_seed": TRAIN_WORLD_SEED, "test_world_seed": TEST_WORLD_SEED,
             "all_background": all_background, "ceiling": ceilings or None,
             "rows": summarise(runs), "runs": [r.__dict__ for r in runs],

@@ -141,3 +141,29 @@ def test_compare_prints_writes_and_refuses_reports_with_nothing_to_pair(
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(SystemExit, match=r"bad\.json: not a quality report"):
         quality.main(["--compare", str(tmp_path / "bad.json")])
+
+
+def test_examples_seed_fixes_the_examples_and_leaves_the_fit_seed_to_vary() -> None:
+    """`--examples-seed`: every seed fits on the same examples, with its own fit seed."""
+
+    class Recorder:  # stands in for the Segmenter: records what run_one asks of it
+        def __init__(self) -> None:
+            self.fits: list[tuple[bytes, int]] = []
+
+        def fit(self, images, masks, classes, cfg, progress):  # noqa: ANN001, ANN201
+            self.fits.append((b"".join(np.asarray(im).tobytes() for im in images), cfg.seed))
+
+        def predict_batch(self, images, learned, batch_size):  # noqa: ANN001, ANN201
+            return [np.zeros(m.shape, np.int64) for m in masks]
+
+    test = [World("car", 64, 1).sample(0)]
+    masks = [test[0].mask]
+    rec = Recorder()
+    for seed in (0, 1, 2):
+        runs = quality.run_one(rec, "car", 1, "full", seed, 64, 1, [test[0].image], masks, examples_seed=7)
+        assert runs[0].seed == seed
+    for seed in (0, 1):
+        quality.run_one(rec, "car", 1, "full", seed, 64, 1, [test[0].image], masks)
+    fixed, free = rec.fits[:3], rec.fits[3:]
+    assert len({img for img, _ in fixed}) == 1 and [s for _, s in fixed] == [0, 1, 2]
+    assert free[0][0] != free[1][0]  # without it, each seed draws its own example
