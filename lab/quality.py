@@ -182,11 +182,14 @@ def format_table(rows: list[dict[str, Any]], all_background: dict[str, float] | 
 def merge(paths: list[str], out: str | None) -> dict[str, Any]:
     """One report from several (e.g. one process per kind): runs concatenated, rows recomputed."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
+    _same_examples(paths, [rep.get("examples_seed") for rep in reports])
     runs = [Run(**r) for rep in reports for r in rep["runs"]]
     report = {**reports[0], "rows": summarise(runs), "runs": [r.__dict__ for r in runs],
               "seconds": max(r["seconds"] for r in reports), "merged_from": [str(p) for p in paths],
               "all_background": {k: v for rep in reports for k, v in rep.get("all_background", {}).items()},
               "ceiling": {k: v for rep in reports for k, v in (rep.get("ceiling") or {}).items()}}
+    if report.get("examples_seed") is not None:
+        print(f"(every run fitted on the examples of seed {report['examples_seed']}: the spread is the fit's own)")
     print(format_table(report["rows"], report["all_background"], report["ceiling"]))
     if out:
         _write_json(out, report)
@@ -268,15 +271,26 @@ def format_deltas(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _same_examples(paths: list[str], examples_seeds: list[int | None]) -> None:
+    """Refuse to pool or pair runs whose seeds drew their examples differently (`--examples-seed`)."""
+    if len(set(examples_seeds)) > 1:
+        which = ", ".join(f"{p}: {'each seed' if e is None else f'seed {e}'}" for p, e in zip(paths, examples_seeds, strict=True))
+        raise SystemExit(f"error: these reports drew their examples differently ({which}); "
+                         "their runs of one seed are not the same examples")
+
+
 def compare(paths: list[str], baseline: str, effect: float, out: str | None) -> list[dict[str, Any]]:
     """Paired differences: two reports (B = the second, A = the first) row by row, or one report's
     variants against `baseline`; printed, and written to `out` as JSON."""
-    reports = []
+    reports, examples = [], []
     for path in paths:
         try:
-            reports.append([Run(**r) for r in json.loads(Path(path).read_text())["runs"]])
+            report = json.loads(Path(path).read_text())
+            reports.append([Run(**r) for r in report["runs"]])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"error: {path}: not a quality report ({type(e).__name__}: {e})") from None
+        examples.append(report.get("examples_seed"))
+    _same_examples(paths, examples)
     pairs = pairs_between(*reports) if len(reports) == 2 else pairs_within(reports[0], baseline)
     if not pairs:
         what = "runs with the same kind, shots, variant and seed" if len(reports) == 2 else \
@@ -366,6 +380,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         _write_json(args.json, _report(args, seg, runs, all_background, ceilings, t_start))
     report = _report(args, seg, runs, all_background, ceilings, t_start)
     print()
+    if args.examples_seed is not None:
+        print(f"(every run fitted on the examples of seed {args.examples_seed}: the spread is the fit's own)")
     print(format_table(report["rows"], all_background, ceilings))
     if args.json:
         _write_json(args.json, report)

@@ -167,3 +167,13 @@ def test_examples_seed_fixes_the_examples_and_leaves_the_fit_seed_to_vary() -> N
     fixed, free = rec.fits[:3], rec.fits[3:]
     assert len({img for img, _ in fixed}) == 1 and [s for _, s in fixed] == [0, 1, 2]
     assert free[0][0] != free[1][0]  # without it, each seed draws its own example
+
+
+def test_reports_with_other_examples_are_neither_merged_nor_paired(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "fixed.json"
+    runs = [r.__dict__ for r in _runs("full", [0.30, 0.25, 0.40])]
+    a.write_text(json.dumps({"runs": runs}))
+    b.write_text(json.dumps({"runs": runs, "examples_seed": 0}))
+    for args in (["--compare", str(a), str(b)], ["--merge", str(a), str(b)]):
+        with pytest.raises(SystemExit, match=r"drew their examples differently \(.*a\.json: each seed, .*fixed\.json: seed 0\)"):
+            quality.main(args)
