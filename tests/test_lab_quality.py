@@ -177,3 +177,14 @@ def test_reports_with_other_examples_are_neither_merged_nor_paired(tmp_path: Pat
     for args in (["--compare", str(a), str(b)], ["--merge", str(a), str(b)]):
         with pytest.raises(SystemExit, match=r"drew their examples differently \(.*a\.json: each seed, .*fixed\.json: seed 0\)"):
             quality.main(args)
+
+
+def test_seeds_take_ranges_and_refuse_what_is_not_a_seed() -> None:
+    assert quality.parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert quality.parse_seeds("0, 2,5-7") == [0, 2, 5, 6, 7] and quality.parse_seeds("3") == [3]
+    for bad, why in (("4-1", "'4-1' is not a seed"), ("a", "'a' is not a seed"), ("", "'' is not"),
+                     ("0-2,1", "names a seed twice")):
+        with pytest.raises(ValueError, match=why):
+            quality.parse_seeds(bad)
+    with pytest.raises(SystemExit):  # the CLI turns it into argparse's one-line usage error
+        quality.main(["--seeds", "x", "--kinds", "car"])
