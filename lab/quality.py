@@ -275,7 +275,8 @@ def format_deltas(rows: list[dict[str, Any]]) -> str:
     """One line per compared row, in mIoU points: A, B, B - A with its paired std and 95 % interval,
     whether the interval excludes 0, and the seeds a +-effect interval needs."""
     effect = 100 * rows[0]["effect"] if rows else 2.0
-    head = (f"{'kind':<5} {'shots':>5} {'compared':<18} {'seeds':>5} {'A':>5} {'B':>5} {'B - A':>6} "
+    w = max([18, *(len(r["compared"]) for r in rows)])  # the widest variant name sets the column
+    head = (f"{'kind':<5} {'shots':>5} {'compared':<{w}} {'seeds':>5} {'A':>5} {'B':>5} {'B - A':>6} "
             f"{'sd':>5} {'95 % interval':>15} {'told':>4} {f'seeds for ±{effect:g}':>14}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -283,7 +284,7 @@ def format_deltas(rows: list[dict[str, Any]]) -> str:
         sd = f"{100 * r['delta_std']:5.1f}" if r["delta_std"] is not None else "-"
         told = {True: "yes", False: "no", None: "-"}[r["resolved"]]
         need = r["seeds_for_effect"] if r["seeds_for_effect"] is not None else "-"
-        lines.append(f"{r['kind']:<5} {r['shots']:>5} {r['compared']:<18} {len(r['seeds']):>5} "
+        lines.append(f"{r['kind']:<5} {r['shots']:>5} {r['compared']:<{w}} {len(r['seeds']):>5} "
                      f"{100 * r['a_mean']:5.1f} {100 * r['b_mean']:5.1f} {100 * r['delta_mean']:+6.1f} "
                      f"{sd:>5} {ci:>15} {told:>4} {need:>14}")
     return "\n".join(lines)
@@ -297,6 +298,13 @@ def _same_examples(paths: list[str], examples_seeds: list[int | None]) -> None:
                          "their runs of one seed are not the same examples")
 
 
+def _paired_fields(run: dict[str, Any]) -> Run:
+    """The fields pairing needs, from a run of quality.py or of protocol.py (which writes them
+    alike, with its own extras): so `--compare` pairs protocol variants against `--baseline last`."""
+    return Run(str(run["kind"]), int(run["shots"]), str(run["variant"]), int(run["seed"]), float(run["miou"]),
+               {}, float(run.get("fit_seconds") or 0.0), int(run.get("steps") or run.get("steps_run") or 0))
+
+
 def compare(paths: list[str], baseline: str, effect: float, out: str | None) -> list[dict[str, Any]]:
     """Paired differences: two reports (B = the second, A = the first) row by row, or one report's
     variants against `baseline`; printed, and written to `out` as JSON."""
@@ -304,7 +312,7 @@ def compare(paths: list[str], baseline: str, effect: float, out: str | None) -> 
     for path in paths:
         try:
             report = json.loads(Path(path).read_text())
-            reports.append([Run(**r) for r in report["runs"]])
+            reports.append([_paired_fields(r) for r in report["runs"]])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"error: {path}: not a quality report ({type(e).__name__}: {e})") from None
         examples.append(report.get("examples_seed"))

@@ -188,3 +188,22 @@ def test_seeds_take_ranges_and_refuse_what_is_not_a_seed() -> None:
             quality.parse_seeds(bad)
     with pytest.raises(SystemExit):  # the CLI turns it into argparse's one-line usage error
         quality.main(["--seeds", "x", "--kinds", "car"])
+
+
+def test_compare_pairs_protocol_reports_and_refuses_runs_without_the_paired_fields(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """protocol.py's runs carry extras (steps_run, best_step...): --compare reads the fields it pairs by."""
+    def proto(variant: str, seed: int, miou: float) -> dict:
+        return {"kind": "face", "shots": 5, "variant": variant, "seed": seed, "miou": miou, "per_class": None,
+                "fit_seconds": 9.0, "steps_run": 1000, "steps_planned": 1000, "best_step": None}
+
+    rep = tmp_path / "protocol.json"
+    rep.write_text(json.dumps({"runs": [proto("last", 0, 0.40), proto("last", 1, 0.38),
+                                        proto("ref-aug", 0, 0.42), proto("ref-aug", 1, 0.41)]}))
+    (row,) = quality.main(["--compare", str(rep), "--baseline", "last"])["rows"]
+    assert row["compared"] == "ref-aug - last" and row["delta_mean"] == pytest.approx(0.025)
+    assert "ref-aug - last" in capsys.readouterr().out
+    refine = tmp_path / "refine.json"  # no shots or variant: nothing to pair by
+    refine.write_text(json.dumps({"runs": [{"kind": "car", "seed": 0, "round": 1, "miou": 0.3}]}))
+    with pytest.raises(SystemExit, match=r"refine\.json: not a quality report \(KeyError: 'shots'\)"):
+        quality.main(["--compare", str(refine)])
