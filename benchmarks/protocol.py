@@ -33,10 +33,12 @@ from lab.quality import (  # noqa: E402
     TRAIN_WORLD_SEED,
     groups,
     mean_std,
+    parse_seeds,
 )
 from slimeseg import Segmenter, SlimeConfig, __version__  # noqa: E402
 from slimeseg.lab import World  # noqa: E402
 from slimeseg.metrics import ConfusionMatrix  # noqa: E402
+from slimeseg.writers import write_json  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "last": {},  # today: 200 epochs, the last embeddings
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", default=str(LAB_MODEL))
     p.add_argument("--kinds", default="car,face")
     p.add_argument("--shots", default="1,5")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="0-2", help="comma list with ranges, e.g. 0-4 or 0,2,5-9")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--test", type=int, default=50, help="held-out images per kind")
     p.add_argument("--size", type=int, default=256)
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = [r for rep in reports for r in rep["runs"]]
         report = {**reports[0], "runs": runs, "rows": summarise(runs), "merged_from": a.merge}
     else:
+        try:
+            seeds = parse_seeds(a.seeds)
+        except ValueError as e:
+            p.error(str(e))
         if a.threads:
             torch.set_num_threads(a.threads)
         seg = Segmenter.from_pretrained(a.model, device="cpu")
@@ -127,22 +133,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for variant in a.variants.split(","):
                     if shots == 1 and variant == "best-trainval":
                         continue  # the same as "best" for one example
-                    for seed in map(int, a.seeds.split(",")):
+                    for seed in seeds:
                         r = run(seg, kind, shots, variant, seed, a.size, a.steps_per_shot, test)
                         runs.append(r)
                         print(f"{kind} {shots}-shot {variant:<14} seed {seed}: mIoU {100 * r['miou']:5.1f}, "
                               f"best step {r['best_step']}, {r['steps_run']} steps, {r['fit_seconds']:.0f} s",
                               flush=True)
-        report = {"benchmark": "slimeseg lab protocol", "model": a.model, "size": a.size,
-                  "test_images": a.test, "epochs": a.steps_per_shot, "runs": runs, "rows": summarise(runs),
-                  "seconds": time.perf_counter() - start, "threads": torch.get_num_threads(),
-                  "versions": {"slimeseg": __version__, "torch": torch.__version__,
-                               "python": platform.python_version()}}
+                        if a.json:  # after every fit, atomically, so a stopped run keeps what it measured
+                            write_json(a.json, _report(a, runs, start))
+        report = _report(a, runs, start)
     report["table"] = table(report["rows"])
     print(report["table"])
     if a.json:
-        Path(a.json).write_text(json.dumps(report, indent=2))
+        write_json(a.json, report)
     return report
+
+
+def _report(a: argparse.Namespace, runs: list[dict[str, Any]], start: float) -> dict[str, Any]:
+    return {"benchmark": "slimeseg lab protocol", "model": a.model, "size": a.size,
+            "test_images": a.test, "epochs": a.steps_per_shot, "runs": runs, "rows": summarise(runs),
+            "seconds": time.perf_counter() - start, "threads": torch.get_num_threads(),
+            "versions": {"slimeseg": __version__, "torch": torch.__version__,
+                         "python": platform.python_version()}}
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ engine stops learning parts, or falls back to v1's level.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -207,3 +209,20 @@ def test_compare_pairs_protocol_reports_and_refuses_runs_without_the_paired_fiel
     refine.write_text(json.dumps({"runs": [{"kind": "car", "seed": 0, "round": 1, "miou": 0.3}]}))
     with pytest.raises(SystemExit, match=r"refine\.json: not a quality report \(KeyError: 'shots'\)"):
         quality.main(["--compare", str(refine)])
+
+
+def test_protocol_benchmark_writes_a_report_that_compare_pairs(tmp_path: Path) -> None:
+    """benchmarks/protocol.py, tiny (2 steps, 2 held-out cars): the report is written whole, by its
+    atomic writer, and `--compare --baseline last` pairs its variants."""
+    out = tmp_path / "protocol.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "protocol.py"
+    done = subprocess.run([sys.executable, str(script), "--kinds", "car", "--shots", "1", "--seeds", "0-1",
+                           "--variants", "last,ref-aug", "--test", "2", "--steps-per-shot", "2", "--threads", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [(r["variant"], r["seed"], r["steps_run"]) for r in report["runs"]] == [
+        ("last", 0, 2), ("last", 1, 2), ("ref-aug", 0, 2), ("ref-aug", 1, 2)]
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    (row,) = quality.main(["--compare", str(out), "--baseline", "last"])["rows"]
+    assert row["compared"] == "ref-aug - last" and row["seeds"] == [0, 1]
