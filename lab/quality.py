@@ -10,8 +10,8 @@ of it; writes JSON. `--fast` is the variant the test suite runs. `--compare` tel
 noise: runs of one seed share their examples and fit noise, so it pairs them by seed (two
 reports, or one report's variants against `full`) and prints the mean difference, its 95 %
 interval and how many seeds would resolve a change of `--effect` points. On the lab SD v3 a
-2-point change needs about 4-7 paired seeds at 5-shot and 25-30 at 1-shot, where which example a
-seed draws moves mIoU by 3-7 points (`--examples-seed` fixes the examples to measure the rest).
+2-point WAS on/off change needs about 4-7 paired seeds at 5-shot and 25-30 at 1-shot, where which
+example a seed draws moves mIoU by 3-7 points (`--examples-seed` fixes the examples to measure the rest).
 
     python benchmarks/quality.py --json benchmarks/results-quality.json
     python benchmarks/quality.py --fast
