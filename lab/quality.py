@@ -45,7 +45,7 @@ import torch
 from slimeseg import Segmenter, SlimeConfig, __version__
 from slimeseg.lab import World
 from slimeseg.metrics import ConfusionMatrix
-from slimeseg.writers import atomic_path
+from slimeseg.writers import write_json
 
 T = TypeVar("T")
 
@@ -210,7 +210,7 @@ def merge(paths: list[str], out: str | None) -> dict[str, Any]:
         print(f"(every run fitted on the examples of seed {report['examples_seed']}: the spread is the fit's own)")
     print(format_table(report["rows"], report["all_background"], report["ceiling"]))
     if out:
-        _write_json(out, report)
+        write_json(out, report)
     return report
 
 
@@ -327,7 +327,7 @@ def compare(paths: list[str], baseline: str, effect: float, out: str | None) -> 
           + (f", B: {paths[1]})" if len(paths) == 2 else f" '{baseline}', B: the variant named)"))
     print(format_deltas(rows))
     if out:
-        _write_json(out, {"benchmark": "slimeseg lab quality, paired differences", "compared": paths,
+        write_json(out, {"benchmark": "slimeseg lab quality, paired differences", "compared": paths,
                           "baseline": baseline if len(paths) == 1 else None, "rows": rows})
     return rows
 
@@ -407,14 +407,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         print(f"{kind} {shots}-shot {run.variant:<7} seed {seed}: mIoU {100 * run.miou:5.1f} "
                               f"({run.steps} steps, fit {run.fit_seconds:.0f} s)", flush=True)
                     if args.json:  # after every fit, so a stopped run keeps what it measured
-                        _write_json(args.json, _report(args, seg, runs, all_background, ceilings, t_start))
+                        write_json(args.json, _report(args, seg, runs, all_background, ceilings, t_start))
     report = _report(args, seg, runs, all_background, ceilings, t_start)
     print()
     if args.examples_seed is not None:
         print(f"(every run fitted on the examples of seed {args.examples_seed}: the spread is the fit's own)")
     print(format_table(report["rows"], all_background, ceilings))
     if args.json:
-        _write_json(args.json, report)
+        write_json(args.json, report)
     return report
 
 
@@ -429,12 +429,6 @@ def _report(args: argparse.Namespace, seg: Segmenter, runs: list[Run], all_backg
             "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
             "versions": {"slimeseg": __version__, "torch": torch.__version__,
                          "python": platform.python_version()}}
-
-
-def _write_json(path: str, report: dict[str, Any]) -> None:
-    """Write through the project's atomic writer: a reader never sees half a report."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
