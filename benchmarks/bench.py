@@ -43,7 +43,7 @@ from lab.fullsize import load_model  # noqa: E402
 from slimeseg.errors import TrainingError  # noqa: E402
 from slimeseg.examples import image_tensor  # noqa: E402
 from slimeseg.losses import ldm_loss  # noqa: E402
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
 
 GiB = 1024 ** 3
 

@@ -24,7 +24,7 @@ from bench import sync  # noqa: E402
 from lab.fullsize import load_model  # noqa: E402
 from slimeseg.errors import TrainingError  # noqa: E402
 from slimeseg.models import pick_device, pick_dtype  # noqa: E402
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

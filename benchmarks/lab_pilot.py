@@ -35,8 +35,8 @@ from lab.train_model import (  # noqa: E402
     tokenize,
 )
 from slimeseg import Segmenter, SlimeConfig  # noqa: E402
-from slimeseg.lab import World, caption_vocabulary  # noqa: E402
-from slimeseg.tokenizer import build_tokenizer  # noqa: E402
+from slimeseg.synthetic import World, caption_vocabulary  # noqa: E402
+from slimeseg.synthetic.tokenizer import build_tokenizer  # noqa: E402
 
 # name: (size, UNet widths, heads per block, layers per block)
 CONFIGS = {

@@ -1,6 +1,6 @@
 """Images as they are: squash vs aspect kept vs native-resolution windows on high-resolution lab scenes.
 
-A high-resolution lab set (`slimeseg.lab.compose`: non-square canvases holding several whole
+A high-resolution lab set (`slimeseg.synthetic.compose`: non-square canvases holding several whole
 objects from ~0.9 of the frame down to ~1/6 of it, exact masks, deterministic from a seed) is
 segmented with the SAME embeddings (the usual 1- and 5-shot fits on `tests/assets/lab-sd`'s
 training world, as `benchmarks/quality.py` draws them) in each inference mode:
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: la
 
 from lab.quality import AUGMENT, LAB_MODEL, TRAIN_POOL, TRAIN_WORLD_SEED, groups, mean_std  # noqa: E402
 from slimeseg import Learned, Segmenter, SlimeConfig, __version__, inference  # noqa: E402
-from slimeseg.lab import World, compose  # noqa: E402
 from slimeseg.metrics import ConfusionMatrix  # noqa: E402
+from slimeseg.synthetic import World, compose  # noqa: E402
 
 SMALL_PARTS = {"car": ("wheel", "light", "window"), "face": ("eye", "mouth")}
 CANVASES = ((1024, 768), (1536, 1024))  # (width, height), alternated over the test set

@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: lab/, slimeseg/
 from lab.fullsize import load_model  # noqa: E402
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

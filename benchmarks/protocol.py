@@ -36,8 +36,8 @@ from lab.quality import (  # noqa: E402
     parse_seeds,
 )
 from slimeseg import Segmenter, SlimeConfig, __version__  # noqa: E402
-from slimeseg.lab import World  # noqa: E402
 from slimeseg.metrics import ConfusionMatrix  # noqa: E402
+from slimeseg.synthetic import World  # noqa: E402
 from slimeseg.writers import write_json  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -37,8 +37,8 @@ from lab.quality import (  # noqa: E402
     mean_std,
 )
 from slimeseg import Learned, Segmenter, SlimeConfig, __version__  # noqa: E402
-from slimeseg.lab import World  # noqa: E402
 from slimeseg.metrics import ConfusionMatrix, image_confusion, iou_from_confusion  # noqa: E402
+from slimeseg.synthetic import World  # noqa: E402
 
 CANDIDATES = 30  # unused training-world images a user could correct: samples TRAIN_POOL.. of the world
 

@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from slimeseg import Segmenter, distributed  # noqa: E402
 from slimeseg.io import load_image  # noqa: E402
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
-from slimeseg.tiny import save_tiny_sd  # noqa: E402
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
+from slimeseg.synthetic.tiny import save_tiny_sd  # noqa: E402
 from slimeseg.writers import SegmentWriter  # noqa: E402
 
 LAB = ROOT / "tests" / "assets" / "lab-sd"

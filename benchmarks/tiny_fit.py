@@ -20,8 +20,8 @@ import torch
 
 from slimeseg import Segmenter
 from slimeseg.metrics import ConfusionMatrix
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
-from slimeseg.tiny import save_tiny_sd
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
+from slimeseg.synthetic.tiny import save_tiny_sd
 
 
 def main(argv: list[str] | None = None) -> dict:

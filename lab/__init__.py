@@ -10,6 +10,6 @@ benchmarks need lives here, importable from a checkout (the repository root on `
 - `baseline`: a reference-style (explicit attention) SLiMe for side-by-side timings
 - `fullsize`: SD 2.1 / 1.5-shaped models with random weights for speed and precision checks
 
-The world generator itself stays in the package (`slimeseg.lab`): users can render its images
+The world generator itself stays in the package (`slimeseg.synthetic`): users can render its images
 to try the tool, and every tool here draws on it.
 """

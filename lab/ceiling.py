@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from slimeseg import Segmenter
-from slimeseg.lab import World
 from slimeseg.metrics import ConfusionMatrix
 from slimeseg.models import StableDiffusion
+from slimeseg.synthetic import World
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_MODEL = ROOT / "tests" / "assets" / "lab-sd"

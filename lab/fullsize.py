@@ -100,7 +100,7 @@ def load_model(name: str, device: str | torch.device, dtype: torch.dtype = torch
                num_classes: int = 4) -> Segmenter:
     """'tiny': slimeseg's tiny SD saved and loaded from disk; 'full': the random full-size SD."""
     if name == "tiny":
-        from slimeseg.tiny import save_tiny_sd
+        from slimeseg.synthetic.tiny import save_tiny_sd
 
         folder = save_tiny_sd(tempfile.mkdtemp(prefix="slimeseg-bench-tiny-"))
         sd = load_stable_diffusion(str(folder), device=device, dtype=dtype, local_files_only=True)

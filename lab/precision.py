@@ -19,7 +19,7 @@ from slimeseg.attention import capture
 from slimeseg.config import SlimeConfig
 from slimeseg.examples import prepare_examples
 from slimeseg.models import StableDiffusion
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 from slimeseg.training import TrainingJob, TrainState, train_step
 
 

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from slimeseg import Segmenter, SlimeConfig, __version__
-from slimeseg.lab import World
 from slimeseg.metrics import ConfusionMatrix
+from slimeseg.synthetic import World
 from slimeseg.writers import write_json
 
 T = TypeVar("T")

@@ -43,9 +43,9 @@ from diffusers import (
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from slimeseg.lab.world import KIND_CLASSES, SceneWorld, World, caption_vocabulary
-from slimeseg.tiny import tie_self_attention
-from slimeseg.tokenizer import build_tokenizer
+from slimeseg.synthetic.tiny import tie_self_attention
+from slimeseg.synthetic.tokenizer import build_tokenizer
+from slimeseg.synthetic.world import KIND_CLASSES, SceneWorld, World, caption_vocabulary
 from slimeseg.writers import atomic_path
 
 from .probe import AttentionStats, self_attention_stats

@@ -7,7 +7,7 @@ wait in a queue whose position each user sees.
 
 `SlimeApp` holds the behaviour (what each button does to a `Session`) and knows nothing of
 Gradio, so it is tested without a browser; `build_app` only lays out the page and wires events
-to its methods. Results are written by `writers.SegmentWriter`, the CLI's writer.
+to its methods. Images are segmented by the one segment job (`job.SegmentJob`), as by the CLI.
 
 Painting: every foreground class gets a fixed brush colour (the same palette as the overlays);
 unpainted pixels are background (class 0). Painted colours map back to class indices exactly by
@@ -35,8 +35,9 @@ from PIL import Image  # noqa: E402
 from .artifact import Learned  # noqa: E402
 from .config import MAX_CLASSES, SlimeConfig  # noqa: E402
 from .errors import InputError, SlimeError  # noqa: E402
-from .io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, as_image_array, load_image, load_mask  # noqa: E402
-from .writers import SegmentWriter, colour_labels, overlay, palette  # noqa: E402
+from .io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, as_image_array, load_mask  # noqa: E402
+from .job import SegmentJob  # noqa: E402
+from .writers import colour_labels, overlay, palette  # noqa: E402
 
 MAX_UPLOAD = "25mb"  # per file, enforced by the server before our code sees it
 MAX_SIDE = 4096  # pixels per side of any uploaded image
@@ -465,37 +466,37 @@ class SlimeApp:
     def segment(self, files: Sequence[Any] | None, sess: Session,
                 resolution: str | None = None) -> SegmentResult:
         """Segment uploaded images with the session's embeddings (at `resolution`: "model",
-        "native" or a scale; default: the embeddings' setting); outputs go through the shared
-        writer (safe names, refused clashes, atomic files) into a fresh folder and one zip."""
+        "native" or a scale; default: the embeddings' setting) through the one segment job
+        (safe names, clashes and bad files refused one by one, atomic files) into a fresh
+        folder and one zip."""
         self.check_segment(files, sess)
         learned = Learned.load(sess.learned_path)
-        writer = SegmentWriter(sess.workdir(), learned.classes, info={"model": learned.model_id})
-        writer.prepare()
+        paths = [upload_path(f) for f in files or []]
+        problems = [f"{p.name}: not an image ({', '.join(IMAGE_EXTENSIONS)})" for p in paths
+                    if p.suffix.lower() not in IMAGE_EXTENSIONS]  # uploads are images, never lists
+        job = SegmentJob.plan(learned, [str(p) for p in paths if p.suffix.lower() in IMAGE_EXTENSIONS],
+                              sess.workdir(), each=True,
+                              overrides={} if resolution is None else {"resolution": resolution})
         gallery: list[tuple[np.ndarray, str]] = []
-        problems: list[str] = []
-        accepted: list[Path] = []
         results: list[tuple[str, np.ndarray, np.ndarray]] = []
-        for item in files:
-            path = upload_path(item)
-            try:
-                if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    raise InputError(f"{path.name}: not an image ({', '.join(IMAGE_EXTENSIONS)})")
-                stem = writer.names([*accepted, path])[path]  # refuses a clash with an earlier one
-                image = _check_size(load_image(path), path.name)
-                labels = self.segmenter.predict(image, learned, resolution=resolution)
-            except SlimeError as exc:
-                problems.append(str(exc))
-                continue
-            accepted.append(path)
+
+        def shown(path: Path, image: np.ndarray, labels: np.ndarray) -> None:
             results.append((path.name, image, labels))
-            writer.write(stem, image, labels)
-            gallery += [(image, path.name), (overlay(image, labels), f"{path.name} · segmented"),
-                        (colour_labels(labels, learned.num_classes), f"{path.name} · label map")]
+            gallery.extend([(image, path.name), (overlay(image, labels), f"{path.name} · segmented"),
+                            (colour_labels(labels, learned.num_classes), f"{path.name} · label map")])
+
+        job.run(self.segmenter, progress=False, read=_read_upload, on_result=shown,
+                on_error=lambda path, why: problems.append(f"{Path(path).name}: {why}"))
         if not gallery:
-            raise SlimeError("; ".join(problems) or "nothing segmented")
+            raise InputError("; ".join(problems) or "nothing segmented")
         sess.results, sess.picked = results, None
-        note = f"{len(accepted)} image(s) segmented" + (f", {len(problems)} refused" if problems else "")
-        return SegmentResult(gallery, learned.classes, note, str(writer.zip()), problems)
+        note = f"{len(results)} image(s) segmented" + (f", {len(problems)} refused" if problems else "")
+        return SegmentResult(gallery, learned.classes, note, str(job.writer.zip()), problems)
+
+
+def _read_upload(path: Path) -> np.ndarray:
+    """The job's read step with the app's size limit."""
+    return _check_size(SegmentJob.read(path), str(path))
 
 
 # ---------------------------------------------------------------------------- the page

@@ -178,63 +178,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment_inputs(items: Sequence[str]) -> list[Path]:
-    """Image files from files and folders, each once (a file named alone and in its folder too)."""
-    from .io import IMAGE_EXTENSIONS, list_images
-
-    inputs: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            inputs.extend(list_images(p))
-        elif p.is_file():
-            if p.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise InputError(f"{p}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")
-            inputs.append(p)
-        else:
-            raise InputError(f"{p}: no such file or directory")
-    return list(dict.fromkeys(inputs))
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from .artifact import Learned
-    from .io import load_image
-    from .writers import SegmentWriter
+    from .job import segment
 
     _apply_input_args(args)
     if args.ray is not None:
         return _segment_on_ray(args)
     if args.workers or args.format or args.batch_size:
         raise InputError("--workers, --format and --batch-size go with --ray")
-    learned = Learned.load(args.learned)
-    inputs = _segment_inputs(args.inputs)
-    writer = SegmentWriter(Path(args.out), learned.classes, overlays=not args.no_overlays,
-                           info={"model": learned.model_id, "embeddings": str(args.learned)})
-    names = writer.names(inputs)  # refuses two inputs that would write the same file
-    if writer.prepare():
-        log.info("removed temp files left by an interrupted run in %s", writer.out_dir)
-    seg = _segmenter_for(args, learned)
-    overrides = config_overrides(args)
-    todo = [p for p in inputs if args.overwrite or not writer.done(names[p])]
-    skipped = len(inputs) - len(todo)
-    failed: list[tuple[Path, str]] = []
-    for path in tqdm(todo, desc="segment", unit="img", disable=args.quiet, dynamic_ncols=True):
-        try:
-            image = load_image(path)
-            writer.write(names[path], image, seg.predict(image, **overrides))
-        except SlimeError as exc:
-            failed.append((path, str(exc)))
-            print(f"error: {exc}", file=sys.stderr)
-        except MemoryError:
-            failed.append((path, "out of memory"))
-            print(f"error: {path}: image is too large to segment (out of memory)", file=sys.stderr)
-    done = len(todo) - len(failed)
-    print(f"segmented {done} image(s) into {writer.out_dir}"
-          + (f", skipped {skipped} already done" if skipped else "")
-          + (f", {len(failed)} failed" if failed else ""))
-    return EXIT_PARTIAL_FAILURE if failed else 0
+    result = segment(args.learned, args.inputs, args.out, overlays=not args.no_overlays,
+                     overwrite=args.overwrite, model=args.model, revision=args.revision,
+                     device=args.device, dtype=args.dtype, progress=not args.quiet,
+                     **config_overrides(args))
+    return EXIT_PARTIAL_FAILURE if result.failed else 0
 
 
 def _segment_on_ray(args: argparse.Namespace) -> int:
@@ -259,7 +215,7 @@ def _segmenter_for(args: argparse.Namespace, learned: Any) -> Any:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from .tiny import TINY_NOTE, save_tiny_sd
+    from .synthetic.tiny import TINY_NOTE, save_tiny_sd
 
     out = Path(args.dir)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -272,7 +228,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 def cmd_example(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from .scenes import SHAPE_CLASSES, shapes_scene
+    from .synthetic.scenes import SHAPE_CLASSES, shapes_scene
 
     out = Path(args.dir)
     (out / "test").mkdir(parents=True, exist_ok=True)
@@ -408,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="segment images with learned embeddings")
     p.add_argument("learned", help="a .safetensors file made by `slimeseg train`")
-    p.add_argument("inputs", nargs="+", help="images and/or folders of images")
+    p.add_argument("inputs", nargs="+",
+                   help="images, folders of images, globs ('photos/**/*.jpg') and .txt or .parquet "
+                        "lists of image paths; each input's failure goes to OUT/errors.jsonl")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     p.add_argument("--no-overlays", action="store_true", dest="no_overlays",
@@ -417,8 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray = p.add_argument_group("on a Ray cluster (pip install 'slimeseg[ray]')")
     ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                      help="run on Ray Data: a local cluster, RAY_ADDRESS's, or ADDRESS (auto, "
-                          "HOST:6379, ray://HOST:10001); inputs may also be globs and .txt or "
-                          ".parquet lists of image paths; failures go to OUT/errors.jsonl")
+                          "HOST:6379, ray://HOST:10001)")
     ray.add_argument("--workers", type=int, metavar="N",
                      help="workers, each with the model (default: one per GPU, else one per CPU)")
     ray.add_argument("--format", choices=["png", "parquet"],

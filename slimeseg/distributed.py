@@ -1,15 +1,15 @@
 """Segmenting many images on a Ray cluster with Ray Data: resumable, fault tolerant, one writer.
 
 `segment(learned, inputs, out)` (the CLI's `slimeseg segment ... --ray [ADDRESS]`) runs the
-single-process `segment` job on Ray Data. The driver lists the inputs, names their outputs and
-drops those already finished (one listing of the output folder, `SegmentWriter.finished`); the
-rest flows through three steps, each a plain function of a batch of rows:
+one segment job (`slimeseg.job`) on Ray Data. The driver plans it (`SegmentJob.plan`: lists the
+inputs, names their outputs) and drops those already finished (one listing of the output
+folder); the rest flows through the job's three steps, each a plain function of a batch of rows:
 
-    load     read and decode each image (`io.load_image`)               CPU tasks
+    load     `SegmentJob.read`: decode each image                       CPU tasks
     predict  a pool of actors, each holding one `Segmenter`             one GPU per actor,
-             (`Segmenter.from_learned`, then `predict` image by image)  or CPUs on CPU nodes
-    write    `SegmentWriter`: PNGs (+ overlays) or one Parquet part     CPU tasks
-             per batch, atomically
+             (`SegmentJob.segmenter`, then `predict` image by image)    or CPUs on CPU nodes
+    write    `SegmentJob.write` / `SegmentWriter.write_part`: PNGs       CPU tasks
+             (+ overlays) or one Parquet part per batch, atomically
 
 and the driver tallies what comes back (written / already there / failed with a one-line
 reason), writes `errors.jsonl` (or `errors.parquet`) and prints one line: images, seconds,
@@ -45,123 +45,29 @@ and sees the input images and the output folder at the same paths (a shared file
 
 from __future__ import annotations
 
-import glob as _glob
 import logging
 import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError, SlimeError
-from .io import IMAGE_EXTENSIONS, list_images
-from .writers import SegmentWriter
+from .errors import InputError, SlimeError, reason
+from .job import Result, SegmentJob, list_inputs
+
+__all__ = ["Result", "SegmentWorker", "list_inputs", "segment"]
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'slimeseg[ray]'"
-LIST_SUFFIXES = (".txt", ".lst")  # a text file listing one image path per line
 MAX_ROWS_PER_BLOCK = 64  # a retried block redoes at most this many images
 
 # a row's status as it travels through the steps
 PENDING, EXISTS, FAILED, WRITTEN, FATAL = "", "exists", "failed", "written", "fatal"
-
-
-# ---------------------------------------------------------------------------- inputs
-def list_inputs(items: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """Absolute image paths, each once, in the order given.
-
-    An item is a folder (its images, as `slimeseg segment` lists them), an image file, a glob
-    (`photos/**/*.jpg`, recursive with `**`), a text file (`.txt`, `.lst`) listing one path per
-    line (blank lines and `#` comments skipped), or a Parquet file with a `path` column. Paths
-    in a list are relative to the list's folder and are not checked here: a missing or
-    unreadable one becomes that input's error when the workers read it.
-    """
-    if isinstance(items, (str, os.PathLike)):
-        items = [items]
-    out: list[str] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            out += [str(q) for q in list_images(p)]
-        elif p.is_file():
-            suffix = p.suffix.lower()
-            if suffix in LIST_SUFFIXES:
-                out += _read_text_list(p)
-            elif suffix == ".parquet":
-                out += _read_parquet_list(p)
-            elif suffix in IMAGE_EXTENSIONS:
-                out.append(str(p))
-            else:
-                raise InputError(f"{p}: not an image, a folder, or a list of images "
-                                 f"({', '.join(LIST_SUFFIXES)} or .parquet with a 'path' column)")
-        elif any(c in str(item) for c in "*?["):
-            matches = sorted(m for m in _glob.glob(str(item), recursive=True)
-                             if Path(m).suffix.lower() in IMAGE_EXTENSIONS and Path(m).is_file())
-            if not matches:
-                raise InputError(f"{item}: no image matches this pattern")
-            out += matches
-        else:
-            raise InputError(f"{p}: no such file or directory")
-    return [Path(q) for q in dict.fromkeys(os.path.abspath(q) for q in out)]
-
-
-def _read_text_list(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read this list of images ({exc})") from None
-    entries = [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
-    return [os.path.join(path.parent, e) for e in entries]
-
-
-def _read_parquet_list(path: Path) -> list[str]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InputError(f"{path}: reading a Parquet list needs pyarrow ({INSTALL_HINT})") from None
-    try:
-        schema = pq.read_schema(path)
-        if "path" not in schema.names:
-            raise InputError(f"{path}: a Parquet list of images needs a 'path' column "
-                             f"(it has {', '.join(schema.names) or 'none'})")
-        column = pq.read_table(path, columns=["path"]).column("path").to_pylist()
-    except InputError:
-        raise
-    except Exception as exc:  # pyarrow raises several types on damaged files
-        raise InputError(f"{path}: not a readable Parquet file ({_one_line(exc)})") from None
-    return [os.path.join(path.parent, str(e)) for e in column if e]
-
-
-# ---------------------------------------------------------------------------- the result
-@dataclass
-class Result:
-    """What a run did; `summary()` is the final line the CLI prints."""
-
-    out_dir: Path
-    inputs: int  # inputs listed
-    skipped: int = 0  # already finished before this run
-    segmented: int = 0  # finished by this run
-    predicted: int = 0  # of those, predicted and written by tasks that completed
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
-    seconds: float = 0.0  # the whole call, start-up of the workers included
-    workers: int = 0  # actors in the pool (0: nothing to do, no cluster used)
-    errors_file: Path | None = None
-
-    @property
-    def images_per_s(self) -> float:
-        return self.segmented / self.seconds if self.seconds > 0 else 0.0
-
-    def summary(self) -> str:
-        on = f" on {self.workers} Ray worker(s)" if self.workers else ""
-        return (f"segmented {self.segmented} image(s) into {self.out_dir} in {self.seconds:.1f} s "
-                f"({self.images_per_s:.2f} images/s){on}"
-                + (f", skipped {self.skipped} already done" if self.skipped else "")
-                + (f", {len(self.failed)} failed (listed in {self.errors_file})" if self.failed else ""))
 
 
 # ---------------------------------------------------------------------------- the job
@@ -190,42 +96,28 @@ def segment(learned: Any, inputs: str | os.PathLike | Iterable[str | os.PathLike
     """
     t0 = time.perf_counter()
     ray = _import_ray()
-    from .artifact import Learned
-    from .config import SlimeConfig
-
-    name = str(learned) if isinstance(learned, (str, os.PathLike)) else "embeddings"
-    art = learned if isinstance(learned, Learned) else Learned.load(learned)
-    try:
-        SlimeConfig.from_dict(art.config).replace(**overrides)  # bad settings fail here, once
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{name}: {exc}") from None
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if workers is not None and workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
-    paths = list_inputs(inputs)
-    writer = SegmentWriter(Path(os.path.abspath(out)), art.classes, overlays=overlays, format=format,
-                           info={"model": art.model_id, "embeddings": name})
-    names = writer.names(paths)  # PNG: refuses two inputs that would write the same file
-    if writer.prepare():
-        log.info("removed temp files left by an interrupted run in %s", writer.out_dir)
-    done = set() if overwrite else writer.finished(names)
-    todo = [p for p in paths if p not in done]
-    result = Result(writer.out_dir, len(paths), skipped=len(done))
+    job = SegmentJob.plan(learned, inputs, out, format=format, overlays=overlays,
+                          overrides=overrides)
+    job.prepare()
+    todo = job.todo(overwrite)
+    result = Result(job.writer.out_dir, len(job.inputs), skipped=len(job.inputs) - len(todo))
     if todo:
         started = _connect(ray, address)
         try:
             pool = _plan_pool(ray, workers, device, io_tasks, cpus_per_worker)
             result.workers = pool.workers
-            _run(ray, result, writer, names, todo, pool, learned=art, name=name,
-                 batch_size=batch_size, model=model, revision=revision, dtype=dtype,
-                 max_image_pixels=max_image_pixels, overwrite=overwrite, overrides=overrides,
-                 progress=progress)
+            _run(ray, result, job, todo, pool, batch_size=batch_size, model=model,
+                 revision=revision, dtype=dtype, max_image_pixels=max_image_pixels,
+                 overwrite=overwrite, progress=progress)
         finally:
             if started:
                 ray.shutdown()
-        writer.remove_temp_files()  # only a killed worker's can be left: every task has ended
-    result.errors_file = writer.write_errors(result.failed)
+        job.writer.remove_temp_files()  # only a killed worker's can be left: every task has ended
+    result.errors_file = job.record_errors(result.failed)
     result.seconds = time.perf_counter() - t0
     if echo is not None:
         echo(result.summary())
@@ -304,25 +196,24 @@ def _rows_per_block(n: int, workers: int, batch_size: int) -> int:
     return math.ceil(rows / batch_size) * batch_size
 
 
-def _run(ray: Any, result: Result, writer: SegmentWriter, names: dict[Path, str], todo: list[Path],
-         pool: _Pool, *, learned: Any, name: str, batch_size: int, model: str | None,
-         revision: str | None, dtype: str | None, max_image_pixels: int | None, overwrite: bool,
-         overrides: dict[str, Any], progress: bool) -> None:
+def _run(ray: Any, result: Result, job: SegmentJob, todo: list[Path], pool: _Pool, *,
+         batch_size: int, model: str | None, revision: str | None, dtype: str | None,
+         max_image_pixels: int | None, overwrite: bool, progress: bool) -> None:
     """Build the Ray Data pipeline for `todo`, stream its status rows, fill in `result`."""
     import pyarrow as pa
 
     ray.data.DataContext.get_current().enable_progress_bars = progress
     rows = _rows_per_block(len(todo), pool.workers, batch_size)
     blocks = [pa.table({"path": [str(p) for p in todo[i:i + rows]],
-                        "name": [names[p] for p in todo[i:i + rows]]})
+                        "name": [job.names[p] for p in todo[i:i + rows]]})
               for i in range(0, len(todo), rows)]
-    load = {"writer": writer, "skip_done": not overwrite and writer.format == "png",
+    light = job.without_inputs()  # what every task and actor gets: rows carry path and name
+    load = {"job": light, "skip_done": not overwrite and light.writer.format == "png",
             "max_image_pixels": max_image_pixels}
-    actor = {"learned": learned, "name": name, "model": model, "revision": revision,
-             "device": pool.device, "dtype": dtype, "threads": pool.threads,
-             "batch_size": batch_size, "overrides": overrides,
-             "load": None if pool.io_tasks else load, "writer": None if pool.io_tasks else writer,
-             "keep_image": writer.overlays}
+    actor = {"job": light, "model": model, "revision": revision, "device": pool.device,
+             "dtype": dtype, "threads": pool.threads, "batch_size": batch_size,
+             "load": None if pool.io_tasks else load, "write": not pool.io_tasks,
+             "keep_image": light.writer.overlays}
     ds = ray.data.from_arrow(blocks)
     if pool.io_tasks:
         ds = ds.map_batches(load_batch, fn_kwargs=load, batch_size=rows, num_cpus=1)
@@ -330,7 +221,7 @@ def _run(ray: Any, result: Result, writer: SegmentWriter, names: dict[Path, str]
                         compute=pool.compute(ray),
                         num_cpus=pool.cpus, num_gpus=pool.gpus or None)
     if pool.io_tasks:
-        ds = ds.map_batches(write_batch, fn_kwargs={"writer": writer}, batch_size=rows, num_cpus=1)
+        ds = ds.map_batches(write_batch, fn_kwargs={"job": light}, batch_size=rows, num_cpus=1)
     seen: set[str] = set()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for path, status, error in zip(batch["path"], batch["status"], batch["error"], strict=True):
@@ -349,31 +240,14 @@ def _run(ray: Any, result: Result, writer: SegmentWriter, names: dict[Path, str]
 
 
 # ---------------------------------------------------------------------------- the steps
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _reason(exc: BaseException, path: str) -> str:
-    """An error's one-line reason, without the path it names (the row carries it)."""
-    if isinstance(exc, SlimeError):
-        text = _one_line(exc)
-        return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
-    if isinstance(exc, MemoryError):
-        return "out of memory"
-    kind = type(exc).__name__
-    if "OutOfMemory" in kind:  # torch.cuda.OutOfMemoryError and kin
-        return "out of memory on the device"
-    return f"unexpected {kind}: {_one_line(exc)} (a bug in slimeseg?)"
-
-
 def _column(batch: dict[str, Any], key: str, fill: Any) -> list[Any]:
     return list(batch[key]) if key in batch else [fill] * len(batch["path"])
 
 
-def load_batch(batch: dict[str, np.ndarray], writer: SegmentWriter, skip_done: bool,
+def load_batch(batch: dict[str, np.ndarray], job: SegmentJob, skip_done: bool,
                max_image_pixels: int | None) -> dict[str, np.ndarray]:
     """Step 1: decode each image (or find it already written by an earlier attempt)."""
-    from .io import load_image, set_max_image_pixels
+    from .io import set_max_image_pixels
 
     if max_image_pixels is not None:
         set_max_image_pixels(max_image_pixels or None)
@@ -381,13 +255,13 @@ def load_batch(batch: dict[str, np.ndarray], writer: SegmentWriter, skip_done: b
     images, status, errors = [], [], []
     for path, stem in zip(paths, stems, strict=True):
         image, state, error = _EMPTY_IMAGE, PENDING, ""
-        if skip_done and writer.done(stem):  # a retried batch: this one was written already
+        if skip_done and job.writer.done(stem):  # a retried batch: this one was written already
             state = EXISTS
         else:
             try:
-                image = load_image(path)
+                image = job.read(path)
             except Exception as exc:  # a per-file problem never stops the job
-                state, error = FAILED, _reason(exc, path)
+                state, error = FAILED, reason(exc, path)
         images.append(image)
         status.append(state)
         errors.append(error)
@@ -395,74 +269,69 @@ def load_batch(batch: dict[str, np.ndarray], writer: SegmentWriter, skip_done: b
             "status": _objects(status), "error": _objects(errors)}
 
 
-def write_batch(batch: dict[str, np.ndarray], writer: SegmentWriter) -> dict[str, np.ndarray]:
-    """Step 3: write the predicted rows through the writer; keep only the status columns."""
+def write_batch(batch: dict[str, np.ndarray], job: SegmentJob) -> dict[str, np.ndarray]:
+    """Step 3: write the predicted rows through the job's writer; keep only the status columns."""
     paths, stems = list(batch["path"]), list(batch["name"])
     status, errors = list(batch["status"]), list(batch["error"])
     labels, images = list(batch["labels"]), _column(batch, "image", None)
     todo = [i for i, s in enumerate(status) if s == PENDING]
-    if writer.format == "parquet":
+    if job.writer.format == "parquet":
         try:
-            writer.write_part([(paths[i], stems[i], labels[i]) for i in todo], batch=paths)
+            job.writer.write_part([(paths[i], stems[i], labels[i]) for i in todo], batch=paths)
             for i in todo:
                 status[i] = WRITTEN
         except Exception as exc:
             for i in todo:
-                status[i], errors[i] = FAILED, _reason(exc, paths[i])
+                status[i], errors[i] = FAILED, reason(exc, paths[i])
     else:
         for i in todo:
             try:
-                writer.write(stems[i], images[i], labels[i])
+                job.write(stems[i], images[i], labels[i])
                 status[i] = WRITTEN
             except Exception as exc:
-                status[i], errors[i] = FAILED, _reason(exc, paths[i])
+                status[i], errors[i] = FAILED, reason(exc, paths[i])
     return {"path": _objects(paths), "status": _objects(status), "error": _objects(errors)}
 
 
 class SegmentWorker:
-    """Step 2, one actor of the pool: a `Segmenter` for the artifact, loaded once.
+    """Step 2, one actor of the pool: a `Segmenter` for the job's artifact, loaded once.
 
-    On CPU-only clusters it also runs steps 1 and 3 (`load` and `writer` given), image by image,
-    so images never leave the process.
+    On CPU-only clusters it also runs steps 1 and 3 (`load` given, `write` True), image by
+    image, so images never leave the process.
     """
 
-    def __init__(self, learned: Any, name: str, model: str | None, revision: str | None,
-                 device: str, dtype: str | None, threads: int | None, batch_size: int,
-                 overrides: dict[str, Any], load: dict[str, Any] | None,
-                 writer: SegmentWriter | None, keep_image: bool) -> None:
+    def __init__(self, job: SegmentJob, model: str | None, revision: str | None, device: str,
+                 dtype: str | None, threads: int | None, batch_size: int,
+                 load: dict[str, Any] | None, write: bool, keep_image: bool) -> None:
         for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
             os.environ.setdefault(var, "error")
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        self._model = {"learned": learned, "model": model, "revision": revision, "device": device,
-                       "dtype": dtype, "name": name}
+        self.job = job
+        self._model = {"model": model, "revision": revision, "device": device, "dtype": dtype}
         self._seg: Any = None
-        self.overrides, self.batch_size = overrides, batch_size
-        self.load, self.writer, self.keep_image = load, writer, keep_image
+        self.batch_size = batch_size
+        self.load, self.write, self.keep_image = load, write, keep_image
 
     @property
     def seg(self) -> Any:
         """The Segmenter, loaded for the first image to predict (a batch of inputs that all
         failed to load, as on a re-run of bad files, loads no model)."""
         if self._seg is None:
-            from .segmenter import Segmenter
-
-            m = self._model
-            self._seg = Segmenter.from_learned(m["learned"], m["model"], revision=m["revision"],
-                                               device=m["device"], dtype=m["dtype"], name=m["name"])
+            self._seg = self.job.segmenter(**self._model)
         return self._seg
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.load is None or self.writer is None:  # load and write tasks do the rest
+        if self.load is None or not self.write:  # load and write tasks do the rest
             return self.predict(batch)
         # all three steps here, one UNet batch (by default one image) at a time: one decoded image
         # in memory, not a block of them, and outputs appear steadily
         parts = []
         for start in range(0, len(batch["path"]), self.batch_size):
             chunk = {k: v[start:start + self.batch_size] for k, v in batch.items()}
-            parts.append(write_batch(self.predict(load_batch(chunk, **self.load)), self.writer))
+            parts.append(write_batch(self.predict(load_batch(chunk, **self.load)), self.job))
         return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
     def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -478,18 +347,17 @@ class SegmentWorker:
         for group in groups:
             if len(group) > 1:  # several images per UNet pass (not bitwise the single process's)
                 try:
-                    maps = seg.predict_batch([images[i] for i in group], batch_size=len(group),
-                                             **self.overrides)
-                    for i, m in zip(group, maps, strict=True):
+                    for i, m in zip(group, self.job.predict_many(seg, [images[i] for i in group]),
+                                    strict=True):
                         labels[i] = m
                     continue
                 except Exception:  # find the image at fault one by one
                     pass
             for i in group:
                 try:  # as `slimeseg segment` does: one image, `predict`, the same label map
-                    labels[i] = seg.predict(images[i], **self.overrides)
+                    labels[i] = self.job.predict(seg, images[i])
                 except Exception as exc:  # a per-file problem never stops the job
-                    status[i], errors[i] = FAILED, _reason(exc, paths[i])
+                    status[i], errors[i] = FAILED, reason(exc, paths[i])
                     _free_device_memory()
         out = {"path": _objects(paths), "name": batch["name"], "status": _objects(status),
                "error": _objects(errors), "labels": _objects(labels)}

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import MAX_CLASSES
-from .errors import InputError
+from .errors import InputError, one_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".npy")
@@ -46,7 +46,7 @@ def _open(path: Path, what: str) -> Image.Image:
     except MemoryError:
         raise InputError(f"{path}: {what} is too large to decode in memory") from None
     except Exception as exc:  # Pillow's decoders raise many types on damaged files
-        raise InputError(f"{path}: corrupt or truncated {what} ({_one_line(exc)})") from None
+        raise InputError(f"{path}: corrupt or truncated {what} ({one_line(exc)})") from None
     if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
         warnings.warn(f"{path}: {what} is very large ({img.width}x{img.height} pixels); "
                       "decoding it takes a lot of memory", stacklevel=3)
@@ -55,11 +55,6 @@ def _open(path: Path, what: str) -> Image.Image:
     except Exception:  # a broken EXIF block must not make the pixels unreadable
         pass
     return img
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception's message on one line (some decoders' messages span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
@@ -87,7 +82,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     try:
         arr = _to_uint8_rgb(img)
     except (ValueError, OSError) as exc:  # modes Pillow cannot convert (LAB, HSV, ...)
-        raise InputError(f"{path}: unsupported image mode {img.mode} ({_one_line(exc)})") from None
+        raise InputError(f"{path}: unsupported image mode {img.mode} ({one_line(exc)})") from None
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise InputError(f"{path}: image has no pixels")
     return arr
@@ -155,11 +150,11 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
         try:
             arr = np.load(path, allow_pickle=False)  # never unpickle: a .npy is data, not code
         except ValueError as exc:
-            raise InputError(f"{path}: not a plain numeric .npy array ({_one_line(exc)})") from None
+            raise InputError(f"{path}: not a plain numeric .npy array ({one_line(exc)})") from None
         except MemoryError:
             raise InputError(f"{path}: .npy mask is too large to load") from None
         except Exception as exc:  # numpy's header parser raises several types on damaged files
-            raise InputError(f"{path}: corrupt or truncated .npy file ({_one_line(exc)})") from None
+            raise InputError(f"{path}: corrupt or truncated .npy file ({one_line(exc)})") from None
         if not isinstance(arr, np.ndarray):  # an .npz archive renamed to .npy
             if hasattr(arr, "close"):
                 arr.close()

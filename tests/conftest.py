@@ -18,7 +18,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A tiny SD written with save_pretrained (the same path users' models load through)."""
-    from slimeseg.tiny import save_tiny_sd
+    from slimeseg.synthetic.tiny import save_tiny_sd
 
     return save_tiny_sd(tmp_path_factory.mktemp("tiny-sd"), seed=0)
 
@@ -26,7 +26,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def other_tiny_dir(tmp_path_factory) -> Path:
     """A tiny SD of another configuration (wider), to test the wrong-model error."""
-    from slimeseg.tiny import save_tiny_sd
+    from slimeseg.synthetic.tiny import save_tiny_sd
 
     return save_tiny_sd(tmp_path_factory.mktemp("tiny-sd-wide"), seed=1, width=48)
 
@@ -40,7 +40,7 @@ def segmenter(tiny_dir):
 
 @pytest.fixture(scope="session")
 def scene():
-    from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+    from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 
     image, mask = shapes_scene(0, 256)
     return image, mask, SHAPE_CLASSES

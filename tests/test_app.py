@@ -33,7 +33,7 @@ from slimeseg.app import (  # noqa: E402
     legend_html,
 )
 from slimeseg.errors import SlimeError  # noqa: E402
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
 from slimeseg.writers import palette  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from PIL import Image
 from slimeseg.app import MAX_STEPS, Session, SlimeApp
 from slimeseg.config import MAX_CLASSES, SlimeConfig
 from slimeseg.errors import SlimeError
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 from slimeseg.writers import overlay, palette
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from slimeseg.cli import main
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 
 CLASSES = ",".join(SHAPE_CLASSES)
 

@@ -27,7 +27,7 @@ import slimeseg
 from slimeseg import Segmenter, distributed
 from slimeseg.cli import main
 from slimeseg.io import load_image
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 from slimeseg.writers import label_png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,6 +224,7 @@ def test_worker_in_process_batches_records_failures_and_stops_on_a_bad_model(job
     """SegmentWorker without Ray: several images per UNet pass, per-file failures, a model that
     cannot load (every row 'fatal': the driver stops the job with its reason), found outputs."""
     from slimeseg import Learned
+    from slimeseg.job import SegmentJob
     from slimeseg.writers import SegmentWriter
 
     learned = Learned.load(job.learned)
@@ -232,9 +233,10 @@ def test_worker_in_process_batches_records_failures_and_stops_on_a_bad_model(job
     files = [job.images / f"scene{i:02d}.png" for i in range(5)] + [job.images / "corrupt.png"]
     batch = {"path": distributed._objects([str(f) for f in files]),
              "name": distributed._objects([f.stem for f in files])}
-    options = dict(learned=learned, name="shapes", model=None, revision=None, device="cpu", dtype=None,
-                   threads=None, batch_size=4, overrides={}, keep_image=True, writer=writer,
-                   load={"writer": writer, "skip_done": True, "max_image_pixels": None})
+    planned = SegmentJob(learned, "shapes", writer, inputs=[], names={})  # the rows carry both
+    options = dict(job=planned, model=None, revision=None, device="cpu", dtype=None,
+                   threads=None, batch_size=4, keep_image=True, write=True,
+                   load={"job": planned, "skip_done": True, "max_image_pixels": None})
     out = distributed.SegmentWorker(**options)(batch)
     assert list(out["status"]) == ["written"] * 5 + ["failed"]
     assert out["error"][-1] == "corrupt or truncated image (image file is truncated)"

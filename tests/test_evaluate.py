@@ -18,8 +18,8 @@ from slimeseg.datasets import Sample, load_dataset
 from slimeseg.errors import InputError
 from slimeseg.evaluate import evaluate_learned, format_report
 from slimeseg.reproduce import PAPER_MIOU, reproduce
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
 from slimeseg.splits import kshot_split, seeded_pick
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 
 needs_shared = pytest.mark.skipif(
     not SHARED_DATA.is_dir(), reason=f"shared sample data not found at {SHARED_DATA}")

@@ -107,7 +107,7 @@ def test_one_shot_fit_reaches_quality_floor(segmenter, scene):
 
 
 def test_predict_batch_matches_single(segmenter, scene):
-    from slimeseg.scenes import shapes_scene
+    from slimeseg.synthetic.scenes import shapes_scene
 
     image, mask, classes = scene
     segmenter.fit([image], [mask], classes, **FAST)

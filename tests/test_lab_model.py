@@ -17,7 +17,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from lab.probe import self_attention_stats, top_self_attention_layers
 from lab.train_model import tokenize
-from slimeseg.lab import KIND_CLASSES, World, caption_vocabulary
+from slimeseg.synthetic import KIND_CLASSES, World, caption_vocabulary
 
 ASSET = Path(__file__).parent / "assets" / "lab-sd"
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from lab import quality
-from slimeseg.lab import World
 from slimeseg.metrics import ConfusionMatrix
+from slimeseg.synthetic import World
 
 
 @pytest.fixture(scope="module")

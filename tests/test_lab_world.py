@@ -7,8 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from slimeseg.lab import KIND_CLASSES, World, caption_vocabulary, make_split
-from slimeseg.lab.world import (
+from slimeseg.synthetic import KIND_CLASSES, World, caption_vocabulary, make_split
+from slimeseg.synthetic.tokenizer import build_tokenizer
+from slimeseg.synthetic.world import (
     CAPTION_COLOURS,
     CAR_GROUNDS,
     FACE_BACKDROPS,
@@ -17,7 +18,6 @@ from slimeseg.lab.world import (
     SceneWorld,
     compose,
 )
-from slimeseg.tokenizer import build_tokenizer
 
 KINDS = sorted(KIND_CLASSES)
 

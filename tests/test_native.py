@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from slimeseg import SlimeConfig, inference
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 
 LAB_MODEL = Path(__file__).resolve().parent / "assets" / "lab-sd"
 
@@ -109,7 +109,7 @@ def lab():
     """The lab SD and quality.py's seed-0 1-shot car fit (tiny random models score noise, not colours)."""
     from lab.quality import AUGMENT, TRAIN_POOL, TRAIN_WORLD_SEED
     from slimeseg import Segmenter
-    from slimeseg.lab import World
+    from slimeseg.synthetic import World
 
     seg = Segmenter.from_pretrained(str(LAB_MODEL), device="cpu")
     world = World("car", size=256, seed=TRAIN_WORLD_SEED)
@@ -124,8 +124,8 @@ def test_native_windows_find_parts_on_high_resolution_lab_scenes(lab):
     with the lab SD v3: mIoU 0.180 (aspect kept, one pass: 0.266; squashed: 0.261; all background:
     0.118; v1 scored 0.164 / 0.171 / 0.167). The benchmark found windows do NOT beat one pass on
     the lab SD (README), so this guards the window path against breaking, not a gain."""
-    from slimeseg.lab import World, compose
     from slimeseg.metrics import ConfusionMatrix
+    from slimeseg.synthetic import World, compose
 
     seg, learned = lab
     classes = list(World("car").classes)
@@ -188,7 +188,7 @@ def test_a_12_megapixel_image_stays_within_a_memory_bound(tiny_dir):
     script = f"""
 import json, resource, numpy as np
 from slimeseg import Segmenter
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 seg = Segmenter.from_pretrained({str(tiny_dir)!r}, device="cpu")
 im, m = shapes_scene(0, 64)
 learned = seg.fit([im], [m], SHAPE_CLASSES, steps=1, image_size=64, progress=False)

@@ -19,7 +19,7 @@ import torch
 from lab.fullsize import build_full_sd, fake_prompts
 from lab.precision import compare
 from slimeseg import Segmenter
-from slimeseg.lab import World
+from slimeseg.synthetic import World
 
 LAB = Path(__file__).parent / "assets" / "lab-sd"
 

@@ -8,7 +8,7 @@ import torch
 from slimeseg import Learned, Segmenter
 from slimeseg.cli import main
 from slimeseg.errors import ArtifactError, InputError
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 
 FAST = dict(image_size=64, progress=False, augment=False)
 

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 
 from slimeseg import Segmenter, SlimeConfig
-from slimeseg.lab import World
+from slimeseg.synthetic import World
 
 ASSETS = Path(__file__).parent / "assets"
 RECORDED = ASSETS / "regression" / "lab-car-1shot-seed0.safetensors"

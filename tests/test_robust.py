@@ -25,7 +25,7 @@ from slimeseg import Learned
 from slimeseg.cli import main
 from slimeseg.errors import InputError
 from slimeseg.io import load_image, load_mask
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 from slimeseg.writers import output_names, safe_stem
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import torch
 from slimeseg import Learned, SlimeConfig
 from slimeseg.errors import InputError
 from slimeseg.examples import prepare_examples
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 from slimeseg.training import LossScale, TrainingJob, split_validation, validate
 
 FAST = dict(image_size=64, progress=False, augment=False)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from slimeseg.errors import InputError
-from slimeseg.scenes import SHAPE_CLASSES, shapes_scene
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 from slimeseg.writers import (
     SegmentWriter,
     atomic_path,

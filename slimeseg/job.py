@@ -1,0 +1,316 @@
+"""The one segment job: inputs in, label maps (and overlays) out, resumable, with per-input errors.
+
+`segment(learned, inputs, out)` is `slimeseg segment`. Every front end goes through the pieces
+here, so an input kind or an output format is added in one place:
+
+    list_inputs     folders, image files, globs, .txt / .lst lists, Parquet lists -> paths
+    SegmentJob      the artifact, the writer, each input's output name, what is already done;
+                    its three steps for one input: `read`, `predict`, `write`
+    Result          what a run did; `summary()` is the line the CLI prints
+
+The CLI runs the steps in one process (`segment`), the app on its uploads (`SegmentJob.run`),
+and the Ray workers (`distributed`) as separate tasks per batch. A problem with one input
+(unreadable, corrupt, too large, out of memory) becomes that input's row in `errors.jsonl`
+(`{"path": ..., "error": ...}` per line, replaced by each run) and never stops the job; outputs
+are written atomically, and a re-run skips inputs whose outputs all exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob as _glob
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .artifact import Learned
+from .config import SlimeConfig
+from .errors import InputError, one_line, reason
+from .io import IMAGE_EXTENSIONS, list_images, load_image
+from .writers import SegmentWriter
+
+log = logging.getLogger(__name__)
+
+LIST_SUFFIXES = (".txt", ".lst")  # a text file listing one image path per line
+PARQUET_HINT = "pip install 'slimeseg[ray]'"
+
+Inputs = str | os.PathLike | Iterable[str | os.PathLike]
+
+
+# ---------------------------------------------------------------------------- inputs
+def list_inputs(items: Inputs) -> list[Path]:
+    """Absolute image paths, each once, in the order given.
+
+    An item is a folder (its images, sorted by name), an image file, a glob (`photos/**/*.jpg`,
+    recursive with `**`), a text file (`.txt`, `.lst`) listing one path per line (blank lines
+    and `#` comments skipped), or a Parquet file with a `path` column. Paths in a list are
+    relative to the list's folder and are not checked here: a missing or unreadable one becomes
+    that input's error when it is read.
+    """
+    if isinstance(items, (str, os.PathLike)):
+        items = [items]
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += [str(q) for q in list_images(p)]
+        elif p.is_file():
+            suffix = p.suffix.lower()
+            if suffix in LIST_SUFFIXES:
+                out += _read_text_list(p)
+            elif suffix == ".parquet":
+                out += _read_parquet_list(p)
+            elif suffix in IMAGE_EXTENSIONS:
+                out.append(str(p))
+            else:
+                raise InputError(f"{p}: not an image, a folder, or a list of images "
+                                 f"({', '.join(IMAGE_EXTENSIONS)}; {', '.join(LIST_SUFFIXES)} or "
+                                 ".parquet with a 'path' column)")
+        elif any(c in str(item) for c in "*?["):
+            matches = sorted(m for m in _glob.glob(str(item), recursive=True)
+                             if Path(m).suffix.lower() in IMAGE_EXTENSIONS and Path(m).is_file())
+            if not matches:
+                raise InputError(f"{item}: no image matches this pattern")
+            out += matches
+        else:
+            raise InputError(f"{p}: no such file or directory")
+    return [Path(q) for q in dict.fromkeys(os.path.abspath(q) for q in out)]
+
+
+def _read_text_list(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read this list of images ({exc})") from None
+    entries = [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
+    return [os.path.join(path.parent, e) for e in entries]
+
+
+def _read_parquet_list(path: Path) -> list[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(f"{path}: reading a Parquet list needs pyarrow ({PARQUET_HINT})") from None
+    try:
+        schema = pq.read_schema(path)
+        if "path" not in schema.names:
+            raise InputError(f"{path}: a Parquet list of images needs a 'path' column "
+                             f"(it has {', '.join(schema.names) or 'none'})")
+        column = pq.read_table(path, columns=["path"]).column("path").to_pylist()
+    except InputError:
+        raise
+    except Exception as exc:  # pyarrow raises several types on damaged files
+        raise InputError(f"{path}: not a readable Parquet file ({one_line(exc)})") from None
+    return [os.path.join(path.parent, str(e)) for e in column if e]
+
+
+# ---------------------------------------------------------------------------- the result
+@dataclass
+class Result:
+    """What a run did; `summary()` is the final line the CLI prints."""
+
+    out_dir: Path
+    inputs: int  # inputs listed
+    skipped: int = 0  # already finished before this run
+    segmented: int = 0  # finished by this run
+    predicted: int = 0  # of those, predicted and written by this run (not found done by a retry)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
+    seconds: float = 0.0  # the whole call, loading the model (or starting the workers) included
+    workers: int = 0  # Ray actors in the pool (0: one process, or nothing to do)
+    errors_file: Path | None = None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.segmented / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        on = f" on {self.workers} Ray worker(s)" if self.workers else ""
+        return (f"segmented {self.segmented} image(s) into {self.out_dir} in {self.seconds:.1f} s "
+                f"({self.images_per_s:.2f} images/s){on}"
+                + (f", skipped {self.skipped} already done" if self.skipped else "")
+                + (f", {len(self.failed)} failed (listed in {self.errors_file})" if self.failed else ""))
+
+
+# ---------------------------------------------------------------------------- the job
+Reader = Callable[[Path], np.ndarray]
+
+
+@dataclass
+class SegmentJob:
+    """One output folder's job: the artifact, the writer and each input's output name.
+
+    Holds only data (the artifact, paths, settings), so it can be copied to worker processes.
+    `plan` builds it on the driver; `read`, `predict` and `write` are the steps of one input.
+    """
+
+    learned: Learned
+    name: str  # the artifact as the user named it (its file), for messages
+    writer: SegmentWriter
+    inputs: list[Path]
+    names: dict[Path, str]  # input -> output stem
+    overrides: dict[str, Any] = field(default_factory=dict)  # SlimeConfig settings for predict
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (input, reason) refused at listing
+
+    @classmethod
+    def plan(cls, learned: Learned | str | os.PathLike, inputs: Inputs, out: str | os.PathLike, *,
+             format: str = "png", overlays: bool = True, overrides: dict[str, Any] | None = None,
+             each: bool = False) -> SegmentJob:
+        """List the inputs and name their outputs; bad settings and (unless `each`) a bad input
+        or two inputs that would write the same file are one-line InputErrors, before any model
+        loads. With `each` (the app's uploads) such an input is refused alone (`refused`)."""
+        name = str(learned) if isinstance(learned, (str, os.PathLike)) else "embeddings"
+        art = learned if isinstance(learned, Learned) else Learned.load(learned)
+        overrides = dict(overrides or {})
+        try:
+            SlimeConfig.from_dict(art.config).replace(**overrides)  # bad settings fail here, once
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"bad setting: {exc}") from None
+        writer = SegmentWriter(Path(os.path.abspath(out)), art.classes, overlays=overlays,
+                               format=format, info={"model": art.model_id, "embeddings": name})
+        if not each:
+            paths = list_inputs(inputs)
+            return cls(art, name, writer, paths, writer.names(paths), overrides)
+        paths, refused = [], []
+        for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs):
+            try:
+                listed = [p for p in list_inputs(item) if p not in paths]
+                writer.names([*paths, *listed])  # refuses a clash with an earlier input
+            except InputError as exc:
+                refused.append((os.path.abspath(item), reason(exc, str(Path(item)))))
+                continue
+            paths += listed
+        return cls(art, name, writer, paths, writer.names(paths), overrides, refused)
+
+    # ------------------------------------------------------------ the steps of one input
+    @staticmethod
+    def read(path: str | os.PathLike) -> np.ndarray:
+        """Step 1: decode an input (EXIF orientation applied, any mode to RGB): (H, W, 3) uint8."""
+        return load_image(path)
+
+    def predict(self, segmenter: Any, image: np.ndarray) -> np.ndarray:
+        """Step 2: its label map (H, W) uint8, at the image's own size."""
+        return segmenter.predict(image, self.learned, **self.overrides)
+
+    def predict_many(self, segmenter: Any, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Step 2 for several images in one UNet pass (faster on GPUs; a few pixels may differ
+        from `predict`'s, batched arithmetic being what it is)."""
+        return segmenter.predict_batch(list(images), self.learned, batch_size=len(images),
+                                       **self.overrides)
+
+    def write(self, stem: str, image: np.ndarray, labels: np.ndarray) -> list[Path]:
+        """Step 3: the outputs of the input named `stem` (`names`), atomically; the label map
+        goes last, so its presence means the input is done."""
+        return self.writer.write(stem, image, labels)
+
+    def without_inputs(self) -> SegmentJob:
+        """This job less its input list: what each worker needs (rows carry path and name)."""
+        return dataclasses.replace(self, inputs=[], names={}, refused=[])
+
+    # ------------------------------------------------------------ the run
+    def prepare(self) -> int:
+        """Create the output folder, write classes.json, remove a killed run's temp files."""
+        removed = self.writer.prepare()
+        if removed:
+            log.info("removed %d temp file(s) left by an interrupted run in %s", removed,
+                     self.writer.out_dir)
+        return removed
+
+    def todo(self, overwrite: bool = False) -> list[Path]:
+        """The inputs still to do (all with `overwrite`), from one listing of the output folder."""
+        done = set() if overwrite else self.writer.finished(self.names)
+        return [p for p in self.inputs if p not in done]
+
+    def record_errors(self, failed: Sequence[tuple[str, str]]) -> Path | None:
+        """`errors.jsonl` (or `errors.parquet`) lists this run's failures, replacing an earlier
+        run's list; a run without failures removes it, so it always tells about the last run."""
+        if failed:
+            return self.writer.write_errors(failed)
+        self.writer.errors_file.unlink(missing_ok=True)
+        return None
+
+    def segmenter(self, model: str | None = None, revision: str | None = None,
+                  device: str | None = None, dtype: str | None = None) -> Any:
+        """A Segmenter for the artifact: its own model unless `model` says otherwise."""
+        from .segmenter import Segmenter
+
+        return Segmenter.from_learned(self.learned, model, revision=revision, device=device,
+                                      dtype=dtype, name=self.name)
+
+    def run(self, segmenter: Any | None = None, *, load: Callable[[], Any] | None = None,
+            overwrite: bool = False, progress: bool = True, read: Reader | None = None,
+            on_error: Callable[[str, str], None] | None = None,
+            on_result: Callable[[Path, np.ndarray, np.ndarray], None] | None = None) -> Result:
+        """Segment every input still to do in this process, one image at a time.
+
+        `segmenter`: the Segmenter to use, or None for `load()`'s (called only if there is work).
+        `read`: step 1 (default `read`; the app adds its size limit). `on_error(path, reason)`
+        and `on_result(path, image, labels)` see each input as it finishes. Writes
+        `errors.jsonl` and returns the Result (its `seconds` from this call).
+        """
+        t0 = time.perf_counter()
+        self.prepare()
+        todo = self.todo(overwrite)
+        result = Result(self.writer.out_dir, len(self.inputs) + len(self.refused),
+                        skipped=len(self.inputs) - len(todo))
+        for path, why in self.refused:
+            result.failed.append((path, why))
+            if on_error is not None:
+                on_error(path, why)
+        seg = segmenter if segmenter is not None or not todo or load is None else load()
+        read = read or self.read
+        for path in tqdm(todo, desc="segment", unit="img", disable=not progress, dynamic_ncols=True):
+            try:
+                image = read(path)
+                labels = self.predict(seg, image)
+                self.write(self.names[path], image, labels)
+            except Exception as exc:  # one input's problem never stops the job
+                why = reason(exc, str(path))
+                result.failed.append((str(path), why))
+                if on_error is not None:
+                    on_error(str(path), why)
+                continue
+            result.segmented += 1
+            result.predicted += 1
+            if on_result is not None:
+                on_result(path, image, labels)
+        result.errors_file = self.record_errors(result.failed)
+        result.seconds = time.perf_counter() - t0
+        return result
+
+
+def segment(learned: Learned | str | os.PathLike, inputs: Inputs, out: str | os.PathLike, *,
+            format: str = "png", overlays: bool = True, overwrite: bool = False,
+            model: str | None = None, revision: str | None = None, device: str | None = None,
+            dtype: str | None = None, progress: bool = True,
+            echo: Callable[[str], Any] | None = print, **overrides: Any) -> Result:
+    """Segment `inputs` (see `list_inputs`) with `learned` (an artifact or its file) into `out`.
+
+    `format`: "png" (label maps `NAME.png`, overlays `NAME.overlay.png` unless `overlays=False`)
+    or "parquet" (`out/labels/part-*.parquet`). `model`, `revision`, `device`, `dtype`: the
+    Segmenter's (default: the artifact's own model); `overrides`: SlimeConfig settings for
+    predict. Each failure is printed to stderr as `error: PATH: REASON` as it happens, and the
+    summary line through `echo` at the end (None: silent).
+    """
+    t0 = time.perf_counter()
+    if format != "png":  # Parquet parts are written per batch of rows, on the Ray path
+        raise InputError(f"--format {format} goes with --ray")
+    job = SegmentJob.plan(learned, inputs, out, format=format, overlays=overlays,
+                          overrides=overrides)
+
+    def warn(path: str, why: str) -> None:
+        print(f"error: {path}: {why}", file=sys.stderr)
+
+    result = job.run(load=lambda: job.segmenter(model, revision, device, dtype),
+                     overwrite=overwrite, progress=progress, on_error=None if echo is None else warn)
+    result.seconds = time.perf_counter() - t0
+    if echo is not None:
+        echo(result.summary())
+    return result
