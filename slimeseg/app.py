@@ -388,10 +388,7 @@ class SlimeApp:
         if path.suffix.lower() != ".safetensors":
             raise SlimeError(f"{path.name}: not a .safetensors file made by slimeseg")
         learned = Learned.load(path)
-        if learned.fingerprint != self.segmenter.sd.fingerprint:
-            raise SlimeError(f"{path.name}: made with model '{learned.model_id}', which differs "
-                             f"from the model this app runs ('{self.segmenter.sd.model_id}'); start "
-                             f"the app with --model {learned.model_id}")
+        learned.check_fits(self.segmenter.sd, path.name, hint=f"start the app with --model {learned.model_id}")
         dest = sess.workdir() / path.name
         shutil.copyfile(path, dest)
         sess.rounds = [*sess.rounds, str(dest)]

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,14 +23,18 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import MAX_CLASSES, SlimeConfig
 from .errors import ArtifactError
+from .models import LayerPlan
 from .writers import atomic_path
+
+if TYPE_CHECKING:
+    from .models import StableDiffusion
 
 FORMAT_VERSION = 1
 _KIND = "slimeseg.learned"
 _REQUIRED = {"format": str, "format_version": int, "classes": list, "model_id": str,
              "fingerprint": str, "config": dict}
 _OPTIONAL = (("revision", str, "a string or null"), ("image_hashes", list, "a list"),
-             ("history", dict, "an object"), ("lineage", list, "a list"))
+             ("history", dict, "an object"), ("lineage", list, "a list"), ("layers", dict, "an object"))
 
 
 def image_hash(image: np.ndarray) -> str:
@@ -58,11 +62,36 @@ class Learned:
     history: dict[str, Any] = field(default_factory=dict)  # losses, steps done, timings
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # optimiser/RNG for resume
     lineage: list[dict[str, Any]] = field(default_factory=list)  # one entry per training round
+    layers: dict[str, Any] | None = None  # the attention layers it was made with (LayerPlan.to_dict)
     format_version: int = FORMAT_VERSION
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def check_fits(self, sd: StableDiffusion, name: str | os.PathLike = "embeddings",
+                   hint: str | None = None) -> None:
+        """Refuse, in one line naming `name` and both models, embeddings that do not fit `sd`:
+        made with a model of other configs, of another width, or on layers it does not have.
+        `hint` says what to do instead (default: load their model)."""
+        hint = hint or f"load '{self.model_id}' instead"
+        if self.fingerprint != sd.fingerprint:
+            raise ArtifactError(f"{name}: learned with model '{self.model_id}', but the model in use "
+                                f"is '{sd.model_id}' (their configs differ); {hint}")
+        if self.context.shape[-1] != sd.context_dim:
+            raise ArtifactError(f"{name}: embeddings have width {self.context.shape[-1]}, model "
+                                f"'{sd.model_id}' needs {sd.context_dim}; {hint}")
+        from .attention import attention_layers
+
+        missing = set(self.layer_plan(sd).roles()) - set(attention_layers(sd.unet))
+        if missing:
+            raise ArtifactError(f"{name}: made on attention layers model '{sd.model_id}' does not "
+                                f"have ({sorted(missing)[0]}, ...); {hint}")
+
+    def layer_plan(self, sd: StableDiffusion) -> LayerPlan:
+        """The layers these embeddings are read through: the ones recorded when they were made;
+        for artifacts from before layers were recorded, the model's plan by today's rule."""
+        return LayerPlan.from_dict(self.layers) if self.layers is not None else sd.plan
 
     def digest(self) -> str:
         """sha256 of what the embeddings are: the context, the classes and the model fingerprint
@@ -77,7 +106,7 @@ class Learned:
             "format": _KIND, "format_version": self.format_version, "classes": self.classes,
             "model_id": self.model_id, "revision": self.revision, "fingerprint": self.fingerprint,
             "config": self.config, "image_hashes": self.image_hashes, "history": self.history,
-            "lineage": self.lineage,
+            "lineage": self.lineage, "layers": self.layers,
             "slimeseg_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -130,7 +159,7 @@ class Learned:
                    fingerprint=meta["fingerprint"], config=meta["config"], revision=meta.get("revision"),
                    image_hashes=list(meta.get("image_hashes") or []), uncond=tensors.get("uncond"),
                    history=dict(meta.get("history") or {}), state=state,
-                   lineage=list(meta.get("lineage") or []),
+                   lineage=list(meta.get("lineage") or []), layers=meta.get("layers"),
                    format_version=meta["format_version"])
 
 
@@ -154,6 +183,11 @@ def _validate(meta: Any, path: Path) -> None:
         raise ArtifactError(f"{path}: metadata field 'lineage' must be a list of objects")
     if not all(isinstance(h, str) for h in meta.get("image_hashes") or []):
         raise ArtifactError(f"{path}: metadata field 'image_hashes' must be a list of strings")
+    if meta.get("layers") is not None:
+        try:
+            LayerPlan.from_dict(meta["layers"])
+        except ValueError as exc:
+            raise ArtifactError(f"{path}: metadata field 'layers' is malformed ({exc})") from None
     _validate_config(meta["config"], path)
 
 

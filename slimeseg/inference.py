@@ -63,7 +63,7 @@ def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: Sl
     noise = torch.randn(latents.shape[1:], generator=gen).expand_as(latents)  # one noise for all
     t = torch.full((latents.shape[0],), cfg.t_test, dtype=torch.long, device=sd.device)
     context = learned.context[None].to(sd.device).expand(latents.shape[0], -1, -1)  # (B, 77, D)
-    with capture(sd.unet, sd.plan.roles(), store):
+    with capture(sd.unet, learned.layer_plan(sd).roles(), store):
         sd.denoise(latents, noise, t, context)
     return store
 

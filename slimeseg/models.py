@@ -14,6 +14,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -27,16 +28,38 @@ log = logging.getLogger(__name__)
 _VOLATILE_KEYS = {"transformers_version", "torch_dtype", "dtype", "architectures", "use_cache"}
 
 
+LAYER_RULE = 1  # the version of `plan_layers`' rule; artifacts record it with the layer names
+
+
 @dataclass
 class LayerPlan:
-    """Which attention processors give SLiMe's maps, by processor name."""
+    """Which attention processors give SLiMe's maps, by processor name.
+
+    An artifact records its plan (`to_dict`), so a later change of `plan_layers`' rule can never
+    silently change what saved embeddings mean: they are always read through their own layers.
+    """
 
     cross: list[str]  # attn2 layers whose class-token scores form A_ca
     self_: list[str]  # attn1 layers whose attention forms the WAS maps (latent resolution)
+    rule: int = LAYER_RULE  # the rule that chose them
 
     def roles(self) -> dict[str, str]:
         """Processor name -> "cross" | "self" for every captured layer."""
         return {**{n: "cross" for n in self.cross}, **{n: "self" for n in self.self_}}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as an artifact's metadata records it."""
+        return {"rule": self.rule, "cross": list(self.cross), "self": list(self.self_)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerPlan:
+        """A recorded plan (`to_dict`); raises ValueError if it is malformed."""
+        cross, self_, rule = data.get("cross"), data.get("self"), data.get("rule")
+        ok = (isinstance(rule, int) and all(isinstance(x, list) and x and all(isinstance(n, str) for n in x)
+                                            for x in (cross, self_)))
+        if not ok:
+            raise ValueError("layers must be {'rule': int, 'cross': [names], 'self': [names]}")
+        return cls(cross=list(cross), self_=list(self_), rule=rule)
 
 
 def plan_layers(unet: nn.Module) -> LayerPlan:

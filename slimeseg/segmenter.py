@@ -18,7 +18,7 @@ import torch
 from . import inference, training
 from .artifact import Learned
 from .config import DEFAULT_MODEL, SlimeConfig
-from .errors import ArtifactError, InputError, TrainingError
+from .errors import InputError, TrainingError
 from .examples import ImageLike, input_name, prepare_examples
 from .io import as_image_array
 from .models import StableDiffusion, load_stable_diffusion
@@ -64,26 +64,18 @@ class Segmenter:
         return seg
 
     # ------------------------------------------------------------------ learned embeddings
-    def set_learned(self, learned: Learned) -> None:
-        """Use these embeddings for `predict`; refuses embeddings made for another model."""
-        if learned.fingerprint != self.sd.fingerprint:
-            raise ArtifactError(
-                f"embeddings were learned with model '{learned.model_id}' but the loaded model is "
-                f"'{self.sd.model_id}' (their configs differ); load '{learned.model_id}' instead")
-        if learned.context.shape[-1] != self.sd.context_dim:
-            raise ArtifactError(f"embeddings have width {learned.context.shape[-1]}, model "
-                                f"'{self.sd.model_id}' needs {self.sd.context_dim}")
+    def set_learned(self, learned: Learned, name: str | os.PathLike = "embeddings") -> None:
+        """Use these embeddings for `predict`; refuses (naming `name`) embeddings that do not fit
+        the model (`Learned.check_fits`)."""
+        learned.check_fits(self.sd, name)
         if learned.model_id != self.sd.model_id:
             log.warning("embeddings were learned with '%s'; using them with '%s' (same architecture)",
                         learned.model_id, self.sd.model_id)
         self.learned = learned
 
     def use(self, learned: Learned, name: str | os.PathLike = "embeddings") -> Learned:
-        """`set_learned`, with a refusal that names the file the embeddings came from."""
-        try:
-            self.set_learned(learned)
-        except ArtifactError as exc:
-            raise ArtifactError(f"{name}: {exc}") from None
+        """`set_learned`, returning the embeddings."""
+        self.set_learned(learned, name)
         return learned
 
     def load(self, path: str | os.PathLike) -> Learned:
@@ -148,7 +140,8 @@ class Segmenter:
 
     def predict_scores(self, image: ImageLike, learned: Learned | None = None,
                        config: SlimeConfig | None = None, **overrides: Any) -> torch.Tensor:
-        """Per-class scores (K, H, W) at the image's own size (argmax gives the labels)."""
+        """Per-class scores (K, H, W) at the image's own size, for users who want them (argmax
+        gives `predict`'s labels; K x H x W floats: `predict` never holds them)."""
         learned = self._require_learned(learned)
         cfg = self._predict_config(learned, config, overrides)
         arr = as_image_array(image, input_name(image, "image", 0))
@@ -156,8 +149,15 @@ class Segmenter:
 
     def predict(self, image: ImageLike, learned: Learned | None = None,
                 config: SlimeConfig | None = None, **overrides: Any) -> np.ndarray:
-        """Label map (H, W) uint8 of class indices at the input image's own size."""
-        return inference.labels_of(self.predict_scores(image, learned, config, **overrides))
+        """Label map (H, W) uint8 of class indices at the input image's own size.
+
+        The scores are upsampled and argmax-ed in bands of rows (`inference.labels_at`), so the
+        full (K, H, W) scores of a large image are never held.
+        """
+        learned = self._require_learned(learned)
+        cfg = self._predict_config(learned, config, overrides)
+        arr = as_image_array(image, input_name(image, "image", 0))
+        return inference.labels_at(inference.low_res_scores(self.sd, arr, learned, cfg), arr.shape[:2])
 
     def predict_batch(self, images: Sequence[ImageLike], learned: Learned | None = None,
                       batch_size: int = 4, config: SlimeConfig | None = None,

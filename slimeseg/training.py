@@ -30,11 +30,11 @@ from .artifact import Learned
 from .attention import AttentionStore, capture
 from .augment import augment, resize_pair
 from .config import SlimeConfig
-from .errors import ArtifactError, InputError, TrainingError
+from .errors import InputError, TrainingError
 from .examples import Example
 from .losses import ce_loss, class_weights, ldm_loss, mse_loss
 from .metrics import image_confusion, iou_from_confusion
-from .models import StableDiffusion
+from .models import LayerPlan, StableDiffusion
 
 # callback(step, total_steps, losses) -> False to stop early (keeping the result so far)
 Callback = Callable[[int, int, dict[str, float]], bool | None]
@@ -132,10 +132,7 @@ def check_init(init: Learned, classes: Sequence[str], sd: StableDiffusion,
                name: str | os.PathLike = "the embeddings to continue") -> None:
     """Refuse a warm start that cannot work: another model, or classes that are not the
     artifact's own (optionally followed by new ones). Errors name `name` and both sides."""
-    if init.fingerprint != sd.fingerprint:
-        raise ArtifactError(f"{name}: learned with model '{init.model_id}', but this run uses "
-                            f"'{sd.model_id}' (their configs differ); continue it with --model "
-                            f"{init.model_id}")
+    init.check_fits(sd, name, hint=f"continue it with --model {init.model_id}")
     old, classes = list(init.classes), list(classes)
     if classes[:len(old)] != old:
         raise InputError(f"{name}: has classes [{', '.join(old)}]; a warm start needs the same "
@@ -174,6 +171,7 @@ class TrainingJob:
     validation: list[Example] = field(default_factory=list)  # what picks the best step
     start: torch.Tensor | None = None  # (K-1, D) first embeddings (default: the prompt's rows)
     parent: Learned | None = None  # the artifact a warm start continues
+    plan: LayerPlan | None = None  # the captured layers: the parent's own, else the model's
     latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
@@ -191,7 +189,8 @@ class TrainingJob:
         uncond = sd.encode_prompt("").to(sd.device) if cfg.ldm_guidance else None
         store = AttentionStore(k, cls.latent_hw(cfg), want_was=cfg.use_was and cfg.use_mse,
                                values_fn=maps.train_values)
-        return cls(sd, examples, list(classes), cfg, base, uncond, store, val, start, init)
+        plan = init.layer_plan(sd) if init is not None else sd.plan
+        return cls(sd, examples, list(classes), cfg, base, uncond, store, val, start, init, plan)
 
     @staticmethod
     def latent_hw(cfg: SlimeConfig) -> tuple[int, int]:
@@ -282,7 +281,7 @@ class TrainState:
                           fingerprint=job.sd.fingerprint, config=job.cfg.to_dict(),
                           revision=job.sd.revision, image_hashes=[e.sha256 for e in job.examples],
                           uncond=None if job.uncond is None else job.uncond[0].cpu(), history=history,
-                          lineage=job.lineage(self.step))
+                          lineage=job.lineage(self.step), layers=job.plan.to_dict())
         if self.step < job.total and not (final and "stopped_early_at" in self.history):
             learned.state = self.resume_tensors()  # steps remain: this can be continued
         return learned
@@ -317,8 +316,7 @@ class TrainState:
             raise InputError(f"checkpoint classes {checkpoint.classes} differ from {job.classes}")
         if checkpoint.image_hashes and checkpoint.image_hashes != [e.sha256 for e in job.examples]:
             raise InputError("checkpoint was made with other training images; cannot resume")
-        if checkpoint.fingerprint != job.sd.fingerprint:
-            raise ArtifactError(f"checkpoint is for model '{checkpoint.model_id}', not '{job.sd.model_id}'")
+        checkpoint.check_fits(job.sd, "checkpoint", hint=f"resume it with --model {checkpoint.model_id}")
         if not checkpoint.state:
             raise InputError("this file holds finished embeddings, not a resumable checkpoint")
         parent = checkpoint.lineage[-1].get("parent") if checkpoint.lineage else None
@@ -444,7 +442,8 @@ def validate(job: TrainingJob, state: TrainState) -> float:
     k = job.num_classes
     learned = Learned(context=with_classes(state.trainable.detach(), job.base)[0].float().cpu(),
                       classes=list(job.classes), model_id=job.sd.model_id,
-                      fingerprint=job.sd.fingerprint, config=job.cfg.to_dict())
+                      fingerprint=job.sd.fingerprint, config=job.cfg.to_dict(),
+                      layers=job.plan.to_dict())
     images = [(ex.image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy() for ex in job.validation]
     preds = inference.predict_labels(job.sd, images, learned, job.cfg, batch_size=4)
     scores = []
@@ -489,7 +488,7 @@ def fit(sd: StableDiffusion, examples: list[Example], classes: Sequence[str], cf
                dynamic_ncols=True)
     try:
         # the capture processors stay installed for all steps (per-step installs cost host time)
-        with capture(sd.unet, sd.plan.roles(), job.store):
+        with capture(sd.unet, job.plan.roles(), job.store):
             _validate_if_due(job, state)  # a resumed run may stop right before its validation
             while state.step < job.total:
                 # 1.-5. one step

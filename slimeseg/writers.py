@@ -49,6 +49,7 @@ CLASSES_FILE = "classes.json"
 PARQUET_DIR = "labels"  # format="parquet": the dataset's folder inside the output folder
 ERRORS_FILES = {"png": "errors.jsonl", "parquet": "errors.parquet"}
 FORMATS = tuple(ERRORS_FILES)
+OVERLAY_BAND_PIXELS = 1 << 20  # overlays are drawn ~1 M pixels (a band of rows) at a time
 _TEMP = re.compile(r"\.(.+\.png|classes\.json|.+\.zip|.+\.jsonl?|.+\.parquet)\.[^.]+\.tmp")  # atomic_path's
 
 
@@ -76,21 +77,37 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45,
     The image is first desaturated and lightened, so a class colour stands out even on an object
     of that very colour; each foreground region then gets a fill at `alpha` and an outline of
     `outline` px (default: about 1/150 of the shorter side, at least 1) in full colour, with a
-    one-pixel dark edge on its outer side. Background stays as the (lightened) image.
+    one-pixel dark edge on its outer side. Background stays as the (lightened) image. Drawn in
+    bands of rows (each with a margin as wide as the outline), so a 12 MP image needs tens of
+    MB of float scratch, not GBs; the result is the same as one whole-image pass.
     """
     h, w = labels.shape
     colors = palette(int(labels.max()) + 1 if labels.size else 1).astype(np.float32)
+    width = outline if outline is not None else max(1, round(min(h, w) / 150))
+    out = np.empty((h, w, 3), np.uint8)
+    band, margin = max(16, OVERLAY_BAND_PIXELS // max(w, 1)), width + 1
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        a0, a1 = max(0, y0 - margin), min(h, y1 + margin)  # the band with its margin
+        drawn = _overlay_rows(image[a0:a1], labels[a0:a1], colors, alpha, width)  # (a1-a0, W, 3)
+        out[y0:y1] = drawn[y0 - a0:y1 - a0]
+    return out
+
+
+def _overlay_rows(image: np.ndarray, labels: np.ndarray, colors: np.ndarray, alpha: float,
+                  width: int) -> np.ndarray:
+    """`overlay` of a band of rows: (h, W, 3) uint8 (its first and last `width` + 1 rows are only
+    right at the image's own edges; `overlay` keeps the inner rows)."""
     img = image.astype(np.float32)
-    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)  # (H, W)
+    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)  # (h, W)
     base = 0.35 * img + 0.65 * grey[..., None]  # mostly grey
     base = 0.75 * base + 0.25 * 255.0  # lighter
-    fg = labels > 0  # (H, W)
+    fg = labels > 0  # (h, W)
     out = np.where(fg[..., None], (1 - alpha) * base + alpha * colors[labels], base)
-    width = outline if outline is not None else max(1, round(min(h, w) / 150))
     # a pixel is on a region's border if a neighbour within `width` has another label
     lo = ndimage.grey_erosion(labels, size=2 * width + 1, mode="nearest")
     hi = ndimage.grey_dilation(labels, size=2 * width + 1, mode="nearest")
-    border = (lo != labels) | (hi != labels)  # (H, W)
+    border = (lo != labels) | (hi != labels)  # (h, W)
     inner = border & fg
     out[inner] = colors[labels[inner]]
     # the dark edge: background pixels right next to a region
