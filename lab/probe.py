@@ -17,9 +17,12 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
+from slimeseg.attention import explicit_attention, finish, project
+
 
 class ProbeProcessor:
-    """Attention computed explicitly so its probabilities can be kept (SDPA never forms them)."""
+    """Attention computed explicitly so its probabilities can be kept (SDPA never forms them):
+    the engine's own input projection, explicit attention and output projection."""
 
     def __init__(self, store: dict[str, torch.Tensor], name: str) -> None:
         self.store, self.name = store, name
@@ -33,30 +36,12 @@ class ProbeProcessor:
         temb: torch.Tensor | None = None,
         **kw: object,
     ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        key, value = attn.to_k(context), attn.to_v(context)
-        query, key, value = (attn.head_to_batch_dim(x) for x in (query, key, value))
-        probs = attn.get_attention_scores(query, key, None)  # (batch * heads, queries, keys)
-        self.store[self.name] = probs.view(-1, attn.heads, *probs.shape[1:]).detach()
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        if attention_mask is not None:
+            raise NotImplementedError("the probe supports SD 1.x/2.x transformer blocks only")
+        q, k, v = project(attn, hidden_states, encoder_hidden_states)  # (B, H, N, d), (B, H, M, d)
+        out, probs = explicit_attention(q, k, v, attn.scale)  # probs (B, H, N, M)
+        self.store[self.name] = probs.detach()
+        return finish(attn, out, hidden_states)
 
 
 def top_self_attention_layers(unet: UNet2DConditionModel) -> list[str]:

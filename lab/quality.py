@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from slimeseg import Segmenter, SlimeConfig, __version__
+from slimeseg import Learned, Segmenter, SlimeConfig, __version__
 from slimeseg.metrics import ConfusionMatrix
 from slimeseg.synthetic import World
 from slimeseg.writers import write_json
@@ -52,16 +52,32 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 
 LAB_MODEL = ROOT / "tests" / "assets" / "lab-sd"
-TRAIN_WORLD_SEED, TEST_WORLD_SEED = 0, 1  # held-out images come from another world seed
+# The lab SD was pretrained on world seed 0. quality.py draws examples and held-out images from
+# worlds it never saw (UNSEEN_WORLDS), as a user's would; `--worlds 0,1` gives the draw of the
+# earlier reports (examples from the pretraining world: optimistic), which protocol.py,
+# refine.py and native.py still use.
+TRAIN_WORLD_SEED, TEST_WORLD_SEED = 0, 1
+UNSEEN_WORLDS = (2, 3)
 TRAIN_POOL = 20  # k-shot examples are drawn (per seed) from the first TRAIN_POOL training samples
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "full": {},
+    "full": {},  # SLiMe, the paper's method (method "slime")
     "no-WAS": {"use_was": False},
     "no-aug": {"augment": False},
+    "match": {"method": "match"},  # training-free matching alone (`Segmenter.match`, no fit)
     "tiles-2": {"tiles": 2},  # inference only: the "full" embeddings, 2 x 2 overlapping crops
+    "fuse": {"method": "fuse"},  # the "full" fit fused with matching, by confidence
+    "fuse-mean": {"method": "fuse", "fuse_rule": "mean"},  # ... by a fixed 50/50 mix
+    "match-ctx": {"method": "match"},  # matching on the "full" fit's pass (its learned context)
+    "full-tta": {"tta_flip": True},
+    "fuse-tta": {"method": "fuse", "tta_flip": True},
+    "match-tta": {"method": "match", "tta_flip": True},
 }
-PREDICT_ONLY = {"tiles-2"}  # variants scored with the "full" fit's embeddings (no refit)
+# variants scored with another variant's artifact (no fit of their own) -> that variant
+DERIVED = {"tiles-2": "full", "fuse": "full", "fuse-mean": "full", "match-ctx": "full",
+           "full-tta": "full", "fuse-tta": "full", "match-tta": "match"}
+PREDICT_ONLY = set(DERIVED)
+NO_FIT = {"match"}  # artifacts made without training (`Segmenter.match`)
 
 
 @dataclass
@@ -74,32 +90,49 @@ class Run:
     per_class: dict[str, float | None]
     fit_seconds: float
     steps: int
+    predict_seconds: float | None = None  # per held-out image
 
 
 def run_one(seg: Segmenter, kind: str, shots: int, variant: str, seed: int, size: int,
             steps_per_shot: int, test_images: list, test_masks: list,
-            also: tuple[str, ...] = (), examples_seed: int | None = None) -> list[Run]:
-    """Fit on `shots` seeded training examples, score on the held-out split; `also`: predict-only
-    variants scored with the same embeddings; `examples_seed`: draw the examples with it instead
-    of `seed`, so that runs differ only in the fit's own noise."""
-    world = World(kind, size=size, seed=TRAIN_WORLD_SEED)
+            also: tuple[str, ...] = (), examples_seed: int | None = None,
+            train_world: int = TRAIN_WORLD_SEED, artifacts: str | Path | None = None) -> list[Run]:
+    """Fit on `shots` seeded training examples (or, for NO_FIT variants, make the matching
+    artifact), score on the held-out split; `also`: predict-only variants scored with the same
+    artifact; `examples_seed`: draw the examples with it instead of `seed`, so that runs differ
+    only in the fit's own noise; `artifacts`: a folder where each artifact is kept, and taken
+    from if there (so new inference-only variants are scored without refitting). A run's
+    `fit_seconds` is the artifact's making, `predict_seconds` the held-out images' inference, per image."""
+    world = World(kind, size=size, seed=train_world)
     pick = np.random.default_rng(seed if examples_seed is None else examples_seed).permutation(TRAIN_POOL)[:shots]
     train = [world.sample(int(i)) for i in pick]
     cfg = SlimeConfig(image_size=size, steps=steps_per_shot * shots, seed=seed,
                       **AUGMENT[kind]).replace(**VARIANTS[variant])
     t0 = time.perf_counter()
-    learned = seg.fit([s.image for s in train], [s.mask for s in train], list(world.classes), cfg,
-                      progress=False)
-    fit_s = time.perf_counter() - t0
+    images, masks, classes = [s.image for s in train], [s.mask for s in train], list(world.classes)
+    kept = None if artifacts is None else Path(artifacts) / f"{kind}-{shots}shot-{variant}-seed{seed}.safetensors"
+    if kept is not None and kept.is_file():  # made by an earlier run: score it again, no refit
+        learned = Learned.load(kept)
+        fit_s = float(learned.history.get("fit_seconds", float("nan")))
+    else:
+        learned = (seg.match(images, masks, classes, cfg) if variant in NO_FIT
+                   else seg.fit(images, masks, classes, cfg, progress=False))
+        fit_s = time.perf_counter() - t0
+        if kept is not None:
+            learned.history["fit_seconds"] = fit_s
+            learned.save(kept)
     runs = []
     for name in (variant, *also):
         cm = ConfusionMatrix(len(world.classes))
+        t1 = time.perf_counter()
         preds = seg.predict_batch(test_images, learned, batch_size=8,
                                   **(VARIANTS[name] if name in PREDICT_ONLY else {}))
+        per_image = (time.perf_counter() - t1) / len(test_images)
         for pred, mask in zip(preds, test_masks, strict=True):
             cm.update(pred, mask)
         res = cm.result(list(world.classes))
-        runs.append(Run(kind, shots, name, seed, float(res.miou), dict(res.per_class), fit_s, cfg.steps))
+        runs.append(Run(kind, shots, name, seed, float(res.miou), dict(res.per_class), fit_s,
+                        0 if variant in NO_FIT else cfg.steps, per_image))
     return runs
 
 
@@ -173,7 +206,8 @@ def format_table(rows: list[dict[str, Any]], all_background: dict[str, float] | 
         sub = [r for r in rows if r["kind"] == kind]
         classes = list(sub[0]["per_class"])
         ceil = ceilings.get(kind)
-        head = (f"{kind:<5} {'shots':>5} {'variant':<8} {'seeds':>5} {'mIoU %':>12} {'all-bg':>6} "
+        vw = max(8, *(len(r["variant"]) for r in sub))
+        head = (f"{kind:<5} {'shots':>5} {'variant':<{vw}} {'seeds':>5} {'mIoU %':>12} {'all-bg':>6} "
                 + (f"{'% ceil':>6} " if ceil else "") + " ".join(f"{c:>12}" for c in classes))
         lines += [head, "-" * len(head)]
         bg = all_background.get(kind)
@@ -184,12 +218,12 @@ def format_table(rows: list[dict[str, Any]], all_background: dict[str, float] | 
                 v = r["per_class"][c]
                 cells.append(f"{100 * v[0]:5.1f} ± {100 * v[1]:4.1f}" if v else f"{'-':>12}")
             share = f"{100 * r['miou_mean'] / ceil['miou']:6.0f} " if ceil else ""
-            lines.append(f"{kind:<5} {r['shots']:>5} {r['variant']:<8} {len(r['seeds']):>5} "
+            lines.append(f"{kind:<5} {r['shots']:>5} {r['variant']:<{vw}} {len(r['seeds']):>5} "
                          f"{100 * r['miou_mean']:5.1f} ± {100 * r['miou_std']:4.1f} {bg_cell} {share}" + " ".join(cells))
         if ceil:
             cells = [f"{100 * ceil['per_class'][c]:12.1f}" if ceil["per_class"].get(c) is not None else f"{'-':>12}"
                      for c in classes]
-            lines.append(f"{kind:<5} {'':>5} {'ceiling':<8} {'':>5} {100 * ceil['miou']:12.1f} {bg_cell} {100:6.0f} "
+            lines.append(f"{kind:<5} {'':>5} {'ceiling':<{vw}} {'':>5} {100 * ceil['miou']:12.1f} {bg_cell} {100:6.0f} "
                          + " ".join(cells))
             lines.append(f"      (ceiling: a linear classifier on the UNet's up-block features, "
                          f"{ceil['n_train']} labelled images, {ceil['weighting']} class weighting)")
@@ -200,7 +234,7 @@ def format_table(rows: list[dict[str, Any]], all_background: dict[str, float] | 
 def merge(paths: list[str], out: str | None) -> dict[str, Any]:
     """One report from several (e.g. one process per kind): runs concatenated, rows recomputed."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
-    _same_examples(paths, [rep.get("examples_seed") for rep in reports])
+    _same_examples(paths, [_draw(rep) for rep in reports])
     runs = [Run(**r) for rep in reports for r in rep["runs"]]
     report = {**reports[0], "rows": summarise(runs), "runs": [r.__dict__ for r in runs],
               "seconds": max(r["seconds"] for r in reports), "merged_from": [str(p) for p in paths],
@@ -290,10 +324,19 @@ def format_deltas(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _same_examples(paths: list[str], examples_seeds: list[int | None]) -> None:
-    """Refuse to pool or pair runs whose seeds drew their examples differently (`--examples-seed`)."""
-    if len(set(examples_seeds)) > 1:
-        which = ", ".join(f"{p}: {'each seed' if e is None else f'seed {e}'}" for p, e in zip(paths, examples_seeds, strict=True))
+def _draw(report: dict[str, Any]) -> tuple[int | None, int, int]:
+    """How a report drew its examples and held-out images: (examples seed, example world, test
+    world); reports from before `--worlds` used worlds 0 and 1."""
+    return (report.get("examples_seed"), int(report.get("train_world_seed", TRAIN_WORLD_SEED)),
+            int(report.get("test_world_seed", TEST_WORLD_SEED)))
+
+
+def _same_examples(paths: list[str], draws: list[tuple[int | None, int, int]]) -> None:
+    """Refuse to pool or pair runs whose seeds drew their examples differently (`--examples-seed`,
+    `--worlds`)."""
+    if len(set(draws)) > 1:
+        which = ", ".join(f"{p}: {'each seed' if e is None else f'seed {e}'}, worlds {a},{b}"
+                          for p, (e, a, b) in zip(paths, draws, strict=True))
         raise SystemExit(f"error: these reports drew their examples differently ({which}); "
                          "their runs of one seed are not the same examples")
 
@@ -315,7 +358,7 @@ def compare(paths: list[str], baseline: str, effect: float, out: str | None) -> 
             reports.append([_paired_fields(r) for r in report["runs"]])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"error: {path}: not a quality report ({type(e).__name__}: {e})") from None
-        examples.append(report.get("examples_seed"))
+        examples.append(_draw(report))
     _same_examples(paths, examples)
     pairs = pairs_between(*reports) if len(reports) == 2 else pairs_within(reports[0], baseline)
     if not pairs:
@@ -342,6 +385,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--examples-seed", type=int, default=None,
                    help="draw every run's examples with this seed (the seeds then vary only the fit's noise)")
     p.add_argument("--test", type=int, default=50, help="held-out images per kind")
+    p.add_argument("--worlds", default=",".join(map(str, UNSEEN_WORLDS)),
+                   help="world seeds of the examples and of the held-out images (default: two the lab SD "
+                        f"never saw; {TRAIN_WORLD_SEED},{TEST_WORLD_SEED}: the earlier reports' draw, examples from "
+                        "its pretraining world)")
+    p.add_argument("--keep-artifacts", metavar="DIR",
+                   help="keep every fit's artifact here and reuse those already there (no refit)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run that wrote --json: skip the (kind, shots, variant, seed) it measured")
     p.add_argument("--size", type=int, default=None,
                    help="image size (default: the lab SD's training size, 8 x its UNet sample size)")
     p.add_argument("--steps-per-shot", type=int, default=200, help="optimisation steps per example (paper: 200)")
@@ -379,12 +430,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seg = Segmenter.from_pretrained(args.model, device="cpu", dtype=args.dtype)
     if args.size is None:
         args.size = 8 * int(seg.sd.unet.config.sample_size)
+    train_world, test_world = (int(w) for w in args.worlds.split(","))
+    if args.keep_artifacts:
+        Path(args.keep_artifacts).mkdir(parents=True, exist_ok=True)
     runs: list[Run] = []
     all_background: dict[str, float] = {}
     ceilings: dict[str, dict] = {}
+    if args.resume and args.json and Path(args.json).is_file():  # continue a stopped run
+        old = json.loads(Path(args.json).read_text())
+        if [old.get(k) for k in ("train_world_seed", "test_world_seed", "examples_seed", "size", "test_images",
+                                 "steps_per_shot")] != [train_world, test_world, args.examples_seed, args.size,
+                                                        args.test, args.steps_per_shot]:
+            p.error(f"--resume: {args.json} was made with other worlds, examples, size, test images or steps")
+        runs = [Run(**r) for r in old["runs"]]
+        all_background = old.get("all_background") or {}
+        print(f"resuming {args.json}: {len(runs)} runs measured", flush=True)
+    have = {(r.kind, r.shots, r.variant, r.seed) for r in runs}
     t_start = time.perf_counter()
     for kind in args.kinds.split(","):
-        test = [World(kind, size=args.size, seed=TEST_WORLD_SEED).sample(i) for i in range(args.test)]
+        test = [World(kind, size=args.size, seed=test_world).sample(i) for i in range(args.test)]
         images, masks = [s.image for s in test], [s.mask for s in test]
         all_background[kind] = all_background_miou(masks, World(kind).classes)
         if args.ceiling:
@@ -394,18 +458,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      log=lambda s: print(s, flush=True))
         for shots in map(int, args.shots.split(",")):
             wanted = args.variants.split(",")
-            also = tuple(v for v in wanted if v in PREDICT_ONLY)
             fits = [v for v in wanted if v not in PREDICT_ONLY]
-            if also and "full" not in fits:  # predict-only variants reuse the full fit
-                fits.insert(0, "full")
-            for variant in fits:
-                for seed in seeds:
+            for v in wanted:  # predict-only variants reuse their base variant's artifact
+                if v in PREDICT_ONLY and DERIVED[v] not in fits:
+                    fits.insert(0, DERIVED[v])
+            for seed in seeds:  # seed by seed: a stopped run has every variant of its first seeds
+                for variant in fits:
+                    also = tuple(v for v in wanted if DERIVED.get(v) == variant)
+                    if all((kind, shots, v, seed) in have for v in (variant, *also) if v in wanted):
+                        continue  # --resume: measured by the run that wrote --json
                     done = run_one(seg, kind, shots, variant, seed, args.size, args.steps_per_shot, images,
-                                   masks, also if variant == "full" else (), args.examples_seed)
+                                   masks, also, args.examples_seed, train_world, args.keep_artifacts)
                     runs += [r for r in done if r.variant in wanted]
                     for run in done:
-                        print(f"{kind} {shots}-shot {run.variant:<7} seed {seed}: mIoU {100 * run.miou:5.1f} "
-                              f"({run.steps} steps, fit {run.fit_seconds:.0f} s)", flush=True)
+                        print(f"{kind} {shots}-shot {run.variant:<9} seed {seed}: mIoU {100 * run.miou:5.1f} "
+                              f"({run.steps} steps, fit {run.fit_seconds:.1f} s, "
+                              f"{run.predict_seconds:.2f} s/image)", flush=True)
                     if args.json:  # after every fit, so a stopped run keeps what it measured
                         write_json(args.json, _report(args, seg, runs, all_background, ceilings, t_start))
     report = _report(args, seg, runs, all_background, ceilings, t_start)
@@ -423,7 +491,7 @@ def _report(args: argparse.Namespace, seg: Segmenter, runs: list[Run], all_backg
     return {"benchmark": "slimeseg lab quality", "model": args.model, "size": args.size,
             "dtype": str(seg.sd.dtype).replace("torch.", ""),
             "test_images": args.test, "steps_per_shot": args.steps_per_shot, "examples_seed": args.examples_seed,
-            "train_world_seed": TRAIN_WORLD_SEED, "test_world_seed": TEST_WORLD_SEED,
+            "train_world_seed": int(args.worlds.split(",")[0]), "test_world_seed": int(args.worlds.split(",")[1]),
             "all_background": all_background, "ceiling": ceilings or None,
             "rows": summarise(runs), "runs": [r.__dict__ for r in runs],
             "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),

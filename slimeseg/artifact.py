@@ -6,11 +6,12 @@ file from a newer format or for another model is refused with a clear message.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import hashlib
 import json
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +22,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .config import MAX_CLASSES, SlimeConfig
+from .config import MAX_CLASSES, SlimeConfig, setting_types
 from .errors import ArtifactError
+from .files import atomic_path
 from .models import LayerPlan
-from .writers import atomic_path
+from .resume import ResumeState
 
 if TYPE_CHECKING:
     from .models import StableDiffusion
@@ -60,9 +62,12 @@ class Learned:
     image_hashes: list[str] = field(default_factory=list)
     uncond: torch.Tensor | None = None  # (77, D) for the optional guidance in L_LDM
     history: dict[str, Any] = field(default_factory=dict)  # losses, steps done, timings
-    state: dict[str, torch.Tensor] = field(default_factory=dict)  # optimiser/RNG for resume
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # ResumeState.to_tensors()
     lineage: list[dict[str, Any]] = field(default_factory=list)  # one entry per training round
     layers: dict[str, Any] | None = None  # the attention layers it was made with (LayerPlan.to_dict)
+    # what matching needs: the examples at the model input's size, (3, h, w) and (h, w) uint8 each
+    examples: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    trained: bool = True  # False: a matching-only artifact (its context is the empty prompt)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -106,7 +111,7 @@ class Learned:
             "format": _KIND, "format_version": self.format_version, "classes": self.classes,
             "model_id": self.model_id, "revision": self.revision, "fingerprint": self.fingerprint,
             "config": self.config, "image_hashes": self.image_hashes, "history": self.history,
-            "lineage": self.lineage, "layers": self.layers,
+            "lineage": self.lineage, "layers": self.layers, "trained": self.trained,
             "slimeseg_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -119,6 +124,9 @@ class Learned:
             tensors["uncond"] = self.uncond.detach().float().contiguous().cpu()
         for name, value in self.state.items():
             tensors[f"state.{name}"] = value.detach().contiguous().cpu()
+        for i, (image, mask) in enumerate(self.examples):
+            tensors[f"match.image.{i}"] = image.to(torch.uint8).contiguous().cpu()
+            tensors[f"match.mask.{i}"] = mask.to(torch.uint8).contiguous().cpu()
         meta = {"slimeseg": json.dumps(self.metadata(), sort_keys=True)}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -153,14 +161,33 @@ class Learned:
         if not torch.isfinite(context).all():
             raise ArtifactError(f"{path}: embeddings hold NaN or infinite values")
         state = {n[len("state."):]: t for n, t in tensors.items() if n.startswith("state.")}
-        if state:
-            _validate_state(state, context, k, path)
+        if state:  # a checkpoint: its resume state is checked where its format is defined
+            ResumeState.from_tensors(state, k, context.shape[1], path)
+        examples = _match_examples(tensors, k, path)
+        trained = meta.get("trained", True)
+        if not isinstance(trained, bool) or (not trained and not examples):
+            raise ArtifactError(f"{path}: metadata field 'trained' must be true, or false with examples")
         return cls(context=context.float(), classes=list(meta["classes"]), model_id=meta["model_id"],
                    fingerprint=meta["fingerprint"], config=meta["config"], revision=meta.get("revision"),
                    image_hashes=list(meta.get("image_hashes") or []), uncond=tensors.get("uncond"),
                    history=dict(meta.get("history") or {}), state=state,
                    lineage=list(meta.get("lineage") or []), layers=meta.get("layers"),
-                   format_version=meta["format_version"])
+                   examples=examples, trained=trained, format_version=meta["format_version"])
+
+
+def _match_examples(tensors: dict[str, torch.Tensor], k: int, path: Path
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The stored examples for matching (`match.image.i`, `match.mask.i`), checked: uint8 images
+    (3, h, w) with masks (h, w) of class indices below K."""
+    out = []
+    for i in range(sum(n.startswith("match.image.") for n in tensors)):
+        image, mask = tensors.get(f"match.image.{i}"), tensors.get(f"match.mask.{i}")
+        if (image is None or mask is None or image.dtype != torch.uint8 or mask.dtype != torch.uint8
+                or image.ndim != 3 or image.shape[0] != 3 or tuple(mask.shape) != tuple(image.shape[1:])
+                or int(mask.max()) >= k):
+            raise ArtifactError(f"{path}: stored example {i} for matching is malformed")
+        out.append((image, mask.long()))
+    return out
 
 
 def _validate(meta: Any, path: Path) -> None:
@@ -191,41 +218,21 @@ def _validate(meta: Any, path: Path) -> None:
     _validate_config(meta["config"], path)
 
 
-def _validate_state(state: dict[str, torch.Tensor], context: torch.Tensor, k: int, path: Path) -> None:
-    """A checkpoint's resume state must have the pieces `Segmenter.fit` restores, well formed."""
-    rng_size = torch.Generator().get_state().numel()
-    ok = (state.get("step") is not None and state["step"].dtype == torch.int64 and state["step"].numel() == 1
-          and state.get("rng") is not None and state["rng"].dtype == torch.uint8
-          and state["rng"].shape == (rng_size,)
-          and state.get("order") is not None and state["order"].dtype == torch.int64
-          and state["order"].ndim == 1)
-    adam = [state.get(n) for n in ("adam_exp_avg", "adam_exp_avg_sq", "adam_step")]
-    if any(t is not None for t in adam):
-        ok = ok and all(t is not None for t in adam) and adam[2].numel() == 1 and all(
-            t.shape == (k - 1, context.shape[1]) and t.is_floating_point() for t in adam[:2])
-    rows = (k - 1, context.shape[1])
-    for name in ("current", "best"):  # embeddings kept beside the context
-        ok = ok and (name not in state or (tuple(state[name].shape) == rows
-                                           and state[name].is_floating_point()
-                                           and bool(torch.isfinite(state[name]).all())))
-    ok = ok and ("best" in state) == ("best_meta" in state)
-    ok = ok and all(state[n].numel() == size for n, size in (("best_meta", 3), ("loss_scale", 2)) if n in state)
-    if not ok:
-        raise ArtifactError(f"{path}: checkpoint resume state is incomplete or malformed")
+def _json_types(hint: Any) -> tuple[type, ...]:
+    """The JSON types a value of annotation `hint` may have (int also for a float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return tuple(dict.fromkeys(type(a) for a in args))
+    if origin is typing.Union or isinstance(hint, types.UnionType):
+        return tuple(t for a in args for t in _json_types(a))
+    if hint is float:
+        return (int, float)
+    return (origin or hint,) if isinstance(origin or hint, type) else ()
 
 
 def _config_types() -> dict[str, tuple[type, ...]]:
-    """The JSON types each SlimeConfig field accepts, from its annotation (int also for floats)."""
-    simple = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
-    types: dict[str, tuple[type, ...]] = {}
-    for f in dataclasses.fields(SlimeConfig):
-        parts = [t.strip() for t in str(f.type).split("|")]
-        allowed: tuple[type, ...] = ()
-        for part in parts:
-            base = part.split("[")[0]
-            allowed += simple.get(base, (str,) if base == "Literal" else (dict,) if base == "dict" else ())
-        types[f.name] = allowed
-    return types
+    """The JSON types each SlimeConfig field accepts, from its annotation."""
+    return {name: _json_types(hint) for name, hint in setting_types().items()}
 
 
 def _validate_config(config: dict[str, Any], path: Path) -> None:

@@ -23,13 +23,11 @@ class AttentionStore:
     """Buffers for one UNet forward: per-layer class maps and the running WAS sum."""
 
     def __init__(self, num_classes: int, latent_hw: tuple[int, int], want_was: bool = True,
-                 want_probs: bool = False, keep_self_probs: bool = False,
-                 values_fn: Callable[[AttentionStore, tuple[int, int]], torch.Tensor] | None = None):
+                 want_probs: bool = False, values_fn: Callable[[AttentionStore, tuple[int, int]], torch.Tensor] | None = None):
         self.num_classes = num_classes
         self.latent_hw = latent_hw
         self.want_was = want_was
         self.want_probs = want_probs  # also keep softmax-over-77 probabilities (reference variant)
-        self.keep_self_probs = keep_self_probs  # tests only: keep explicit (N, N) self-attention
         self.values_fn = values_fn  # (store, (h, w)) -> R (B, K, h*w): what the WAS map spreads
         self.reset()
 
@@ -37,7 +35,6 @@ class AttentionStore:
         """Forget everything captured (call before each forward)."""
         self.cross: list[torch.Tensor] = []  # each (B, K, h, w): pre-softmax scores, head mean
         self.cross_probs: list[torch.Tensor] = []  # each (B, K, h, w): softmax over all tokens
-        self.self_probs: list[torch.Tensor] = []  # each (B, N, N): head mean
         self.was_sum: torch.Tensor | None = None  # (B, K, N)
         self.was_count = 0
         self._values: dict[int, torch.Tensor] = {}
@@ -76,8 +73,9 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 # What every processor here shares with diffusers' own AttnProcessor2_0: the input norms and
 # projections (`project`) and the output projection (`finish`). They differ only in the middle:
 # the engine's capture runs fused SDPA and reads the few numbers it needs beside it; the lab's
-# probe and the reference-style baseline must materialise softmax(QK^T) (`explicit_attention`)
-# because their point is to look at, or to time, the full probability matrix.
+# probe (and the tests' explicit reference for the WAS maps) must materialise softmax(QK^T)
+# (`explicit_attention`) because their point is to look at the full probability matrix; the
+# reference-style baseline (lab/baseline.py) forms it too, the classic processor's way (baddbmm).
 def project(attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q (B, H, N, d), k and v (B, H, M, d) of an SD 1.x/2.x attention layer, after its norms."""
@@ -169,9 +167,6 @@ class CaptureProcessor:
             store.was_count += 1
         else:
             out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-        if self.role == "self" and store.keep_self_probs:
-            probs = ((q @ k.transpose(-1, -2)) * attn.scale).float().softmax(-1)
-            store.self_probs.append(probs.mean(1))  # (B, N, N)
 
         return finish(attn, out.to(q.dtype), residual)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import AUGMENT_PRESETS, BOTH, DEFAULT_MODEL, MODELS, TRAIN, SlimeConfig
+from .config import AUGMENT_PRESETS, BOTH, DEFAULT_MODEL, MODELS, TRAIN, SlimeConfig, setting_types
 from .errors import InputError, SlimeError
 
 EXIT_USAGE_ERROR = 2
@@ -80,7 +80,7 @@ def _add_settings(p: argparse.ArgumentParser, train: bool) -> None:
     spelled once; every flag defaults to None, meaning "not set: SlimeConfig decides".
     """
     group = p.add_argument_group("settings (defaults: the paper's, from SlimeConfig)")
-    hints = typing.get_type_hints(SlimeConfig)
+    hints = setting_types()
     for f in dataclasses.fields(SlimeConfig):
         scope = f.metadata.get("scope")
         if scope not in (TRAIN, BOTH) or (not train and scope != BOTH):
@@ -152,12 +152,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = args.model or (parent.model_id if parent else DEFAULT_MODEL)
     revision = args.revision or (parent.revision if parent else None)
     seg = Segmenter.from_pretrained(model, revision=revision, device=args.device, dtype=args.dtype)
+    overrides = config_overrides(args)
+    if overrides.get("method") == "match":  # no training: the examples' features are the model
+        if args.init or args.resume or args.checkpoint_every:
+            raise InputError("--method match trains nothing: --init, --resume and --checkpoint-every "
+                             "do not apply")
+        seg.match(args.image, args.mask, args.classes, **overrides).save(out)
+        print(f"saved {out} ({len(args.classes)} classes, matching: {len(args.image)} example(s), "
+              "no training)")
+        return 0
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
     try:
         learned = seg.fit(args.image, args.mask, args.classes, progress=not args.quiet,
                           checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every,
                           resume=resume, init=args.init, val_images=args.val_image or None,
-                          val_masks=args.val_mask or None, **config_overrides(args))
+                          val_masks=args.val_mask or None, **overrides)
     except KeyboardInterrupt:
         if args.checkpoint_every:
             print(f"interrupted; progress saved to {checkpoint} (continue with --resume {checkpoint})",

@@ -6,8 +6,11 @@ The CLI and the app pass only what the user set; everything else comes from here
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 # Named presets -> hub id (or local folder). Any other hub id or folder works too.
@@ -116,6 +119,23 @@ class SlimeConfig:
         BOTH)
     window_overlap: float = _setting(0.5, "overlap of neighbouring windows (fraction of a window)", BOTH)
     window_batch: int = _setting(4, "windows per UNet batch", BOTH)
+    # -- method: SLiMe's maps, training-free matching on the UNet's features, or both fused --
+    method: Literal["slime", "match", "fuse"] = _setting(
+        "slime", "what labels a pixel: slime = the learned embeddings' attention maps (the paper); "
+                 "match = its UNet features' nearest cells in the examples (no training needed); "
+                 "fuse = both, each trusted where it is confident", BOTH)
+    match_k: int = _setting(10, "matching: example cells that vote for each cell", BOTH)
+    match_temperature: float = _setting(0.1, "matching: softmax temperature of the votes' cosine "
+                                             "similarities", BOTH)
+    match_mirror: bool = _setting(True, "matching: the examples' mirror images vote too", BOTH)
+    match_cells: int = _setting(0, "matching: keep at most this many example cells, class-balanced "
+                                   "(0: all)", BOTH)
+    fuse_rule: Literal["confidence", "mean"] = _setting(
+        "confidence", "fuse: confidence = each source weighted per pixel by its certainty there; "
+                      "mean = a fixed mix", BOTH)
+    fuse_weight: float = _setting(0.5, "fuse: matching's share of the mix (SLiMe's: 1 - it)", BOTH)
+    tta_flip: bool = _setting(False, "test-time flip: also segment the mirrored image (same UNet "
+                                     "batch) and average", BOTH)
     # -- reproducibility --
     seed: int = _setting(0, "random seed for repeatable runs", BOTH)
     extra: dict[str, Any] = _setting(dict, "free-form notes kept with the settings", scope="none")
@@ -142,8 +162,16 @@ class SlimeConfig:
         if self.window_batch < 1:
             raise ValueError(f"window_batch must be >= 1, got {self.window_batch}")
         self.window_scale()  # checks resolution
-        for name in ("loss_scale", "validation", "augment_order", "aspect", "context", "normalization"):
-            allowed = typing.get_args(typing.get_type_hints(SlimeConfig)[name])
+        if self.match_k < 1 or self.match_temperature <= 0 or self.match_cells < 0:
+            raise ValueError("need match_k >= 1, match_temperature > 0 and match_cells >= 0")
+        if not 0 <= self.fuse_weight <= 1:
+            raise ValueError(f"fuse_weight must be in [0, 1], got {self.fuse_weight}")
+        if self.method != "slime" and self.normalization != "train":
+            raise ValueError(f"normalization {self.normalization!r} is SLiMe's alone: it goes with "
+                             f"method 'slime', not {self.method!r}")
+        for name in ("loss_scale", "validation", "augment_order", "aspect", "context", "normalization",
+                     "method", "fuse_rule"):
+            allowed = typing.get_args(setting_types()[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
@@ -179,3 +207,11 @@ class SlimeConfig:
     def replace(self, **changes: Any) -> SlimeConfig:
         """A copy with some settings changed (None values are ignored: 'not set by the user')."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@functools.cache
+def setting_types() -> Mapping[str, Any]:
+    """Each SlimeConfig field's annotation as a type (`typing.get_type_hints`: `int | None`,
+    `Literal[...]`, ...): the one reading of them, for the checks here, the CLI's flags and the
+    artifact's metadata check. Read-only (it is computed once)."""
+    return MappingProxyType(typing.get_type_hints(SlimeConfig))

@@ -38,8 +38,8 @@ def versions() -> dict[str, str]:
             "diffusers": diffusers.__version__, "python": platform.python_version()}
 
 
-def check_classes(learned_classes: Sequence[str], dataset_classes: Sequence[str],
-                  learned_name: str = "embeddings", dataset_name: str = "dataset") -> None:
+def require_same_classes(learned_classes: Sequence[str], dataset_classes: Sequence[str],
+                         learned_name: str = "embeddings", dataset_name: str = "dataset") -> None:
     """Refuse to score when the class lists differ in names or order (labels would mean other things)."""
     if list(learned_classes) != list(dataset_classes):
         raise InputError(f"{learned_name} classes [{', '.join(learned_classes)}] do not match "
@@ -52,7 +52,7 @@ def match_classes(learned_classes: Sequence[str], dataset: Dataset, learned_name
     """The dataset to score, with a note when its class names were taken from the embeddings.
 
     A dataset that names no classes (a folder without a class file) takes the embeddings' names
-    when its labels fit them; otherwise the two class lists must be equal (`check_classes`).
+    when its labels fit them; otherwise the two class lists must be equal (`require_same_classes`).
     """
     if not dataset.named:
         top = max((int(s.mask[s.mask != IGNORE].max(initial=0)) for s in dataset.samples), default=0)
@@ -60,7 +60,7 @@ def match_classes(learned_classes: Sequence[str], dataset: Dataset, learned_name
             note = (f"{dataset_name} names no classes; using the embeddings' "
                     f"[{', '.join(learned_classes)}]")
             return Dataset(classes=list(learned_classes), samples=dataset.samples), note
-    check_classes(learned_classes, dataset.classes, learned_name, dataset_name)
+    require_same_classes(learned_classes, dataset.classes, learned_name, dataset_name)
     return dataset, None
 
 

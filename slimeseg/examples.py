@@ -44,7 +44,7 @@ class Example:
     sha256: str
 
 
-def check_classes(classes: Sequence[str]) -> list[str]:
+def check_class_names(classes: Sequence[str]) -> list[str]:
     """A class list must hold 2..MAX_CLASSES distinct, non-empty names (background first)."""
     classes = list(classes)
     if not 2 <= len(classes) <= MAX_CLASSES:
@@ -61,7 +61,7 @@ def prepare_examples(images: Sequence[ImageLike], masks: Sequence[ImageLike],
         raise InputError(f"got {len(images)} images but {len(masks)} masks; give one mask per image")
     if not images:
         raise InputError("no training images given")
-    classes = check_classes(classes)
+    classes = check_class_names(classes)
     k = len(classes)
     examples, seen = [], np.zeros(k, dtype=bool)
     for i, (img, msk) in enumerate(zip(images, masks, strict=True)):

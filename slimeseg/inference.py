@@ -14,6 +14,7 @@ bands of rows (`labels_at`), so memory stays bounded whatever the image's size.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -24,11 +25,13 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import maps
+from . import maps, matching
 from .artifact import Learned
 from .attention import AttentionStore, capture
 from .config import SlimeConfig
-from .examples import image_tensor
+from .errors import InputError
+from .examples import Example, image_tensor
+from .matching import FeatureCapture, MatchBank, soft_targets
 from .models import StableDiffusion
 
 MAX_ASPECT = 4  # the model input's long side is at most 4x its short side (longer strips are squeezed)
@@ -55,33 +58,153 @@ def model_input(image: np.ndarray, cfg: SlimeConfig) -> torch.Tensor:
 
 
 def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: SlimeConfig,
-             store: AttentionStore) -> AttentionStore:
+             store: AttentionStore | None, features: FeatureCapture | None = None) -> AttentionStore | None:
     """Encode a (B, 3, h, w) batch, noise it at t_test (one noise for all) and run the UNet once
-    with attention capture into `store`."""
+    with attention capture into `store` and, given `features`, the up blocks' outputs kept."""
     latents = sd.encode_image(batch)  # (B, 4, h/8, w/8)
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(latents.shape[1:], generator=gen).expand_as(latents)  # one noise for all
     t = torch.full((latents.shape[0],), cfg.t_test, dtype=torch.long, device=sd.device)
     context = learned.context[None].to(sd.device).expand(latents.shape[0], -1, -1)  # (B, 77, D)
-    with capture(sd.unet, learned.layer_plan(sd).roles(), store):
+    with contextlib.ExitStack() as stack:
+        if store is not None:
+            stack.enter_context(capture(sd.unet, learned.layer_plan(sd).roles(), store))
+        if features is not None:
+            stack.enter_context(features.hooked(sd.unet))
         sd.denoise(latents, noise, t, context)
     return store
+
+
+def _slime_store(learned: Learned, cfg: SlimeConfig, hw: tuple[int, int]) -> AttentionStore:
+    reference = cfg.normalization in ("reference", "reference_exact")  # (exact: per crop, not here)
+    return AttentionStore(learned.num_classes, hw, want_was=cfg.use_was, want_probs=reference,
+                          values_fn=maps.reference_values if reference else maps.train_values)
+
+
+def _slime_scores(store: AttentionStore, cfg: SlimeConfig, hw: tuple[int, int]) -> torch.Tensor:
+    """SLiMe's class maps from a captured pass: (B, K, h, w)."""
+    if cfg.normalization in ("reference", "reference_exact"):
+        probs = maps.class_probs(store, hw)  # (B, K, h, w)
+        return maps.reference_rescale(store.was(), probs) if cfg.use_was else probs
+    return store.was() if cfg.use_was else maps.class_scores(store, hw).softmax(1)
+
+
+def _one_pass(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: SlimeConfig
+              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One UNet pass of a (B, 3, h, w) batch: SLiMe's scores (B, K, h/8, w/8) unless the method is
+    matching alone, and the up blocks' features (B, C, h/8, w/8) unless it is SLiMe alone."""
+    hw = (batch.shape[-2] // 8, batch.shape[-1] // 8)
+    store = _slime_store(learned, cfg, hw) if cfg.method != "match" else None
+    feats = FeatureCapture() if cfg.method != "slime" else None
+    _capture(sd, batch, learned, cfg, store, feats)
+    return (None if store is None else _slime_scores(store, cfg, hw),
+            None if feats is None else feats.features(hw))
+
+
+def match_bank(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig) -> MatchBank:
+    """The examples' cells for matching, from the artifact's stored examples (and their mirror
+    images with `match_mirror`), through the same kind of pass as the images to segment. Built
+    once per model, method and setting, and kept with the artifact in memory."""
+    key = (sd.fingerprint, str(sd.device), str(sd.dtype), cfg.method, cfg.t_test, cfg.seed,
+           cfg.match_mirror, cfg.match_cells)
+    cache = learned.__dict__.setdefault("_match_banks", {})
+    if key not in cache:
+        if not learned.examples:
+            raise InputError("these embeddings hold no examples to match (made by an older "
+                             "slimeseg); use --method slime, or train them again")
+        feats, targets = [], []
+        for image, mask in learned.examples:  # (3, h, w) and (h, w) uint8, the model input's size
+            views = [(image, mask), (image.flip(-1), mask.flip(-1))][:2 if cfg.match_mirror else 1]
+            x = torch.stack([v[0] for v in views]).float().div(255).to(sd.device)  # (V, 3, h, w)
+            _, f = _one_pass(sd, x, learned, cfg)  # (V, C, h/8, w/8)
+            feats += list(f.cpu())
+            targets += [soft_targets(m, learned.num_classes, f.shape[-2:]) for _, m in views]
+        cache[key] = MatchBank.build(feats, targets, cfg.match_cells, cfg.seed)
+    return cache[key]
+
+
+def example_views(examples: Sequence[Example], cfg: SlimeConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """What an artifact keeps for matching: each example at its model input's size (`input_hw`),
+    the image as (3, h, w) uint8 (antialiased), the mask as (h, w) uint8 (nearest), so its size
+    is bounded by image_size whatever the photo's."""
+    out = []
+    for ex in examples:
+        hw = input_hw(tuple(ex.image.shape[-2:]), cfg)
+        image = F.interpolate(ex.image[None], size=hw, mode="bilinear", align_corners=False,
+                              antialias=True)[0]  # (3, h, w)
+        mask = F.interpolate(ex.mask[None, None].float(), size=hw, mode="nearest")[0, 0]  # (h, w)
+        out.append((image.clamp(0, 1).mul(255).round().to(torch.uint8), mask.to(torch.uint8)))
+    return out
+
+
+@torch.no_grad()
+def example_check(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig, views: int = 4) -> float:
+    """How well the examples' own features re-find their parts: matching with the stored
+    examples as the bank labels `views` augmented (mirrored, cropped, rotated) copies of each
+    example, scored by mIoU over the classes in their masks. Computed from the examples alone,
+    in `views` x examples UNet passes: a low value warns that new images may segment poorly."""
+    from .augment import augment
+    from .metrics import image_confusion, iou_from_confusion
+
+    check = cfg.replace(method="match", tta_flip=False, match_mirror=False)
+    k = learned.num_classes
+    feats, targets = [], []
+    for image, mask in learned.examples:
+        _, f = _one_pass(sd, image[None].float().div(255).to(sd.device), learned, check)
+        feats.append(f[0].cpu())
+        targets.append(soft_targets(mask, k, f.shape[-2:]))
+    bank = MatchBank.build(feats, targets)
+    aug_cfg = check.replace(flip_p=1.0, crop_p=1.0, rotate_p=1.0, blur_p=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    scores = []
+    for image, mask in learned.examples:
+        for _ in range(views):
+            side = max(64, min(image.shape[-2:]) // 64 * 64)
+            x, m = augment(image.float().div(255), mask, aug_cfg.replace(image_size=side), gen)
+            _, f = _one_pass(sd, x[None].to(sd.device), learned, check)
+            votes = matching.vote(bank, f.cpu(), check.match_k, check.match_temperature)[0]
+            matrix = image_confusion(labels_at(votes, tuple(m.shape)), m.numpy().astype(np.uint8), k, None)
+            present = matrix.sum(axis=1) > 0
+            scores.append(float(iou_from_confusion(matrix)[present].mean()))
+    return float(np.mean(scores))
+
+
+def fuse(slime: torch.Tensor, votes: torch.Tensor, cfg: SlimeConfig) -> torch.Tensor:
+    """SLiMe's class distributions and matching's, (B, K, h, w) each, in one: `mean` weighs
+    matching by `fuse_weight`; `confidence` trusts each source, pixel by pixel, by how certain it
+    is there (1 - its normalised entropy), `fuse_weight` scaling matching's side."""
+    if cfg.fuse_rule == "mean":
+        return cfg.fuse_weight * votes + (1 - cfg.fuse_weight) * slime
+    slime = slime.clamp_min(0)
+    slime = slime / slime.sum(1, keepdim=True).clamp_min(1e-8)  # WAS sums to ~1; make it exact
+    w_m = cfg.fuse_weight * matching.confidence(votes) + 1e-4  # (B, 1, h, w)
+    w_s = (1 - cfg.fuse_weight) * matching.confidence(slime) + 1e-4  # (B, 1, h, w)
+    return (w_m * votes + w_s * slime) / (w_m + w_s)
 
 
 @torch.no_grad()
 def score_batch(sd: StableDiffusion, batch: torch.Tensor, learned: Learned,
                 cfg: SlimeConfig) -> torch.Tensor:
-    """Per-class scores at the latent resolution for a (B, 3, h, w) batch: (B, K, h/8, w/8)."""
-    k = learned.num_classes
-    hw = (batch.shape[-2] // 8, batch.shape[-1] // 8)
-    reference = cfg.normalization in ("reference", "reference_exact")  # (exact: per crop, not here)
-    store = _capture(sd, batch, learned, cfg, AttentionStore(
-        k, hw, want_was=cfg.use_was, want_probs=reference,
-        values_fn=maps.reference_values if reference else maps.train_values))
-    if reference:
-        probs = maps.class_probs(store, hw)  # (B, K, h, w)
-        return maps.reference_rescale(store.was(), probs) if cfg.use_was else probs
-    return store.was() if cfg.use_was else maps.class_scores(store, hw).softmax(1)
+    """Per-class scores at the latent resolution for a (B, 3, h, w) batch: (B, K, h/8, w/8).
+
+    By `method`: SLiMe's maps, matching's votes, or the two fused; with `tta_flip` also of the
+    mirrored batch (in the same UNet batch), mirrored back and averaged.
+    """
+    if not learned.trained and cfg.method != "match":
+        raise InputError(f"these are matching data without learned embeddings: method "
+                         f"{cfg.method!r} needs a trained artifact; use method 'match'")
+    b = batch.shape[0]
+    if cfg.tta_flip:
+        batch = torch.cat([batch, batch.flip(-1)])  # (2B, 3, h, w)
+    slime, feats = _one_pass(sd, batch, learned, cfg)
+    if feats is None:
+        scores = slime
+    else:
+        votes = matching.vote(match_bank(sd, learned, cfg), feats, cfg.match_k, cfg.match_temperature)
+        scores = votes if slime is None else fuse(slime.float(), votes.to(slime.device), cfg)
+    if cfg.tta_flip:
+        scores = (scores[:b] + scores[b:].flip(-1)) / 2
+    return scores
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from .errors import InputError, one_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".npy")
-MASK_VALUE_LIMIT = 256  # masks are stored as uint8 (255 = "ignore" in some datasets)
+MASK_VALUE_LIMIT = 256  # mask values are below this (uint8); 255 = "ignore" in datasets
 
 
 def set_max_image_pixels(limit: int | None) -> None:
@@ -116,7 +116,10 @@ def as_image_array(image: np.ndarray | Image.Image | str | os.PathLike, name: st
 
 
 def _mask_from_numbers(arr: np.ndarray, name: str) -> np.ndarray:
-    """Validate a numeric mask array: 2-D, finite, whole, non-negative, below 256."""
+    """Validate a numeric mask array: 2-D, finite, whole, 0..MASK_VALUE_LIMIT-1 (as uint8).
+
+    Only the storage range is checked here: 255 is a dataset's "ignore" label (`datasets.IGNORE`);
+    the caller checks values against its class list (`prepare_examples`, `Dataset`)."""
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim != 2:
@@ -135,9 +138,10 @@ def _mask_from_numbers(arr: np.ndarray, name: str) -> np.ndarray:
     lo, hi = float(arr.min()), float(arr.max())
     if lo < 0:
         raise InputError(f"{name}: mask holds negative value {int(lo)}; expected class indices >= 0")
-    if hi >= MASK_VALUE_LIMIT:
-        raise InputError(f"{name}: mask holds value {int(hi)}; class indices must be 0..{MAX_CLASSES - 1} "
-                         f"(at most {MAX_CLASSES} classes)")
+    if hi >= MASK_VALUE_LIMIT:  # what a uint8 mask holds; the class list bounds it later
+        raise InputError(f"{name}: mask holds value {int(hi)}; mask values must be "
+                         f"0..{MASK_VALUE_LIMIT - 1} (class indices 0..{MAX_CLASSES - 1}; "
+                         f"{MASK_VALUE_LIMIT - 1} marks ignored pixels in datasets)")
     return arr.astype(np.uint8)
 
 

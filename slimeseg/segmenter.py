@@ -129,6 +129,24 @@ class Segmenter:
             if exc.learned is not None:
                 self.learned = exc.learned
             raise
+        learned.examples = inference.example_views(examples, cfg)  # for matching and fusion
+        self.learned = learned
+        return learned
+
+    # ------------------------------------------------------------------ match
+    def match(self, images: Sequence[ImageLike], masks: Sequence[ImageLike], classes: Sequence[str],
+              config: SlimeConfig | None = None, **overrides: Any) -> Learned:
+        """A matching-only artifact in seconds, no training: the examples (at the model input's
+        size) whose UNet features label new images by nearest cells (`method="match"`); also
+        sets it for predict. `fit` artifacts carry the same data, so they can match or fuse."""
+        cfg = (config or SlimeConfig()).replace(**overrides).replace(method="match")
+        examples = prepare_examples(images, masks, classes)
+        learned = Learned(context=self.sd.encode_prompt("")[0].float().cpu(), classes=list(classes),
+                          model_id=self.sd.model_id, fingerprint=self.sd.fingerprint,
+                          config=cfg.to_dict(), revision=self.sd.revision,
+                          image_hashes=[e.sha256 for e in examples], history={"steps_done": 0},
+                          layers=self.sd.plan.to_dict(), trained=False,
+                          examples=inference.example_views(examples, cfg))
         self.learned = learned
         return learned
 

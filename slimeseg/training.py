@@ -4,7 +4,8 @@
   examples, classes, settings, the frozen prompt, the attention store).
 - `TrainState`: everything a step changes (embeddings, Adam, RNG, pair order, step, history, loss
   scale, best validated embeddings), with `commit` / `rewind` (the RNG and order as of the last
-  whole step), `snapshot` (an artifact), `save` and `restore` (resumable checkpoints).
+  whole step), `snapshot` (an artifact), `save` and `restore` (resumable checkpoints, whose
+  resume state `resume.ResumeState` captures, stores, checks and applies).
 - `train_step`: one optimisation step; `validate`: the validation mIoU with the inference path;
   `fit`: the loop around them, with progress, checkpoints, Ctrl-C, best-step selection, early
   stopping, and the last good embeddings kept when the loss turns non-finite.
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import signal
 import threading
@@ -35,6 +37,7 @@ from .examples import Example
 from .losses import ce_loss, class_weights, ldm_loss, mse_loss
 from .metrics import image_confusion, iou_from_confusion
 from .models import LayerPlan, StableDiffusion
+from .resume import ResumeState
 
 # callback(step, total_steps, losses) -> False to stop early (keeping the result so far)
 Callback = Callable[[int, int, dict[str, float]], bool | None]
@@ -283,30 +286,12 @@ class TrainState:
                           uncond=None if job.uncond is None else job.uncond[0].cpu(), history=history,
                           lineage=job.lineage(self.step), layers=job.plan.to_dict())
         if self.step < job.total and not (final and "stopped_early_at" in self.history):
-            learned.state = self.resume_tensors()  # steps remain: this can be continued
+            learned.state = ResumeState.capture(self).to_tensors()  # steps remain: resumable
         return learned
 
     def save(self, path: str | os.PathLike) -> None:
         """Write `snapshot()` atomically (a resumable checkpoint while steps remain)."""
         self.snapshot().save(path)
-
-    def resume_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything besides the embeddings that a resumed run needs to continue identically."""
-        st = next(iter(self.optimizer.state.values()), {})
-        state = {"step": torch.tensor([self.step]), "rng": self.gen.get_state(),
-                 "order": torch.tensor(self.order, dtype=torch.int64)}
-        if st:
-            state.update(adam_exp_avg=st["exp_avg"].cpu(), adam_exp_avg_sq=st["exp_avg_sq"].cpu(),
-                         adam_step=torch.as_tensor(st["step"]).reshape(1).float().cpu())
-        if self.scaler is not None:
-            state["loss_scale"] = torch.tensor([self.scaler.scale, float(self.scaler.clean)],
-                                               dtype=torch.float64)
-        state["current"] = self.trainable.detach().cpu()  # the context may hold the best instead
-        if self.best is not None:
-            state["best"] = self.best.cpu()
-            state["best_meta"] = torch.tensor([self.best_score, self.best_step, self.since_best],
-                                              dtype=torch.float64)
-        return state
 
     def restore(self, checkpoint: Learned) -> None:
         """Continue a checkpoint: its embeddings, Adam, RNG, order, loss scale, best step and
@@ -326,24 +311,10 @@ class TrainState:
         saved = SlimeConfig.from_dict(checkpoint.config)
         if saved.replace(steps=job.cfg.steps, epochs=job.cfg.epochs) != job.cfg:
             raise InputError("checkpoint was made with other settings; resume with the same ones")
-        st = checkpoint.state
-        current = st.get("current", checkpoint.context[1:job.num_classes])
-        with torch.no_grad():
-            self.trainable.copy_(current.to(self.trainable))
-        self.gen.set_state(st["rng"])
-        if "adam_exp_avg" in st:
-            self.optimizer.state[self.trainable] = {
-                "step": st["adam_step"].reshape(()).clone(),
-                "exp_avg": st["adam_exp_avg"].to(self.trainable),
-                "exp_avg_sq": st["adam_exp_avg_sq"].to(self.trainable)}
-        if self.scaler is not None and "loss_scale" in st:
-            self.scaler.scale, self.scaler.clean = float(st["loss_scale"][0]), int(st["loss_scale"][1])
-        if "best" in st:
-            self.best = st["best"].to(self.trainable)
-            score, step, since = st["best_meta"].tolist()
-            self.best_score, self.best_step, self.since_best = score, int(step), int(since)
-        self.step, self.order = int(st["step"][0]), st["order"].tolist()
-        self.history = dict(checkpoint.history)
+        k = job.num_classes
+        resume = ResumeState.from_tensors(checkpoint.state, k, checkpoint.context.shape[-1])
+        resume.apply(self, embeddings=checkpoint.context[1:k])
+        self.history = copy.deepcopy(checkpoint.history)  # the checkpoint stays as it was
         self.history.setdefault("loss", [])
         if job.validation:
             self.history.setdefault("validation", [])

@@ -30,9 +30,8 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .errors import InputError
+from .files import atomic_path  # also importable from here (lab/, benchmarks/ use it)
 
 LABELS_SUFFIX = ".png"
 OVERLAY_SUFFIX = ".overlay.png"
@@ -118,30 +118,6 @@ def _overlay_rows(image: np.ndarray, labels: np.ndarray, colors: np.ndarray, alp
 
 
 # ---------------------------------------------------------------------------- atomic files
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{path}: output directory {parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write here ({exc.strerror})") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        raise
-
-
 def save_png(path: str | os.PathLike, image: Image.Image) -> None:
     """Write a PIL image as PNG atomically (temp file + rename)."""
     with atomic_path(path) as tmp:

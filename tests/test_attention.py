@@ -22,16 +22,17 @@ def inputs(segmenter):
     return sd, torch.randn(1, 4, 16, 16), torch.randn(1, 77, sd.context_dim)
 
 
-def test_shapes_and_fused_was_matches_formula(inputs):
+def test_shapes_and_fused_was_matches_formula(inputs, capture_self_probs):
     sd, latents, context = inputs
     k = 4
-    store = AttentionStore(k, (16, 16), values_fn=maps.train_values, keep_self_probs=True)
-    _run(sd, store, latents, context)
+    store = AttentionStore(k, (16, 16), values_fn=maps.train_values)
+    with capture_self_probs(sd.unet, sd.plan.roles(), store) as self_probs:
+        sd.unet(latents, torch.tensor([50]), encoder_hidden_states=context)
     assert len(store.cross) == len(sd.plan.cross)
     assert {tuple(m.shape) for m in store.cross} == {(1, k, 4, 4), (1, k, 8, 8)}  # 1/4 and 1/2
     assert store.was().shape == (1, k, 16, 16)
-    assert len(store.self_probs) == len(sd.plan.self_) == store.was_count
-    a_sa = torch.stack(store.self_probs).mean(0)  # (1, N, N): layer- and head-averaged
+    assert len(self_probs) == len(sd.plan.self_) == store.was_count
+    a_sa = torch.stack(self_probs).mean(0)  # (1, N, N): layer- and head-averaged
     torch.testing.assert_close(a_sa.sum(-1), torch.ones(1, 256))  # rows sum to 1
     r = maps.train_values(store, (16, 16))  # (1, K, N)
     direct = maps.was_direct(r, a_sa).view(1, k, 16, 16)

@@ -27,29 +27,29 @@ def _inputs(sd, k=4, side=16, seed=0):
     return latents, base, mask
 
 
-def _step_losses(sd, latents, context, mask, k):
+def _step_losses(sd, latents, context, mask, k, capture_self_probs):
     """One step's forward; returns (fast loss, plain loss) from the same UNet pass."""
     hw = tuple(latents.shape[-2:])
-    store = AttentionStore(k, hw, values_fn=maps.train_values, keep_self_probs=True)
+    store = AttentionStore(k, hw, values_fn=maps.train_values)
     t = torch.tensor([50])
-    with capture(sd.unet, sd.plan.roles(), store):
+    with capture_self_probs(sd.unet, sd.plan.roles(), store) as self_probs:
         pred = sd.unet(latents, t, encoder_hidden_states=context).sample
     scores = maps.class_scores(store, hw)[-1]
     ce = ce_loss(scores, mask, class_weights(mask, k))
     ldm = 0.005 * ldm_loss(pred, torch.zeros_like(pred))
     fast = ce + mse_loss(store.was()[-1], mask) + ldm
-    a_sa = torch.stack(store.self_probs).mean(0)  # explicit (1, N, N), carries gradients
+    a_sa = torch.stack(self_probs).mean(0)  # explicit (1, N, N), carries gradients
     plain_was = maps.was_direct(maps.train_values(store, hw), a_sa).view(1, k, *hw)[-1]
     plain = ce + mse_loss(plain_was, mask) + ldm
     return fast, plain
 
 
-def test_fused_was_step_loss_and_gradient_equal_plain(segmenter):
+def test_fused_was_step_loss_and_gradient_equal_plain(segmenter, capture_self_probs):
     sd, k = segmenter.sd, 4
     latents, base, mask = _inputs(sd, k)
     trainable = base[0, 1:k].clone().requires_grad_(True)
     context = torch.cat([base[:, :1], trainable[None], base[:, k:]], dim=1)
-    fast, plain = _step_losses(sd, latents, context, mask, k)
+    fast, plain = _step_losses(sd, latents, context, mask, k, capture_self_probs)
     (g_fast,) = torch.autograd.grad(fast, trainable, retain_graph=True)
     (g_plain,) = torch.autograd.grad(plain, trainable)
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)

@@ -56,6 +56,14 @@ def test_masks(tmp_path):
         load_mask(tmp_path / "m.jpg")
 
 
+
+def test_mask_values_up_to_255_read_and_the_error_says_that_range(tmp_path):
+    np.save(tmp_path / "ignore.npy", np.array([[0, 255]]))  # 255: a dataset's "ignore" label
+    assert load_mask(tmp_path / "ignore.npy").max() == 255
+    np.save(tmp_path / "big.npy", np.array([[0, 300]]))
+    with pytest.raises(InputError, match=r"value 300; mask values must be 0\.\.255 "):
+        load_mask(tmp_path / "big.npy")
+
 def test_unreadable_files(tmp_path):
     (tmp_path / "rand.png").write_bytes(np.random.default_rng(0).bytes(200))
     buf = tmp_path / "ok.png"

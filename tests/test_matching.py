@@ -1,0 +1,152 @@
+"""Training-free matching and its fusion with SLiMe: shapes, votes, artifacts, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slimeseg import Learned, SlimeConfig, inference, matching
+from slimeseg.cli import main
+from slimeseg.errors import InputError
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
+
+FAST = {"image_size": 64}
+
+
+def _bank(seed: int = 0, k: int = 4, views: int = 2) -> tuple[matching.MatchBank, list, list]:
+    gen = torch.Generator().manual_seed(seed)
+    feats = [torch.randn(8, 6, 5, generator=gen) for _ in range(views)]  # (C, h, w) each
+    masks = [torch.randint(0, k, (48, 40), generator=gen) for _ in range(views)]
+    targets = [matching.soft_targets(m, k, (6, 5)) for m in masks]  # (K, h, w) each
+    return matching.MatchBank.build(feats, targets), feats, targets
+
+
+def test_soft_targets_are_class_fractions():
+    mask = torch.zeros(16, 16, dtype=torch.long)
+    mask[:8, :4] = 2  # a quarter of the top-left 8x8 cell... of the top-left 2x2 grid cell
+    t = matching.soft_targets(mask, 3, (2, 2))  # (K, h, w)
+    assert t.shape == (3, 2, 2) and torch.allclose(t.sum(0), torch.ones(2, 2))
+    assert t[2, 0, 0] == pytest.approx(0.5) and t[2, 1, 1] == 0
+
+
+def test_bank_and_votes_shapes_and_self_match():
+    bank, feats, targets = _bank()
+    assert bank.features.shape == (2 * 30, 8) and bank.targets.shape == (60, 4)
+    assert torch.allclose(bank.features.float().norm(dim=1), torch.ones(60), atol=1e-2)
+    votes = matching.vote(bank, torch.stack(feats), k=1, temperature=0.1)  # (B, K, h, w)
+    assert votes.shape == (2, 4, 6, 5)
+    assert torch.allclose(votes.sum(1), torch.ones(2, 6, 5), atol=1e-3)
+    # each cell's nearest bank cell is itself: k = 1 gives back its own class fractions
+    assert torch.allclose(votes, torch.stack(targets), atol=2e-3)
+    protos = matching.prototype_scores(bank, torch.stack(feats))
+    assert protos.shape == (2, 4, 6, 5) and torch.allclose(protos.sum(1), torch.ones(2, 6, 5), atol=1e-4)
+
+
+def test_votes_are_chunked_without_changing_them(monkeypatch):
+    bank, feats, _ = _bank(seed=1)
+    whole = matching.vote(bank, torch.stack(feats), k=5)
+    monkeypatch.setattr(matching, "SIMILARITY_CHUNK", 70)  # 1 row of 60 bank cells at a time
+    assert torch.allclose(matching.vote(bank, torch.stack(feats), k=5), whole, atol=1e-6)  # BLAS blocking
+
+
+def test_balanced_subset_keeps_the_small_classes():
+    targets = torch.zeros(1000, 3)
+    targets[:980, 0] = 1  # background
+    targets[980:995, 1] = 1  # 15 cells
+    targets[995:, 2] = 1  # 5 cells
+    feats = [torch.randn(4, 1000, 1)]
+    bank = matching.MatchBank.build(feats, [targets.T.reshape(3, 1000, 1)], max_cells=60)
+    owner = bank.targets.float().argmax(1)
+    assert len(owner) == 60 and (owner == 2).sum() == 5 and (owner == 1).sum() == 15
+
+
+def test_fusion_rules_give_distributions():
+    gen = torch.Generator().manual_seed(0)
+    slime = torch.rand(2, 4, 6, 5, generator=gen).softmax(1)
+    votes = torch.rand(2, 4, 6, 5, generator=gen).softmax(1)
+    for rule in ("mean", "confidence"):
+        fused = inference.fuse(slime, votes, SlimeConfig(fuse_rule=rule))
+        assert fused.shape == (2, 4, 6, 5) and torch.allclose(fused.sum(1), torch.ones(2, 6, 5), atol=1e-4)
+    # confidence: a certain source outweighs an unsure one where they disagree
+    sure = torch.zeros(1, 2, 1, 1)
+    sure[0, 1] = 1.0
+    unsure = torch.full((1, 2, 1, 1), 0.5)
+    unsure[0, 0] = 0.55
+    unsure[0, 1] = 0.45
+    fused = inference.fuse(unsure, sure, SlimeConfig(fuse_rule="confidence"))
+    assert fused.argmax(1).item() == 1
+    assert inference.fuse(unsure, sure, SlimeConfig(fuse_rule="mean", fuse_weight=0.0)).argmax(1).item() == 0
+
+
+@pytest.fixture(scope="module")
+def fitted(segmenter) -> Learned:
+    image, mask = shapes_scene(0, 64)
+    return segmenter.fit([image], [mask], SHAPE_CLASSES, steps=2, progress=False, **FAST)
+
+
+def test_match_artifact_round_trip(segmenter, tmp_path):
+    image, mask = shapes_scene(0, 80)
+    learned = segmenter.match([image[:, :72]], [mask[:, :72]], SHAPE_CLASSES, **FAST)
+    assert not learned.trained and learned.config["method"] == "match"
+    (ex_image, ex_mask), = learned.examples
+    assert ex_image.dtype == torch.uint8 and ex_image.shape == (3, 64, 64)  # the model input's size
+    assert ex_mask.shape == (64, 64) and int(ex_mask.max()) < len(SHAPE_CLASSES)
+    path = learned.save(tmp_path / "m.safetensors")
+    back = Learned.load(path)
+    assert not back.trained and len(back.examples) == 1
+    assert torch.equal(back.examples[0][0], ex_image) and torch.equal(back.examples[0][1], ex_mask)
+    test = shapes_scene(3, 64)[0]
+    labels = segmenter.predict(test, learned)
+    assert labels.shape == (64, 64) and labels.dtype == np.uint8
+    np.testing.assert_array_equal(segmenter.predict(test, back), labels)
+    with pytest.raises(InputError, match="needs a trained artifact"):
+        segmenter.predict(test, back, method="slime")
+
+
+def test_fit_artifacts_carry_examples_and_fuse_deterministically(segmenter, fitted):
+    assert fitted.trained and len(fitted.examples) == 1
+    test = shapes_scene(4, 64)[0]
+    for method in ("slime", "match", "fuse"):
+        a = segmenter.predict(test, fitted, method=method)
+        b = segmenter.predict(test, fitted, method=method)
+        assert a.shape == (64, 64) and np.array_equal(a, b), method
+    scores = segmenter.predict_scores(test, fitted, method="fuse", tta_flip=True)  # (K, H, W)
+    assert scores.shape == (len(SHAPE_CLASSES), 64, 64)
+    assert torch.allclose(scores.sum(0), torch.ones(64, 64), atol=1e-3)  # a distribution per pixel
+    batch = segmenter.predict_batch([test, shapes_scene(5, 64)[0]], fitted, method="fuse")
+    assert [m.shape for m in batch] == [(64, 64), (64, 64)]
+
+
+def test_an_artifact_without_examples_says_how_to_go_on(segmenter, fitted):
+    old = Learned(context=fitted.context, classes=fitted.classes, model_id=fitted.model_id,
+                  fingerprint=fitted.fingerprint, config=fitted.config)  # made before matching
+    with pytest.raises(InputError, match="hold no examples"):
+        segmenter.predict(shapes_scene(4, 64)[0], old, method="fuse")
+
+
+def test_reference_normalisation_goes_with_slime_only():
+    with pytest.raises(ValueError, match="goes with method 'slime'"):
+        SlimeConfig(method="fuse", normalization="reference")
+
+
+def test_cli_train_method_match_and_segment_fused(tiny_dir, tmp_path, capsys):
+    from PIL import Image
+
+    image, mask = shapes_scene(0, 64)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(mask).save(tmp_path / "a_mask.png")
+    Image.fromarray(shapes_scene(2, 64)[0]).save(tmp_path / "b.png")
+    common = ["--image", str(tmp_path / "a.png"), "--mask", str(tmp_path / "a_mask.png"), "--classes",
+              ",".join(SHAPE_CLASSES), "--model", str(tiny_dir), "--image-size", "64", "--quiet"]
+    assert main(["train", *common, "--method", "match", "--out", str(tmp_path / "m.safetensors")]) == 0
+    assert "no training" in capsys.readouterr().out
+    assert main(["segment", str(tmp_path / "m.safetensors"), str(tmp_path / "b.png"), "--out",
+                 str(tmp_path / "o1"), "--quiet"]) == 0
+    assert main(["train", *common, "--steps", "1", "--out", str(tmp_path / "s.safetensors")]) == 0
+    assert main(["segment", str(tmp_path / "s.safetensors"), str(tmp_path / "b.png"), "--out",
+                 str(tmp_path / "o2"), "--method", "fuse", "--quiet"]) == 0
+    assert (tmp_path / "o1" / "b.png").exists() and (tmp_path / "o2" / "b.png").exists()
+    code = main(["train", *common, "--method", "match", "--resume", str(tmp_path / "s.safetensors"),
+                 "--out", str(tmp_path / "x.safetensors")])
+    assert code == 2 and "trains nothing" in capsys.readouterr().err
