@@ -6,8 +6,10 @@ once per server; training and segmenting share it, so they run one at a time and
 wait in a queue whose position each user sees.
 
 `SlimeApp` holds the behaviour (what each button does to a `Session`) and knows nothing of
-Gradio, so it is tested without a browser; `build_app` only lays out the page and wires events
-to its methods. Images are segmented by the one segment job (`job.SegmentJob`), as by the CLI.
+Gradio, so it is tested without a browser. `build_app` only lays out the page, one builder per
+panel returning its components by name, and wires events to `SlimeApp`'s methods through
+handlers that return page updates keyed by component. Images are segmented by the one segment
+job (`job.SegmentJob`), as by the CLI.
 
 Painting: every foreground class gets a fixed brush colour (the same palette as the overlays);
 unpainted pixels are background (class 0). Painted colours map back to class indices exactly by
@@ -17,6 +19,7 @@ nearest palette colour (`layers_to_mask`).
 import atexit
 import functools
 import html
+import math
 import os
 import queue
 import shutil
@@ -25,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
@@ -38,6 +41,9 @@ from .errors import InputError, SlimeError  # noqa: E402
 from .io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, as_image_array, load_mask  # noqa: E402
 from .job import SegmentJob  # noqa: E402
 from .writers import colour_labels, overlay, palette  # noqa: E402
+
+if TYPE_CHECKING:  # the app extra; imported where the page is built
+    import gradio as gr
 
 MAX_UPLOAD = "25mb"  # per file, enforced by the server before our code sees it
 MAX_SIDE = 4096  # pixels per side of any uploaded image
@@ -53,6 +59,7 @@ RESOLUTIONS: dict[str, str | None] = {"as trained (one pass, aspect kept)": None
 BACKGROUND_BRUSH = (0, 0, 0)  # the last brush colour paints background (to correct a prediction)
 GALLERY_PER_IMAGE = 3  # results gallery items per segmented image: original, overlay, label map
 _POLL_S = 0.4  # how often the progress display refreshes while training
+STEPS_RULE = f"Steps must be a whole number from 1 to {MAX_STEPS}."
 
 
 # ---------------------------------------------------------------------------- pure helpers
@@ -76,7 +83,7 @@ def layers_to_mask(layers: list[np.ndarray], num_classes: int, size: tuple[int, 
     Layers are laid over each other in order (later on top). A pixel counts as painted where its
     alpha is at least half; it takes the class whose brush colour is nearest (black: background),
     so brush antialiasing and lossy round trips cannot produce a wrong index. Paint in the colour
-    of a class that was not added is refused (SlimeError), never silently dropped.
+    of a class that was not added is refused (InputError), never silently dropped.
     """
     h, w = size
     mask = np.zeros((h, w), dtype=np.uint8) if base is None else base.astype(np.uint8).copy()
@@ -97,7 +104,7 @@ def layers_to_mask(layers: list[np.ndarray], num_classes: int, size: tuple[int, 
         mask[painted] = dist.argmin(1).astype(np.uint8)  # index 0 is the background brush
     top = int(mask.max())
     if top >= num_classes:
-        raise SlimeError(f"paint in colour {top} ({hex_color(palette(top + 1)[top])}) belongs to no "
+        raise InputError(f"paint in colour {top} ({hex_color(palette(top + 1)[top])}) belongs to no "
                          f"class: only {num_classes - 1} classes are added; add more classes or "
                          "erase that paint")
     return mask
@@ -127,9 +134,33 @@ def progress_html(step: int, total: int, loss: float | None, state: str = "train
             f"<span>{html.escape(state)}: step {step} / {total}{loss_txt}</span></div>")
 
 
+def steps_field(text: str | float | None) -> float | None:
+    """The Steps box's text as a number; None when empty (the default steps). Its range is
+    checked by `SlimeApp.train_settings`."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    try:
+        steps = float(text)
+    except ValueError:
+        raise InputError(STEPS_RULE) from None
+    if not math.isfinite(steps):
+        raise InputError(STEPS_RULE)
+    return steps
+
+
+def loss_frame(losses: list[tuple[int, float]]) -> Any:
+    """The loss curve so far as the table gr.LinePlot plots."""
+    # pandas: gr.LinePlot takes a DataFrame (its postprocess calls DataFrame.to_json and reads the
+    # column dtypes), so the `app` extra declares pandas instead of leaning on Gradio's own deps.
+    import pandas as pd
+
+    return pd.DataFrame(losses or [(0, float("nan"))], columns=["step", "loss"]).dropna()
+
+
 def _check_size(arr: np.ndarray, name: str) -> np.ndarray:
+    """`arr`, refused when larger than the app takes."""
     if max(arr.shape[:2]) > MAX_SIDE:
-        raise SlimeError(f"{name}: image is {arr.shape[1]}x{arr.shape[0]}; the app takes at most "
+        raise InputError(f"{name}: image is {arr.shape[1]}x{arr.shape[0]}; the app takes at most "
                          f"{MAX_SIDE} pixels per side")
     return arr
 
@@ -201,7 +232,8 @@ class SegmentResult:
 class SlimeApp:
     """Everything the app does, on one loaded `Segmenter`, without any Gradio.
 
-    Methods take and return plain values and raise SlimeError with a message for the user.
+    Methods take and return plain values and raise an error with a message for the user:
+    InputError for what the user can put right (input, order of steps), SlimeError otherwise.
     Defaults (steps, image size, seed) are SlimeConfig's.
     """
 
@@ -217,11 +249,11 @@ class SlimeApp:
         """Add a class (background is class 0 and always there)."""
         name = (name or "").strip()
         if not name:
-            raise SlimeError("Type a class name first.")
+            raise InputError("Type a class name first.")
         if name in sess.classes:
-            raise SlimeError(f"There is already a class named '{name}'.")
+            raise InputError(f"There is already a class named '{name}'.")
         if len(sess.classes) >= MAX_CLASSES:
-            raise SlimeError(f"At most {MAX_CLASSES} classes.")
+            raise InputError(f"At most {MAX_CLASSES} classes.")
         sess.classes = [*sess.classes, name]
         return sess
 
@@ -238,26 +270,26 @@ class SlimeApp:
                     sess: Session) -> Session:
         """Add one (image, mask) pair: the mask from the painted layers, or an uploaded file."""
         if image is None:
-            raise SlimeError("Upload an example image first.")
+            raise InputError("Upload an example image first.")
         if len(sess.classes) < 2:
-            raise SlimeError("Add at least one class (besides background) before adding examples.")
+            raise InputError("Add at least one class (besides background) before adding examples.")
         image = _check_size(as_image_array(image, "example image"), "example image")
         h, w = image.shape[:2]
         if mask_file is not None:
             path = upload_path(mask_file)
             if path.suffix.lower() not in MASK_EXTENSIONS:
-                raise SlimeError(f"{path.name}: masks must be {', '.join(MASK_EXTENSIONS)}")
+                raise InputError(f"{path.name}: masks must be {', '.join(MASK_EXTENSIONS)}")
             mask = load_mask(path)
             if mask.shape != (h, w):
-                raise SlimeError(f"{path.name}: mask is {mask.shape[1]}x{mask.shape[0]} but the "
+                raise InputError(f"{path.name}: mask is {mask.shape[1]}x{mask.shape[0]} but the "
                                  f"image is {w}x{h}")
             if int(mask.max()) >= len(sess.classes):
-                raise SlimeError(f"{path.name}: mask holds class {int(mask.max())} but only "
+                raise InputError(f"{path.name}: mask holds class {int(mask.max())} but only "
                                  f"{len(sess.classes)} classes are named")
         else:
             mask = layers_to_mask(list(layers or []), len(sess.classes), (h, w))
             if not mask.any():
-                raise SlimeError("Nothing painted: paint the classes over the image (or upload a "
+                raise InputError("Nothing painted: paint the classes over the image (or upload a "
                                  "mask) before adding the example.")
         sess.images = [*sess.images, image]
         sess.masks = [*sess.masks, mask]
@@ -292,16 +324,16 @@ class SlimeApp:
 
         Empty fields take SlimeConfig's defaults (steps: its epochs over the examples)."""
         if not sess.images:
-            raise SlimeError("Add at least one painted example first.")
+            raise InputError("Add at least one painted example first.")
         if steps is not None and (steps != int(steps) or not 1 <= int(steps) <= MAX_STEPS):
-            raise SlimeError(f"Steps must be a whole number from 1 to {MAX_STEPS}.")
+            raise InputError(STEPS_RULE)
         total = self.defaults.total_steps(len(sess.images)) if steps is None else int(steps)
         if total > MAX_STEPS:
-            raise SlimeError(f"{total} steps ({self.defaults.epochs} per example) exceed the app's "
+            raise InputError(f"{total} steps ({self.defaults.epochs} per example) exceed the app's "
                              f"limit of {MAX_STEPS}; set fewer steps.")
         size = self.defaults.image_size if image_size is None else int(image_size)
         if size % 64 or not IMAGE_SIZES[0] <= size <= IMAGE_SIZES[1]:
-            raise SlimeError(f"Image size must be a multiple of 64 from {IMAGE_SIZES[0]} to "
+            raise InputError(f"Image size must be a multiple of 64 from {IMAGE_SIZES[0]} to "
                              f"{IMAGE_SIZES[1]}.")
         return {"steps": total, "image_size": size,
                 "seed": self.defaults.seed if seed is None else int(seed)}
@@ -310,10 +342,10 @@ class SlimeApp:
         """The settings of a refinement: continue the current embeddings on all examples for
         `steps` (default: SlimeConfig's refine_steps), at the image size they were learned at."""
         if not sess.learned_path:
-            raise SlimeError("Train or load learned embeddings first, then correct a result.")
+            raise InputError("Train or load learned embeddings first, then correct a result.")
         learned = Learned.load(sess.learned_path)
         if learned.classes != sess.classes:
-            raise SlimeError(f"The examples' classes [{', '.join(sess.classes)}] differ from the "
+            raise InputError(f"The examples' classes [{', '.join(sess.classes)}] differ from the "
                              f"embeddings' [{', '.join(learned.classes)}]; start over to refine these.")
         settings = self.train_settings(self.defaults.refine_steps if steps is None else steps,
                                        learned.config.get("image_size"), seed, sess)
@@ -386,7 +418,7 @@ class SlimeApp:
         """Use an uploaded artifact (a copy is kept for download); refused if made for another model."""
         path = upload_path(file)
         if path.suffix.lower() != ".safetensors":
-            raise SlimeError(f"{path.name}: not a .safetensors file made by slimeseg")
+            raise InputError(f"{path.name}: not a .safetensors file made by slimeseg")
         learned = Learned.load(path)
         learned.check_fits(self.segmenter.sd, path.name, hint=f"start the app with --model {learned.model_id}")
         dest = sess.workdir() / path.name
@@ -399,7 +431,7 @@ class SlimeApp:
     def undo(self, sess: Session) -> Learned:
         """Back to the previous round's embeddings (the undone round's file stays listed until then)."""
         if len(sess.rounds) < 2:
-            raise SlimeError("Nothing to undo: there is no earlier round.")
+            raise InputError("Nothing to undo: there is no earlier round.")
         sess.rounds = sess.rounds[:-1]
         return Learned.load(sess.learned_path)
 
@@ -409,15 +441,15 @@ class SlimeApp:
         the picture the correction editor paints on. Strokes in a class colour (black: background)
         replace the prediction under them; `add_correction` adds the image with the fixed map."""
         if not sess.results:
-            raise SlimeError("Segment some images first, then pick one to correct.")
+            raise InputError("Segment some images first, then pick one to correct.")
         learned = Learned.load(sess.learned_path)
         if sess.classes != learned.classes:
             if sess.images:
-                raise SlimeError(f"The examples' classes [{', '.join(sess.classes)}] differ from the "
+                raise InputError(f"The examples' classes [{', '.join(sess.classes)}] differ from the "
                                  f"embeddings' [{', '.join(learned.classes)}]; start over first.")
             sess.classes = list(learned.classes)
         if learned.num_classes - 1 > BRUSH_CLASSES:
-            raise SlimeError(f"{learned.num_classes - 1} classes: the brush paints at most "
+            raise InputError(f"{learned.num_classes - 1} classes: the brush paints at most "
                              f"{BRUSH_CLASSES}; correct this one in a paint program and upload the mask.")
         sess.picked = min(index // GALLERY_PER_IMAGE, len(sess.results) - 1)
         _, image, labels = sess.results[sess.picked]
@@ -430,11 +462,11 @@ class SlimeApp:
         """Add the picked result as an example: its original image, and its predicted label map
         with the painted strokes laid over it (unpainted pixels keep the prediction)."""
         if sess.picked is None:
-            raise SlimeError("Pick a segmented image to correct first (click it in the results).")
+            raise InputError("Pick a segmented image to correct first (click it in the results).")
         _, image, labels = sess.results[sess.picked]
         mask = layers_to_mask(list(layers or []), len(sess.classes), labels.shape, labels)
         if not mask.any():
-            raise SlimeError("The corrected map is all background: paint the classes that are there.")
+            raise InputError("The corrected map is all background: paint the classes that are there.")
         sess.images = [*sess.images, image]
         sess.masks = [*sess.masks, mask]
         return sess
@@ -454,11 +486,11 @@ class SlimeApp:
     def check_segment(files: Sequence[Any] | None, sess: Session) -> None:
         """Refuse a segmentation job at once (before it waits in the queue) if it cannot run."""
         if not sess.learned_path:
-            raise SlimeError("Train or load learned embeddings first.")
+            raise InputError("Train or load learned embeddings first.")
         if not files:
-            raise SlimeError("Drop one or more images to segment.")
+            raise InputError("Drop one or more images to segment.")
         if len(files) > MAX_SEGMENT_FILES:
-            raise SlimeError(f"{len(files)} images given; at most {MAX_SEGMENT_FILES} at a time.")
+            raise InputError(f"{len(files)} images given; at most {MAX_SEGMENT_FILES} at a time.")
 
     def segment(self, files: Sequence[Any] | None, sess: Session,
                 resolution: str | None = None) -> SegmentResult:
@@ -534,221 +566,363 @@ def _ui(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def build_app(segmenter: Any, model_label: str = "") -> Any:
-    """The Gradio Blocks of the app around a loaded `Segmenter` (not launched): layout and wiring
-    only; every handler is a `SlimeApp` method with its values turned into page updates."""
+@dataclass
+class ExamplePanel:
+    """Step 1: the example editor, the classes, and the examples added so far."""
+
+    editor: "gr.ImageEditor"
+    class_name: "gr.Textbox"
+    add_class: "gr.Button"
+    reset: "gr.Button"
+    legend: "gr.HTML"  # the classes with their brush colours
+    mask_file: "gr.File"
+    add_example: "gr.Button"
+    clear: "gr.Button"
+    info: "gr.Markdown"  # how many examples, which classes none paints
+    gallery: "gr.Gallery"
+
+
+@dataclass
+class TrainPanel:
+    """Step 2: the fit settings, the buttons that start, stop and undo rounds, the progress, and
+    the learned embeddings out (download) and in (upload)."""
+
+    steps: "gr.Textbox"
+    seed: "gr.Number"
+    image_size: "gr.Slider"
+    train: "gr.Button"
+    stop: "gr.Button"
+    refine: "gr.Button"
+    undo: "gr.Button"
+    progress: "gr.HTML"
+    loss_plot: "gr.LinePlot"
+    artifact_out: "gr.File"
+    rounds_out: "gr.File"
+    artifact_in: "gr.File"
+
+
+@dataclass
+class SegmentPanel:
+    """Step 3: the images to segment, the button, and what came out."""
+
+    files: "gr.File"
+    resolution: "gr.Dropdown"
+    segment: "gr.Button"
+    labels_zip: "gr.File"
+    legend: "gr.HTML"  # the learned classes, and what the last action did
+    results: "gr.Gallery"
+
+
+@dataclass
+class CorrectionArea:
+    """Below the results: the picked result's correction editor (rendered afresh per pick) and
+    its before/after refining."""
+
+    note: "gr.Markdown"
+    picks: "gr.Number"  # hidden: picks so far; each change renders a new correction editor
+    before_after: "gr.Gallery"
+
+
+def _class_legend(sess: Session) -> str:
+    """The session's classes with what to paint next."""
+    return legend_html(sess.classes, SlimeApp.paint_note(sess))
+
+
+def _examples_update(app: SlimeApp, state: "gr.State", ex: ExamplePanel,
+                     sess: Session) -> dict[Any, Any]:
+    """The page updates after the examples changed."""
+    return {state: sess, ex.gallery: app.example_gallery(sess), ex.info: app.examples_text(sess)}
+
+
+def _example_panel(app: SlimeApp, start: Session) -> ExamplePanel:
+    """Lay out step 1 (the left column)."""
     import gradio as gr
-    import pandas as pd
 
-    app = SlimeApp(segmenter, model_label)
-    d = app.defaults
+    with gr.Column(scale=3):
+        gr.Markdown("### 1. Example")
+        editor = gr.ImageEditor(
+            label="Example image: upload, then paint each class", type="numpy",
+            image_mode="RGBA", sources=("upload", "clipboard"), format="png",
+            brush=gr.Brush(colors=brush_colors(), color_mode="fixed"),
+            eraser=gr.Eraser(), layers=gr.LayerOptions(layers=["classes"]),
+            transforms=(), canvas_size=(512, 512), elem_id="example_editor")
+        with gr.Row():
+            class_name = gr.Textbox(label="New class", placeholder="e.g. wheel", scale=3,
+                                    elem_id="class_name")
+            add_class = gr.Button("Add class", scale=1, elem_id="add_class")
+            reset = gr.Button("Start over", scale=1, variant="secondary", elem_id="reset")
+        legend = gr.HTML(_class_legend(start), elem_id="class_legend")
+        mask_file = gr.File(label="…or upload a ready mask (PNG/.npy of class indices)",
+                            height=120, file_types=list(MASK_EXTENSIONS), elem_id="mask_upload")
+        with gr.Row():
+            add_example = gr.Button("Add example", variant="primary", elem_id="add_example")
+            clear = gr.Button("Clear examples", elem_id="clear_examples")
+        info = gr.Markdown(app.examples_text(start), elem_id="examples_info")
+        gallery = gr.Gallery(label="Examples", columns=4, height=180, preview=False,
+                             object_fit="contain", elem_id="examples_gallery")
+    return ExamplePanel(editor, class_name, add_class, reset, legend, mask_file, add_example,
+                        clear, info, gallery)
 
-    # ------------------------------------------------------------ adapters: app -> page updates
-    def legend(sess: Session) -> str:
-        return legend_html(sess.classes, app.paint_note(sess))
 
-    def loss_frame(losses: list[tuple[int, float]]) -> Any:
-        return pd.DataFrame(losses or [(0, float("nan"))], columns=["step", "loss"]).dropna()
+def _train_panel(d: SlimeConfig) -> TrainPanel:
+    """Lay out step 2 (the right column) with `d`'s defaults."""
+    import gradio as gr
 
-    def add_class(name: str, sess: Session) -> tuple[Any, ...]:
+    with gr.Column(scale=2):
+        gr.Markdown("### 2. Train")
+        with gr.Row():
+            # A text box, not gr.Number: Gradio 6's Number shows and sends 0 when its value is
+            # None, so "empty" could not be typed out of the way. `steps_field` reads it.
+            steps = gr.Textbox(label=f"Steps (empty: {d.epochs} per example)", value="",
+                               max_lines=1, elem_id="steps")
+            seed = gr.Number(label="Seed", value=d.seed, precision=0, elem_id="seed")
+        image_size = gr.Slider(label="Image size (px, the model's input side)",
+                               minimum=IMAGE_SIZES[0], maximum=IMAGE_SIZES[1], step=64,
+                               value=d.image_size, elem_id="image_size")
+        with gr.Row():
+            train = gr.Button("Train", variant="primary", elem_id="train")
+            stop = gr.Button("Stop (keep result)", variant="stop", elem_id="stop")
+        with gr.Row():
+            refine = gr.Button(f"Refine (continue, {d.refine_steps} steps if empty)",
+                               elem_id="refine")
+            undo = gr.Button("Undo round", elem_id="undo")
+        progress = gr.HTML(progress_html(0, 0, None, "idle"), elem_id="train_progress")
+        loss_plot = gr.LinePlot(x="step", y="loss", label="Loss", height=220, elem_id="loss_plot")
+        artifact_out = gr.File(label="Learned embeddings (download)", interactive=False,
+                               height=90, elem_id="artifact_download")
+        rounds_out = gr.File(label="Every round's embeddings", file_count="multiple",
+                             interactive=False, height=90, elem_id="rounds_download")
+        artifact_in = gr.File(label="…or load learned embeddings (.safetensors)", height=120,
+                              file_types=[".safetensors"], elem_id="artifact_upload")
+    return TrainPanel(steps, seed, image_size, train, stop, refine, undo, progress, loss_plot,
+                      artifact_out, rounds_out, artifact_in)
+
+
+def _segment_panel() -> SegmentPanel:
+    """Lay out step 3 (full width, below steps 1 and 2)."""
+    import gradio as gr
+
+    gr.Markdown("### 3. Segment")
+    with gr.Row():
+        files = gr.File(label="Images to segment", file_count="multiple", height=160,
+                        file_types=list(IMAGE_EXTENSIONS), elem_id="segment_files", scale=2)
+        with gr.Column(scale=1):
+            resolution = gr.Dropdown(list(RESOLUTIONS), value=next(iter(RESOLUTIONS)),
+                                     label="Resolution", elem_id="resolution")
+            segment = gr.Button("Segment", variant="primary", elem_id="segment")
+            labels_zip = gr.File(label="Label maps (zip)", interactive=False, height=90,
+                                 elem_id="labels_zip")
+    legend = gr.HTML(legend_html([], "Train or load learned embeddings, then segment."),
+                     elem_id="result_legend")
+    results = gr.Gallery(label="Each image: the original, the overlay, the label map "
+                               "(click one to correct it in the example editor)",
+                         columns=3, height=420, preview=False, object_fit="contain",
+                         elem_id="results")
+    return SegmentPanel(files, resolution, segment, labels_zip, legend, results)
+
+
+def _correction_area(app: SlimeApp, state: "gr.State", ex: ExamplePanel) -> CorrectionArea:
+    """Lay out the correction area below the results. Its editor is rendered per pick, so its
+    "Add corrected example" button (adding to `ex`'s examples) is wired here."""
+    import gradio as gr
+
+    note = gr.Markdown("", elem_id="correcting")
+    # A hidden Number, not a State: a State's change does not trigger gr.render in Gradio 6.31.
+    picks = gr.Number(0, visible=False, precision=0, elem_id="to_correct")
+
+    def add_correction(value: dict | None, sess: Session) -> dict[Any, Any]:
+        sess = app.add_correction((value or {}).get("layers"), sess)
+        return _examples_update(app, state, ex, sess)
+
+    @gr.render(inputs=[picks, state], triggers=[picks.change])
+    def correction_editor(number: float | None, sess: Session) -> None:
+        # A new editor per pick: Gradio's ImageEditor (6.31) goes blank at the first stroke
+        # when the server replaces a picture it already shows, so it is never reused.
+        if not number or sess.picked is None:
+            return
+        _, image, labels = sess.results[sess.picked]
+        with gr.Row():
+            editor = gr.ImageEditor(
+                value={"background": overlay(image, labels), "layers": [], "composite": None},
+                key=f"correct-{int(number)}",
+                label="Correct it: paint the right class over wrong regions (black: background)",
+                type="numpy", image_mode="RGBA", sources=(), format="png", interactive=True,
+                brush=gr.Brush(colors=brush_colors(), color_mode="fixed"), eraser=gr.Eraser(),
+                layers=gr.LayerOptions(layers=["corrections"], allow_additional_layers=False),
+                transforms=(), canvas_size=(512, 512), elem_id="correction_editor", scale=3)
+            add = gr.Button("Add corrected example", elem_id="add_correction", scale=1)
+        add.click(_ui(add_correction), [editor, state], [state, ex.gallery, ex.info])
+
+    # height "auto": a fixed height cut the two full-width thumbnails to their top part
+    before_after = gr.Gallery(label="The corrected image: before and after refining", columns=2,
+                              height="auto", preview=False, object_fit="contain",
+                              elem_id="before_after")
+    return CorrectionArea(note, picks, before_after)
+
+
+def _wire_examples(app: SlimeApp, state: "gr.State", ex: ExamplePanel) -> None:
+    """Step 1's events: classes and examples (quick, in the default queue)."""
+
+    def add_class(name: str, sess: Session) -> dict[Any, Any]:
         sess = app.add_class(name, sess)
-        return sess, "", legend(sess)
+        return {state: sess, ex.class_name: "", ex.legend: _class_legend(sess)}
 
-    def reset_classes(sess: Session) -> tuple[Any, ...]:
+    def reset_classes(sess: Session) -> dict[Any, Any]:
         sess = Session()
-        return sess, legend(sess), [], app.examples_text(sess)
+        return {**_examples_update(app, state, ex, sess), ex.legend: _class_legend(sess)}
 
-    def add_example(editor: dict | None, mask_file: Any, sess: Session) -> tuple[Any, ...]:
+    def add_example(editor: dict | None, mask_file: Any, sess: Session) -> dict[Any, Any]:
         editor = editor or {}
         sess = app.add_example(editor.get("background"), editor.get("layers"), mask_file, sess)
-        return sess, app.example_gallery(sess), app.examples_text(sess), None  # mask upload: used up
+        return {**_examples_update(app, state, ex, sess), ex.mask_file: None}  # upload used up
 
-    def clear_examples(sess: Session) -> tuple[Any, ...]:
-        sess = app.clear_examples(sess)
-        return sess, [], app.examples_text(sess)
+    def clear_examples(sess: Session) -> dict[Any, Any]:
+        return _examples_update(app, state, ex, app.clear_examples(sess))
 
-    def check_train(steps: float | None, image_size: float, seed: float | None, sess: Session) -> None:
-        app.train_settings(steps, image_size, seed, sess)
+    ex.add_class.click(_ui(add_class), [ex.class_name, state], [state, ex.class_name, ex.legend])
+    ex.class_name.submit(_ui(add_class), [ex.class_name, state], [state, ex.class_name, ex.legend])
+    ex.reset.click(reset_classes, [state], [state, ex.legend, ex.gallery, ex.info])
+    ex.add_example.click(_ui(add_example), [ex.editor, ex.mask_file, state],
+                         [state, ex.gallery, ex.info, ex.mask_file])
+    ex.clear.click(clear_examples, [state], [state, ex.gallery, ex.info])
 
-    def run_training(steps: float | None, image_size: float | None, seed: float | None, sess: Session,
-                     key: str, refine: bool) -> Iterator[tuple[Any, ...]]:
-        for u in app.train(steps, image_size, seed, sess, key=key, refine=refine):
-            bar = progress_html(u.step, u.total, u.loss, u.state)
-            if u.learned is None:
-                yield bar, loss_frame(u.losses), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            else:
-                what = f"Refined {u.step} steps (round {len(sess.rounds)})" if refine else f"Trained {u.step} steps"
-                yield (bar, loss_frame(u.losses), u.learned_path,
-                       legend_html(u.learned.classes, f"{what}; ready to segment."), sess,
-                       list(sess.rounds), app.before_after(sess) if refine else gr.skip())
 
-    def train(steps: float | None, image_size: float, seed: float | None, sess: Session,
-              request: gr.Request) -> Iterator[tuple[Any, ...]]:
-        yield from run_training(steps, image_size, seed, sess, request.session_hash or "default", False)
+def _wire_training(app: SlimeApp, state: "gr.State", tr: TrainPanel, seg: SegmentPanel,
+                   fix: CorrectionArea) -> None:
+    """Train, refine and stop. Train and refine are checked at once (queue=False), then run one
+    at a time with segmenting on the one model (CONCURRENCY_ID); stop never waits in the queue."""
+    import gradio as gr
 
-    def refine(steps: float | None, seed: float | None, sess: Session,
-               request: gr.Request) -> Iterator[tuple[Any, ...]]:
+    def run_training(steps: str | None, image_size: float | None, seed: float | None,
+                     sess: Session, key: str, refine: bool) -> Iterator[dict[Any, Any]]:
+        for u in app.train(steps_field(steps), image_size, seed, sess, key=key, refine=refine):
+            update = {tr.progress: progress_html(u.step, u.total, u.loss, u.state),
+                      tr.loss_plot: loss_frame(u.losses)}
+            if u.learned is not None:
+                what = (f"Refined {u.step} steps (round {len(sess.rounds)})" if refine
+                        else f"Trained {u.step} steps")
+                update |= {tr.artifact_out: u.learned_path, state: sess,
+                           seg.legend: legend_html(u.learned.classes, f"{what}; ready to segment."),
+                           tr.rounds_out: list(sess.rounds)}
+                if refine:
+                    update[fix.before_after] = app.before_after(sess)
+            yield update
+
+    def check_train(steps: str | None, image_size: float, seed: float | None,
+                    sess: Session) -> None:
+        app.train_settings(steps_field(steps), image_size, seed, sess)
+
+    def train(steps: str | None, image_size: float, seed: float | None, sess: Session,
+              request: gr.Request) -> Iterator[dict[Any, Any]]:
+        yield from run_training(steps, image_size, seed, sess, request.session_hash or "default",
+                                False)
+
+    def check_refine(steps: str | None, seed: float | None, sess: Session) -> None:
+        app.refine_settings(steps_field(steps), seed, sess)
+
+    def refine(steps: str | None, seed: float | None, sess: Session,
+               request: gr.Request) -> Iterator[dict[Any, Any]]:
         yield from run_training(steps, None, seed, sess, request.session_hash or "default", True)
-
-    def undo(sess: Session) -> tuple[Any, ...]:
-        learned = app.undo(sess)
-        note = f"Back to round {len(sess.rounds)}; ready to segment."
-        return sess, legend_html(learned.classes, note), sess.learned_path, list(sess.rounds)
-
-    def pick(sess: Session, number: float | None, evt: gr.SelectData) -> tuple[Any, ...]:
-        app.pick_result(int(evt.index), sess)
-        number = int(number or 0)
-        name = sess.results[sess.picked][0]
-        note = (f"Correcting {name}: paint the right class over what is wrong (black: background), "
-                "press Add corrected example, then Refine.")
-        return number + 1, sess, legend(sess), note
-
-    def add_correction(value: dict | None, sess: Session) -> tuple[Any, ...]:
-        sess = app.add_correction((value or {}).get("layers"), sess)
-        return sess, app.example_gallery(sess), app.examples_text(sess)
 
     def stop(request: gr.Request) -> None:
         if not app.stop(request.session_hash or "default"):
             gr.Info("No training is running.")
 
-    def load_artifact(file: Any, sess: Session) -> tuple[Any, ...]:
-        if file is None:
-            return sess, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    trained = [tr.progress, tr.loss_plot, tr.artifact_out, seg.legend, state, tr.rounds_out,
+               fix.before_after]
+    tr.train.click(_ui(check_train), [tr.steps, tr.image_size, tr.seed, state], None,
+                   queue=False).success(
+                   _ui(train), [tr.steps, tr.image_size, tr.seed, state], trained,
+                   concurrency_limit=1, concurrency_id=CONCURRENCY_ID, show_progress="minimal")
+    tr.refine.click(_ui(check_refine), [tr.steps, tr.seed, state], None, queue=False).success(
+                    _ui(refine), [tr.steps, tr.seed, state], trained,
+                    concurrency_limit=1, concurrency_id=CONCURRENCY_ID, show_progress="minimal")
+    tr.stop.click(stop, None, None, queue=False)
+
+
+def _wire_rounds(app: SlimeApp, state: "gr.State", ex: ExamplePanel, tr: TrainPanel,
+                 seg: SegmentPanel) -> None:
+    """Undo a round (never queued) and load learned embeddings (queued apart from the model)."""
+    import gradio as gr
+
+    def undo(sess: Session) -> dict[Any, Any]:
+        learned = app.undo(sess)
+        return {state: sess, tr.artifact_out: sess.learned_path, tr.rounds_out: list(sess.rounds),
+                seg.legend: legend_html(learned.classes,
+                                        f"Back to round {len(sess.rounds)}; ready to segment.")}
+
+    def load_artifact(file: Any, sess: Session) -> Any:
+        if file is None:  # the upload was cleared
+            return gr.skip()
         learned = app.load_artifact(file, sess)
         note = f"Loaded {upload_path(file).name}; ready to segment."
-        return sess, legend_html(learned.classes, note), sess.learned_path, list(sess.rounds), legend(sess)
+        return {state: sess, seg.legend: legend_html(learned.classes, note),
+                tr.artifact_out: sess.learned_path, tr.rounds_out: list(sess.rounds),
+                ex.legend: _class_legend(sess)}
 
-    def segment(files: list[Any] | None, resolution: str, sess: Session) -> tuple[Any, ...]:
+    tr.undo.click(_ui(undo), [state], [state, seg.legend, tr.artifact_out, tr.rounds_out],
+                  queue=False)
+    tr.artifact_in.upload(_ui(load_artifact), [tr.artifact_in, state],
+                          [state, seg.legend, tr.artifact_out, tr.rounds_out, ex.legend],
+                          concurrency_limit=1, concurrency_id="load")
+
+
+def _wire_segmenting(app: SlimeApp, state: "gr.State", ex: ExamplePanel, seg: SegmentPanel,
+                     fix: CorrectionArea) -> None:
+    """Step 3's events: segment (checked at once, then queued on the one model) and picking a
+    result to correct."""
+    import gradio as gr
+
+    def check_segment(files: list[Any] | None, sess: Session) -> None:
+        app.check_segment(files, sess)
+
+    def segment(files: list[Any] | None, resolution: str, sess: Session) -> dict[Any, Any]:
         result = app.segment(files, sess, RESOLUTIONS.get(resolution))
         for msg in result.problems:
             gr.Warning(msg)
-        return result.gallery, legend_html(result.classes, result.note), result.zip_path
+        return {seg.results: result.gallery, seg.legend: legend_html(result.classes, result.note),
+                seg.labels_zip: result.zip_path}
 
-    # ------------------------------------------------------------ layout
+    def pick(sess: Session, number: float | None, evt: gr.SelectData) -> dict[Any, Any]:
+        app.pick_result(int(evt.index), sess)
+        name = sess.results[sess.picked][0]
+        note = (f"Correcting {name}: paint the right class over what is wrong (black: "
+                "background), press Add corrected example, then Refine.")
+        return {fix.picks: int(number or 0) + 1, state: sess, ex.legend: _class_legend(sess),
+                fix.note: note}
+
+    seg.segment.click(_ui(check_segment), [seg.files, state], None, queue=False).success(
+                      _ui(segment), [seg.files, seg.resolution, state],
+                      [seg.results, seg.legend, seg.labels_zip],
+                      concurrency_limit=1, concurrency_id=CONCURRENCY_ID)
+    seg.results.select(_ui(pick), [state, fix.picks], [fix.picks, state, ex.legend, fix.note],
+                       queue=False)
+
+
+def build_app(segmenter: Any, model_label: str = "") -> Any:
+    """The Gradio Blocks of the app around a loaded `Segmenter` (not launched): the panels, then
+    their events; every handler is a `SlimeApp` method with its values turned into page updates
+    keyed by component."""
+    import gradio as gr
+
+    app = SlimeApp(segmenter, model_label)
     start = Session()
     # delete_cache: Gradio's copies of uploads and downloads older than a day, checked hourly
     with gr.Blocks(title="slimeseg", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
-        sess = gr.State(start)
+        state = gr.State(start)
         gr.Markdown("## slimeseg: segment images like one example\n"
                     "1. Upload an example image, add your classes, paint them. "
                     "2. Train. 3. Drop new images to segment them the same way."
                     + (f"  \nModel: `{model_label}`" if model_label else ""))
         with gr.Row():
-            with gr.Column(scale=3):
-                gr.Markdown("### 1. Example")
-                editor = gr.ImageEditor(
-                    label="Example image: upload, then paint each class", type="numpy",
-                    image_mode="RGBA", sources=("upload", "clipboard"), format="png",
-                    brush=gr.Brush(colors=brush_colors(), color_mode="fixed"),
-                    eraser=gr.Eraser(), layers=gr.LayerOptions(layers=["classes"]),
-                    transforms=(), canvas_size=(512, 512), elem_id="example_editor")
-                with gr.Row():
-                    class_name = gr.Textbox(label="New class", placeholder="e.g. wheel", scale=3,
-                                            elem_id="class_name")
-                    add_class_btn = gr.Button("Add class", scale=1, elem_id="add_class")
-                    reset_btn = gr.Button("Start over", scale=1, variant="secondary", elem_id="reset")
-                classes_legend = gr.HTML(legend(start), elem_id="class_legend")
-                mask_file = gr.File(label="…or upload a ready mask (PNG/.npy of class indices)", height=120,
-                                    file_types=list(MASK_EXTENSIONS), elem_id="mask_upload")
-                with gr.Row():
-                    add_example_btn = gr.Button("Add example", variant="primary", elem_id="add_example")
-                    clear_btn = gr.Button("Clear examples", elem_id="clear_examples")
-                examples_info = gr.Markdown(app.examples_text(start), elem_id="examples_info")
-                examples_gallery = gr.Gallery(label="Examples", columns=4, height=180, preview=False,
-                                              object_fit="contain", elem_id="examples_gallery")
-            with gr.Column(scale=2):
-                gr.Markdown("### 2. Train")
-                with gr.Row():
-                    steps = gr.Number(label=f"Steps (empty: {d.epochs} per example)", value=None,
-                                      minimum=1, maximum=MAX_STEPS, precision=0, elem_id="steps")
-                    seed = gr.Number(label="Seed", value=d.seed, precision=0, elem_id="seed")
-                image_size = gr.Slider(label="Image size (px, the model's input side)",
-                                       minimum=IMAGE_SIZES[0], maximum=IMAGE_SIZES[1], step=64,
-                                       value=d.image_size, elem_id="image_size")
-                with gr.Row():
-                    train_btn = gr.Button("Train", variant="primary", elem_id="train")
-                    stop_btn = gr.Button("Stop (keep result)", variant="stop", elem_id="stop")
-                with gr.Row():
-                    refine_btn = gr.Button(f"Refine (continue, {d.refine_steps} steps if empty)",
-                                           elem_id="refine")
-                    undo_btn = gr.Button("Undo round", elem_id="undo")
-                progress = gr.HTML(progress_html(0, 0, None, "idle"), elem_id="train_progress")
-                loss_plot = gr.LinePlot(x="step", y="loss", label="Loss", height=220,
-                                        elem_id="loss_plot")
-                artifact_out = gr.File(label="Learned embeddings (download)", interactive=False, height=90,
-                                       elem_id="artifact_download")
-                rounds_out = gr.File(label="Every round's embeddings", file_count="multiple",
-                                     interactive=False, height=90, elem_id="rounds_download")
-                artifact_in = gr.File(label="…or load learned embeddings (.safetensors)", height=120,
-                                      file_types=[".safetensors"], elem_id="artifact_upload")
-        gr.Markdown("### 3. Segment")
-        with gr.Row():
-            seg_files = gr.File(label="Images to segment", file_count="multiple", height=160,
-                                file_types=list(IMAGE_EXTENSIONS), elem_id="segment_files", scale=2)
-            with gr.Column(scale=1):
-                resolution = gr.Dropdown(list(RESOLUTIONS), value=next(iter(RESOLUTIONS)),
-                                         label="Resolution", elem_id="resolution")
-                segment_btn = gr.Button("Segment", variant="primary", elem_id="segment")
-                labels_zip = gr.File(label="Label maps (zip)", interactive=False, height=90, elem_id="labels_zip")
-        result_legend = gr.HTML(legend_html([], "Train or load learned embeddings, then segment."),
-                                elem_id="result_legend")
-        results = gr.Gallery(label="Each image: the original, the overlay, the label map "
-                                   "(click one to correct it in the example editor)",
-                             columns=3, height=420, preview=False, object_fit="contain",
-                             elem_id="results")
-        correcting = gr.Markdown("", elem_id="correcting")
-        # picks so far: each pick renders a fresh correction editor. A hidden Number, not a State:
-        # a State's change does not trigger gr.render in Gradio 6.31.
-        to_correct = gr.Number(0, visible=False, precision=0, elem_id="to_correct")
-
-        @gr.render(inputs=[to_correct, sess], triggers=[to_correct.change])
-        def correction_editor(number: float | None, sess_now: Session) -> None:
-            # A new editor per pick: Gradio's ImageEditor (6.31) goes blank at the first stroke
-            # when the server replaces a picture it already shows, so it is never reused.
-            if not number or sess_now.picked is None:
-                return
-            _, image, labels = sess_now.results[sess_now.picked]
-            view = overlay(image, labels)
-            with gr.Row():
-                correction = gr.ImageEditor(
-                    value={"background": view, "layers": [], "composite": None}, key=f"correct-{int(number)}",
-                    label="Correct it: paint the right class over wrong regions (black: background)",
-                    type="numpy", image_mode="RGBA", sources=(), format="png", interactive=True,
-                    brush=gr.Brush(colors=brush_colors(), color_mode="fixed"), eraser=gr.Eraser(),
-                    layers=gr.LayerOptions(layers=["corrections"], allow_additional_layers=False),
-                    transforms=(), canvas_size=(512, 512), elem_id="correction_editor", scale=3)
-                add_btn = gr.Button("Add corrected example", elem_id="add_correction", scale=1)
-            add_btn.click(_ui(add_correction), [correction, sess], [sess, examples_gallery, examples_info])
-        # height "auto": a fixed height cut the two full-width thumbnails to their top part
-        before_after = gr.Gallery(label="The corrected image: before and after refining", columns=2,
-                                  height="auto", preview=False, object_fit="contain", elem_id="before_after")
-
-        # ------------------------------------------------------------ events
-        add_class_btn.click(_ui(add_class), [class_name, sess], [sess, class_name, classes_legend])
-        class_name.submit(_ui(add_class), [class_name, sess], [sess, class_name, classes_legend])
-        reset_btn.click(reset_classes, [sess], [sess, classes_legend, examples_gallery, examples_info])
-        add_example_btn.click(_ui(add_example), [editor, mask_file, sess],
-                              [sess, examples_gallery, examples_info, mask_file])
-        clear_btn.click(clear_examples, [sess], [sess, examples_gallery, examples_info])
-        trained = [progress, loss_plot, artifact_out, result_legend, sess, rounds_out, before_after]
-        train_btn.click(_ui(check_train), [steps, image_size, seed, sess], None, queue=False).success(
-                        _ui(train), [steps, image_size, seed, sess], trained,
-                        concurrency_limit=1, concurrency_id=CONCURRENCY_ID, show_progress="minimal")
-        refine_btn.click(_ui(lambda n, sd, s: app.refine_settings(n, sd, s) and None), [steps, seed, sess],
-                         None, queue=False).success(
-                         _ui(refine), [steps, seed, sess], trained,
-                         concurrency_limit=1, concurrency_id=CONCURRENCY_ID, show_progress="minimal")
-        undo_btn.click(_ui(undo), [sess], [sess, result_legend, artifact_out, rounds_out], queue=False)
-        results.select(_ui(pick), [sess, to_correct], [to_correct, sess, classes_legend, correcting],
-                       queue=False)
-        stop_btn.click(stop, None, None, queue=False)
-        artifact_in.upload(_ui(load_artifact), [artifact_in, sess],
-                           [sess, result_legend, artifact_out, rounds_out, classes_legend],
-                           concurrency_limit=1, concurrency_id="load")
-        segment_btn.click(_ui(lambda files, s: app.check_segment(files, s)), [seg_files, sess], None,
-                          queue=False).success(
-                          _ui(segment), [seg_files, resolution, sess], [results, result_legend, labels_zip],
-                          concurrency_limit=1, concurrency_id=CONCURRENCY_ID)
+            ex = _example_panel(app, start)
+            tr = _train_panel(app.defaults)
+        seg = _segment_panel()
+        fix = _correction_area(app, state, ex)
+        _wire_examples(app, state, ex)
+        _wire_training(app, state, tr, seg, fix)
+        _wire_rounds(app, state, ex, tr, seg)
+        _wire_segmenting(app, state, ex, seg, fix)
     demo.queue(default_concurrency_limit=1)
     return demo
 

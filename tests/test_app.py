@@ -252,6 +252,7 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
             page.set_default_timeout(30_000)
             _open(page, app_server)
             shot(page, "01-start")
+            assert page.locator("#steps input").input_value() == ""  # empty: the default steps
 
             # 1. upload, add classes, paint each with its brush colour
             page.locator("#example_editor input[type=file]").set_input_files(tmp_path / "example.png")
@@ -380,6 +381,7 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
                                    timeout=90_000)
             ba = page.locator("#before_after").inner_text()
             assert "before (round 1)" in ba and "after (round 2)" in ba, ba
+            page.locator("#before_after").scroll_into_view_if_needed()  # its images load lazily
             page.wait_for_function(  # both overlays decoded, not just their <img> elements present
                 "[...document.querySelectorAll('#before_after img')].every(i => i.complete && i.naturalWidth > 0)")
             page.wait_for_function("document.querySelectorAll('#rounds_download a').length >= 2")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from slimeseg.app import MAX_STEPS, Session, SlimeApp
+from slimeseg.app import MAX_STEPS, Session, SlimeApp, steps_field
 from slimeseg.config import MAX_CLASSES, SlimeConfig
-from slimeseg.errors import SlimeError
+from slimeseg.errors import InputError, SlimeError
 from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 from slimeseg.writers import overlay, palette
 
@@ -73,6 +73,20 @@ def test_train_settings_default_to_slimeconfig(app, tmp_path):
         app.train_settings(5, 100, 0, sess)
     with pytest.raises(SlimeError, match="painted example"):
         app.train_settings(5, 64, 0, Session())
+
+
+def test_steps_box_and_refused_input_are_input_errors(app, tmp_path):
+    for empty in (None, "", "  "):
+        assert steps_field(empty) is None  # empty: the default steps
+    assert steps_field(" 300 ") == 300
+    for bad in ("ten", "nan", "inf"):
+        with pytest.raises(InputError, match="whole number"):
+            steps_field(bad)
+    sess = _session_with_example(app, tmp_path)
+    with pytest.raises(InputError, match="whole number"):
+        app.train_settings(steps_field("2.5"), 64, 0, sess)
+    with pytest.raises(InputError, match="Nothing to undo"):
+        app.undo(sess)
 
 
 def test_train_reports_progress_and_stops_early(app, tmp_path):
