@@ -182,6 +182,7 @@ class Session:
     results: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)  # last segmented:
     # (name, image, labels)
     picked: int | None = None  # the result opened in the correction editor
+    previewed: dict[str, np.ndarray] = field(default_factory=dict)  # name -> labels by matching alone
 
     @property
     def learned_path(self) -> str | None:
@@ -226,6 +227,7 @@ class SegmentResult:
     note: str
     zip_path: str
     problems: list[str]  # one line per refused input
+    compared: list[tuple[np.ndarray, str]] = field(default_factory=list)  # preview vs trained overlays
 
 
 # ---------------------------------------------------------------------------- behaviour
@@ -442,6 +444,8 @@ class SlimeApp:
         replace the prediction under them; `add_correction` adds the image with the fixed map."""
         if not sess.results:
             raise InputError("Segment some images first, then pick one to correct.")
+        if not sess.learned_path:
+            raise InputError("That was a preview: train first, then correct what it segments.")
         learned = Learned.load(sess.learned_path)
         if sess.classes != learned.classes:
             if sess.images:
@@ -497,9 +501,35 @@ class SlimeApp:
         """Segment uploaded images with the session's embeddings (at `resolution`: "model",
         "native" or a scale; default: the embeddings' setting) through the one segment job
         (safe names, clashes and bad files refused one by one, atomic files) into a fresh
-        folder and one zip."""
+        folder and one zip; images also previewed before training come with both overlays."""
         self.check_segment(files, sess)
-        learned = Learned.load(sess.learned_path)
+        result = self._segment_with(Learned.load(sess.learned_path), files, sess, resolution)
+        for name, image, labels in sess.results:
+            if name in sess.previewed:
+                result.compared += [(overlay(image, sess.previewed[name]), f"{name} · preview (matching)"),
+                                    (overlay(image, labels), f"{name} · trained (round {len(sess.rounds)})")]
+        return result
+
+    def preview(self, files: Sequence[Any] | None, sess: Session, image_size: float | None = None,
+                resolution: str | None = None) -> SegmentResult:
+        """Segment uploaded images at once by matching them to the examples added so far (no
+        training: seconds); Train then learns embeddings, which `segment` uses (with the method
+        their settings name)."""
+        if not sess.images:
+            raise InputError("Add an example first: the preview matches new images to it.")
+        if not files:
+            raise InputError("Drop one or more images to segment.")
+        if len(files) > MAX_SEGMENT_FILES:
+            raise InputError(f"{len(files)} images given; at most {MAX_SEGMENT_FILES} at a time.")
+        size = int(image_size or self.defaults.image_size)
+        learned = self.segmenter.match(sess.images, sess.masks, sess.classes, image_size=size)
+        result = self._segment_with(learned, files, sess, resolution, "previewed by matching "
+                                    "(no training yet; Train to improve)")
+        sess.previewed = {name: labels for name, _, labels in sess.results}
+        return result
+
+    def _segment_with(self, learned: Learned, files: Sequence[Any] | None, sess: Session,
+                      resolution: str | None, what: str = "segmented") -> SegmentResult:
         paths = [upload_path(f) for f in files or []]
         problems = [f"{p.name}: not an image ({', '.join(IMAGE_EXTENSIONS)})" for p in paths
                     if p.suffix.lower() not in IMAGE_EXTENSIONS]  # uploads are images, never lists
@@ -511,7 +541,7 @@ class SlimeApp:
 
         def shown(path: Path, image: np.ndarray, labels: np.ndarray) -> None:
             results.append((path.name, image, labels))
-            gallery.extend([(image, path.name), (overlay(image, labels), f"{path.name} · segmented"),
+            gallery.extend([(image, path.name), (overlay(image, labels), f"{path.name} · {what.split()[0]}"),
                             (colour_labels(labels, learned.num_classes), f"{path.name} · label map")])
 
         job.run(self.segmenter, progress=False, read=_read_upload, on_result=shown,
@@ -519,7 +549,7 @@ class SlimeApp:
         if not gallery:
             raise InputError("; ".join(problems) or "nothing segmented")
         sess.results, sess.picked = results, None
-        note = f"{len(results)} image(s) segmented" + (f", {len(problems)} refused" if problems else "")
+        note = f"{len(results)} image(s) {what}" + (f", {len(problems)} refused" if problems else "")
         return SegmentResult(gallery, learned.classes, note, str(job.writer.zip()), problems)
 
 
@@ -607,6 +637,7 @@ class SegmentPanel:
 
     files: "gr.File"
     resolution: "gr.Dropdown"
+    preview: "gr.Button"  # matching on the examples so far: a result before any training
     segment: "gr.Button"
     labels_zip: "gr.File"
     legend: "gr.HTML"  # the learned classes, and what the last action did
@@ -702,14 +733,17 @@ def _segment_panel() -> SegmentPanel:
     """Lay out step 3 (full width, below steps 1 and 2)."""
     import gradio as gr
 
-    gr.Markdown("### 3. Segment")
+    gr.Markdown("### 3. Segment\nPreview matches the images to your examples at once, before any "
+                "training; after Train, Segment uses the learned embeddings.")
     with gr.Row():
         files = gr.File(label="Images to segment", file_count="multiple", height=160,
                         file_types=list(IMAGE_EXTENSIONS), elem_id="segment_files", scale=2)
         with gr.Column(scale=1):
             resolution = gr.Dropdown(list(RESOLUTIONS), value=next(iter(RESOLUTIONS)),
                                      label="Resolution", elem_id="resolution")
-            segment = gr.Button("Segment", variant="primary", elem_id="segment")
+            with gr.Row():
+                preview = gr.Button("Preview (instant, no training)", elem_id="preview")
+                segment = gr.Button("Segment", variant="primary", elem_id="segment")
             labels_zip = gr.File(label="Label maps (zip)", interactive=False, height=90,
                                  elem_id="labels_zip")
     legend = gr.HTML(legend_html([], "Train or load learned embeddings, then segment."),
@@ -718,7 +752,7 @@ def _segment_panel() -> SegmentPanel:
                                "(click one to correct it in the example editor)",
                          columns=3, height=420, preview=False, object_fit="contain",
                          elem_id="results")
-    return SegmentPanel(files, resolution, segment, labels_zip, legend, results)
+    return SegmentPanel(files, resolution, preview, segment, labels_zip, legend, results)
 
 
 def _correction_area(app: SlimeApp, state: "gr.State", ex: ExamplePanel) -> CorrectionArea:
@@ -754,7 +788,8 @@ def _correction_area(app: SlimeApp, state: "gr.State", ex: ExamplePanel) -> Corr
         add.click(_ui(add_correction), [editor, state], [state, ex.gallery, ex.info])
 
     # height "auto": a fixed height cut the two full-width thumbnails to their top part
-    before_after = gr.Gallery(label="The corrected image: before and after refining", columns=2,
+    before_after = gr.Gallery(label="Before and after: the preview and the trained result, or a "
+                                    "corrected image before and after refining", columns=2,
                               height="auto", preview=False, object_fit="contain",
                               elem_id="before_after")
     return CorrectionArea(note, picks, before_after)
@@ -868,7 +903,7 @@ def _wire_rounds(app: SlimeApp, state: "gr.State", ex: ExamplePanel, tr: TrainPa
 
 
 def _wire_segmenting(app: SlimeApp, state: "gr.State", ex: ExamplePanel, seg: SegmentPanel,
-                     fix: CorrectionArea) -> None:
+                     fix: CorrectionArea, image_size: "gr.Slider") -> None:
     """Step 3's events: segment (checked at once, then queued on the one model) and picking a
     result to correct."""
     import gradio as gr
@@ -876,12 +911,18 @@ def _wire_segmenting(app: SlimeApp, state: "gr.State", ex: ExamplePanel, seg: Se
     def check_segment(files: list[Any] | None, sess: Session) -> None:
         app.check_segment(files, sess)
 
-    def segment(files: list[Any] | None, resolution: str, sess: Session) -> dict[Any, Any]:
-        result = app.segment(files, sess, RESOLUTIONS.get(resolution))
+    def shown(result: SegmentResult) -> dict[Any, Any]:
         for msg in result.problems:
             gr.Warning(msg)
-        return {seg.results: result.gallery, seg.legend: legend_html(result.classes, result.note),
-                seg.labels_zip: result.zip_path}
+        out = {seg.results: result.gallery, seg.legend: legend_html(result.classes, result.note),
+               seg.labels_zip: result.zip_path}
+        return out | ({fix.before_after: result.compared} if result.compared else {})
+
+    def segment(files: list[Any] | None, resolution: str, sess: Session) -> dict[Any, Any]:
+        return shown(app.segment(files, sess, RESOLUTIONS.get(resolution)))
+
+    def preview(files: list[Any] | None, resolution: str, image_size: float, sess: Session) -> dict[Any, Any]:
+        return shown(app.preview(files, sess, image_size, RESOLUTIONS.get(resolution)))
 
     def pick(sess: Session, number: float | None, evt: gr.SelectData) -> dict[Any, Any]:
         app.pick_result(int(evt.index), sess)
@@ -891,9 +932,11 @@ def _wire_segmenting(app: SlimeApp, state: "gr.State", ex: ExamplePanel, seg: Se
         return {fix.picks: int(number or 0) + 1, state: sess, ex.legend: _class_legend(sess),
                 fix.note: note}
 
+    shows = [seg.results, seg.legend, seg.labels_zip, fix.before_after]
     seg.segment.click(_ui(check_segment), [seg.files, state], None, queue=False).success(
-                      _ui(segment), [seg.files, seg.resolution, state],
-                      [seg.results, seg.legend, seg.labels_zip],
+                      _ui(segment), [seg.files, seg.resolution, state], shows,
+                      concurrency_limit=1, concurrency_id=CONCURRENCY_ID)
+    seg.preview.click(_ui(preview), [seg.files, seg.resolution, image_size, state], shows,
                       concurrency_limit=1, concurrency_id=CONCURRENCY_ID)
     seg.results.select(_ui(pick), [state, fix.picks], [fix.picks, state, ex.legend, fix.note],
                        queue=False)
@@ -922,7 +965,7 @@ def build_app(segmenter: Any, model_label: str = "") -> Any:
         _wire_examples(app, state, ex)
         _wire_training(app, state, tr, seg, fix)
         _wire_rounds(app, state, ex, tr, seg)
-        _wire_segmenting(app, state, ex, seg, fix)
+        _wire_segmenting(app, state, ex, seg, fix, tr.image_size)
     demo.queue(default_concurrency_limit=1)
     return demo
 

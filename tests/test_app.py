@@ -297,6 +297,13 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
             size_box = page.locator("#image_size input[type=number]")
             size_box.fill("64")
             size_box.press("Enter")
+            # an instant preview by matching the examples, before any training
+            page.locator("#segment_files input[type=file]").set_input_files(tmp_path / "scene1.png")
+            page.locator("#preview").click()
+            page.wait_for_function("document.querySelector('#result_legend').innerText"
+                                   ".includes('previewed by matching')", timeout=60_000)
+            page.wait_for_function("document.querySelectorAll('#results img').length >= 3")
+            shot(page, "03b-preview")
             page.locator("#train").click()
             page.wait_for_function(
                 "Number(document.querySelector('#train_progress .slime-progress')?.dataset.step) >= 3",
@@ -377,8 +384,8 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
             page.wait_for_function("document.querySelector('#examples_info').innerText.includes('3 example')")
             page.locator("#steps input").fill("5")
             page.locator("#refine").click()
-            page.wait_for_function("document.querySelectorAll('#before_after img').length >= 2",
-                                   timeout=90_000)
+            page.wait_for_function("document.querySelector('#before_after').innerText"  # (it held the
+                                   ".includes('after (round 2)')", timeout=90_000)  # preview's before)
             ba = page.locator("#before_after").inner_text()
             assert "before (round 1)" in ba and "after (round 2)" in ba, ba
             page.locator("#before_after").scroll_into_view_if_needed()  # its images load lazily

@@ -202,3 +202,23 @@ def test_segment_at_native_resolution_keeps_each_images_size(app, tmp_path):
     result = app.segment([str(tmp_path / "wide.png")], sess, "native")
     labels = result.gallery[2][0]  # the label map, coloured
     assert labels.shape[:2] == (90, 288) and sess.results[0][2].shape == (90, 288)
+
+
+def test_preview_matches_before_training_and_segment_compares(app, tmp_path):
+    """The instant preview: matching on the examples so far, no training; after Train, Segment
+    shows each previewed image's preview and trained overlays side by side."""
+    sess = Session()
+    with pytest.raises(InputError, match="Add an example first"):
+        app.preview([str(tmp_path / "x.png")], sess)
+    sess = _session_with_example(app, tmp_path)
+    Image.fromarray(shapes_scene(2, 48)[0]).save(tmp_path / "p.png")
+    result = app.preview([str(tmp_path / "p.png")], sess, image_size=64)
+    assert result.note == "1 image(s) previewed by matching (no training yet; Train to improve)"
+    assert len(result.gallery) == 3 and not sess.rounds and set(sess.previewed) == {"p.png"}
+    assert sess.previewed["p.png"].shape == (48, 48)
+    with pytest.raises(InputError, match="That was a preview"):
+        app.pick_result(0, sess)
+    *_, last = app.train(2, 64, 0, sess)
+    result = app.segment([str(tmp_path / "p.png")], sess)
+    assert [caption for _, caption in result.compared] == ["p.png · preview (matching)",
+                                                           "p.png · trained (round 1)"]
