@@ -68,13 +68,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tiles-2": {"tiles": 2},  # inference only: the "full" embeddings, 2 x 2 overlapping crops
     "fuse": {"method": "fuse"},  # the "full" fit fused with matching, by confidence
     "fuse-mean": {"method": "fuse", "fuse_rule": "mean"},  # ... by a fixed 50/50 mix
-    "match-ctx": {"method": "match"},  # matching on the "full" fit's pass (its learned context)
+    "fuse-m75": {"method": "fuse", "fuse_rule": "mean", "fuse_weight": 0.75},  # ... 75 % matching
+    "match-ctx": {"method": "match"},  # matching alone, from the "full" fit's artifact
     "full-tta": {"tta_flip": True},
     "fuse-tta": {"method": "fuse", "tta_flip": True},
     "match-tta": {"method": "match", "tta_flip": True},
 }
 # variants scored with another variant's artifact (no fit of their own) -> that variant
-DERIVED = {"tiles-2": "full", "fuse": "full", "fuse-mean": "full", "match-ctx": "full",
+DERIVED = {"tiles-2": "full", "fuse": "full", "fuse-mean": "full", "fuse-m75": "full", "match-ctx": "full",
            "full-tta": "full", "fuse-tta": "full", "match-tta": "match"}
 PREDICT_ONLY = set(DERIVED)
 NO_FIT = {"match"}  # artifacts made without training (`Segmenter.match`)
@@ -469,6 +470,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         continue  # --resume: measured by the run that wrote --json
                     done = run_one(seg, kind, shots, variant, seed, args.size, args.steps_per_shot, images,
                                    masks, also, args.examples_seed, train_world, args.keep_artifacts)
+                    fresh = {(r.kind, r.shots, r.variant, r.seed) for r in done}
+                    runs = [r for r in runs if (r.kind, r.shots, r.variant, r.seed) not in fresh]  # re-scored
                     runs += [r for r in done if r.variant in wanted]
                     for run in done:
                         print(f"{kind} {shots}-shot {run.variant:<9} seed {seed}: mIoU {100 * run.miou:5.1f} "

@@ -58,21 +58,35 @@ def model_input(image: np.ndarray, cfg: SlimeConfig) -> torch.Tensor:
 
 
 def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: SlimeConfig,
-             store: AttentionStore | None, features: FeatureCapture | None = None) -> AttentionStore | None:
+             store: AttentionStore | None, features: FeatureCapture | None = None,
+             context: torch.Tensor | None = None) -> AttentionStore | None:
     """Encode a (B, 3, h, w) batch, noise it at t_test (one noise for all) and run the UNet once
-    with attention capture into `store` and, given `features`, the up blocks' outputs kept."""
+    with attention capture into `store` and, given `features`, the up blocks' outputs kept.
+    `context`: the text conditioning per image (B, 77, D) (default: the artifact's, for all)."""
     latents = sd.encode_image(batch)  # (B, 4, h/8, w/8)
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(latents.shape[1:], generator=gen).expand_as(latents)  # one noise for all
     t = torch.full((latents.shape[0],), cfg.t_test, dtype=torch.long, device=sd.device)
-    context = learned.context[None].to(sd.device).expand(latents.shape[0], -1, -1)  # (B, 77, D)
+    if context is None:
+        context = learned.context[None].expand(latents.shape[0], -1, -1)  # (B, 77, D)
     with contextlib.ExitStack() as stack:
         if store is not None:
             stack.enter_context(capture(sd.unet, learned.layer_plan(sd).roles(), store))
         if features is not None:
             stack.enter_context(features.hooked(sd.unet))
-        sd.denoise(latents, noise, t, context)
+        sd.denoise(latents, noise, t, context.to(sd.device))
     return store
+
+
+def match_context(sd: StableDiffusion, learned: Learned) -> torch.Tensor:
+    """The conditioning matching reads features under: the empty prompt (77, D), kept in the
+    artifact (`uncond`; a matching-only artifact's context is it). Learned embeddings in the
+    context make the features worse for matching (lab: -7 / -6 mIoU, car / face, 1-shot)."""
+    if not learned.trained:
+        return learned.context
+    if learned.uncond is None:  # an artifact from before matching: encode it once
+        learned.uncond = sd.encode_prompt("")[0].float().cpu()
+    return learned.uncond
 
 
 def _slime_store(learned: Learned, cfg: SlimeConfig, hw: tuple[int, int]) -> AttentionStore:
@@ -92,21 +106,26 @@ def _slime_scores(store: AttentionStore, cfg: SlimeConfig, hw: tuple[int, int]) 
 def _one_pass(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: SlimeConfig
               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """One UNet pass of a (B, 3, h, w) batch: SLiMe's scores (B, K, h/8, w/8) unless the method is
-    matching alone, and the up blocks' features (B, C, h/8, w/8) unless it is SLiMe alone."""
-    hw = (batch.shape[-2] // 8, batch.shape[-1] // 8)
-    store = _slime_store(learned, cfg, hw) if cfg.method != "match" else None
-    feats = FeatureCapture() if cfg.method != "slime" else None
-    _capture(sd, batch, learned, cfg, store, feats)
-    return (None if store is None else _slime_scores(store, cfg, hw),
-            None if feats is None else feats.features(hw))
+    matching alone (the learned context), and the up blocks' features (B, C, h/8, w/8) unless it
+    is SLiMe alone (the empty prompt: `match_context`). Fused, the batch runs twice in one UNet
+    batch (2B), once under each context."""
+    b, hw = batch.shape[0], (batch.shape[-2] // 8, batch.shape[-1] // 8)
+    slime, matched = cfg.method != "match", cfg.method != "slime"
+    contexts = ([learned.context] * b if slime else []) + ([match_context(sd, learned)] * b if matched else [])
+    store = _slime_store(learned, cfg, hw) if slime else None
+    feats = FeatureCapture() if matched else None
+    _capture(sd, torch.cat([batch] * (slime + matched)), learned, cfg, store, feats,
+             torch.stack(contexts))  # (B or 2B, 77, D)
+    return (None if store is None else _slime_scores(store, cfg, hw)[:b],
+            None if feats is None else feats.features(hw)[-b:])
 
 
 def match_bank(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig) -> MatchBank:
     """The examples' cells for matching, from the artifact's stored examples (and their mirror
     images with `match_mirror`), through the same kind of pass as the images to segment. Built
     once per model, method and setting, and kept with the artifact in memory."""
-    key = (sd.fingerprint, str(sd.device), str(sd.dtype), cfg.method, cfg.t_test, cfg.seed,
-           cfg.match_mirror, cfg.match_cells)
+    key = (sd.fingerprint, str(sd.device), str(sd.dtype), cfg.t_test, cfg.seed, cfg.match_mirror,
+           cfg.match_cells)
     cache = learned.__dict__.setdefault("_match_banks", {})
     if key not in cache:
         if not learned.examples:
@@ -116,7 +135,7 @@ def match_bank(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig) -> Match
         for image, mask in learned.examples:  # (3, h, w) and (h, w) uint8, the model input's size
             views = [(image, mask), (image.flip(-1), mask.flip(-1))][:2 if cfg.match_mirror else 1]
             x = torch.stack([v[0] for v in views]).float().div(255).to(sd.device)  # (V, 3, h, w)
-            _, f = _one_pass(sd, x, learned, cfg)  # (V, C, h/8, w/8)
+            _, f = _one_pass(sd, x, learned, cfg.replace(method="match"))  # (V, C, h/8, w/8)
             feats += list(f.cpu())
             targets += [soft_targets(m, learned.num_classes, f.shape[-2:]) for _, m in views]
         cache[key] = MatchBank.build(feats, targets, cfg.match_cells, cfg.seed)

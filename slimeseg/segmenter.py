@@ -130,6 +130,8 @@ class Segmenter:
                 self.learned = exc.learned
             raise
         learned.examples = inference.example_views(examples, cfg)  # for matching and fusion
+        if learned.uncond is None:  # the empty prompt: what matching reads features under
+            learned.uncond = self.sd.encode_prompt("")[0].float().cpu()
         self.learned = learned
         return learned
 
@@ -141,7 +143,8 @@ class Segmenter:
         sets it for predict. `fit` artifacts carry the same data, so they can match or fuse."""
         cfg = (config or SlimeConfig()).replace(**overrides).replace(method="match")
         examples = prepare_examples(images, masks, classes)
-        learned = Learned(context=self.sd.encode_prompt("")[0].float().cpu(), classes=list(classes),
+        empty = self.sd.encode_prompt("")[0].float().cpu()  # (77, D)
+        learned = Learned(context=empty, uncond=empty.clone(), classes=list(classes),
                           model_id=self.sd.model_id, fingerprint=self.sd.fingerprint,
                           config=cfg.to_dict(), revision=self.sd.revision,
                           image_hashes=[e.sha256 for e in examples], history={"steps_done": 0},
