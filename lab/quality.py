@@ -336,7 +336,8 @@ def _same_examples(paths: list[str], draws: list[tuple[int | None, int, int]]) -
     """Refuse to pool or pair runs whose seeds drew their examples differently (`--examples-seed`,
     `--worlds`)."""
     if len(set(draws)) > 1:
-        which = ", ".join(f"{p}: {'each seed' if e is None else f'seed {e}'}, worlds {a},{b}"
+        worlds = len({d[1:] for d in draws}) > 1  # named only where they differ
+        which = ", ".join(f"{p}: {'each seed' if e is None else f'seed {e}'}" + (f", worlds {a},{b}" if worlds else "")
                           for p, (e, a, b) in zip(paths, draws, strict=True))
         raise SystemExit(f"error: these reports drew their examples differently ({which}); "
                          "their runs of one seed are not the same examples")
@@ -400,7 +401,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--dtype", default=None, help="model dtype (default float32 on CPU), e.g. bfloat16")
     p.add_argument("--fast", action="store_true",
-                   help="the test-suite variant: car, 1-shot, 1 seed, WAS on/off, few steps and images")
+                   help="the test-suite variant: car, 1-shot, 1 seed, SLiMe with WAS on/off, matching, fused; "
+                        "few steps and images")
     p.add_argument("--ceiling", action="store_true",
                    help="also fit the linear ceiling (lab.ceiling) per kind and print each row's share of it")
     p.add_argument("--ceiling-train", type=int, default=500, help="labelled images the ceiling is fitted on")
@@ -420,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             p.error("--compare takes one report (variants against --baseline) or two (B against A)")
         return {"rows": compare(args.compare, args.baseline, args.effect / 100, args.json)}
     if args.fast:
-        args.kinds, args.shots, args.seeds, args.variants = "car", "1", "0", "full,no-WAS"
+        args.kinds, args.shots, args.seeds, args.variants = "car", "1", "0", "full,no-WAS,match,fuse"
         args.test, args.steps_per_shot = 16, 100
     try:
         seeds = parse_seeds(args.seeds)
