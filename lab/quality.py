@@ -61,16 +61,16 @@ UNSEEN_WORLDS = (2, 3)
 TRAIN_POOL = 20  # k-shot examples are drawn (per seed) from the first TRAIN_POOL training samples
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "full": {},  # SLiMe, the paper's method (method "slime")
-    "no-WAS": {"use_was": False},
-    "no-aug": {"augment": False},
+    "full": {"method": "slime"},  # SLiMe, the paper's method
+    "no-WAS": {"method": "slime", "use_was": False},
+    "no-aug": {"method": "slime", "augment": False},
     "match": {"method": "match"},  # training-free matching alone (`Segmenter.match`, no fit)
-    "tiles-2": {"tiles": 2},  # inference only: the "full" embeddings, 2 x 2 overlapping crops
+    "tiles-2": {"method": "slime", "tiles": 2},  # inference only: the "full" embeddings, 2 x 2 crops
     "fuse": {"method": "fuse"},  # the "full" fit fused with matching, by confidence
     "fuse-mean": {"method": "fuse", "fuse_rule": "mean"},  # ... by a fixed 50/50 mix
     "fuse-m75": {"method": "fuse", "fuse_rule": "mean", "fuse_weight": 0.75},  # ... 75 % matching
     "match-ctx": {"method": "match"},  # matching alone, from the "full" fit's artifact
-    "full-tta": {"tta_flip": True},
+    "full-tta": {"method": "slime", "tta_flip": True},
     "fuse-tta": {"method": "fuse", "tta_flip": True},
     "match-tta": {"method": "match", "tta_flip": True},
 }

@@ -38,6 +38,7 @@ from PIL import Image  # noqa: E402
 from .artifact import Learned  # noqa: E402
 from .config import MAX_CLASSES, SlimeConfig  # noqa: E402
 from .errors import InputError, SlimeError  # noqa: E402
+from .inference import POOR_EXAMPLE  # noqa: E402
 from .io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, as_image_array, load_mask  # noqa: E402
 from .job import SegmentJob  # noqa: E402
 from .writers import colour_labels, overlay, palette  # noqa: E402
@@ -526,6 +527,10 @@ class SlimeApp:
         result = self._segment_with(learned, files, sess, resolution, "previewed by matching "
                                     "(no training yet; Train to improve)")
         sess.previewed = {name: labels for name, _, labels in sess.results}
+        check = self.segmenter.check_examples(learned)  # the poor-example warning (docs/methods.md)
+        result.note += f"; example check {100 * check:.0f} %" + (
+            f" (below {100 * POOR_EXAMPLE:.0f} %: new images may segment poorly; a clearer or "
+            "another example may help)" if check < POOR_EXAMPLE else "")
         return result
 
     def _segment_with(self, learned: Learned, files: Sequence[Any] | None, sess: Session,

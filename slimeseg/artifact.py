@@ -186,7 +186,7 @@ def _match_examples(tensors: dict[str, torch.Tensor], k: int, path: Path
                 or image.ndim != 3 or image.shape[0] != 3 or tuple(mask.shape) != tuple(image.shape[1:])
                 or int(mask.max()) >= k):
             raise ArtifactError(f"{path}: stored example {i} for matching is malformed")
-        out.append((image, mask.long()))
+        out.append((image, mask))
     return out
 
 

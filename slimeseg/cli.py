@@ -157,9 +157,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.init or args.resume or args.checkpoint_every:
             raise InputError("--method match trains nothing: --init, --resume and --checkpoint-every "
                              "do not apply")
-        seg.match(args.image, args.mask, args.classes, **overrides).save(out)
+        learned = seg.match(args.image, args.mask, args.classes, **overrides)
+        learned.save(out)
         print(f"saved {out} ({len(args.classes)} classes, matching: {len(args.image)} example(s), "
               "no training)")
+        _print_example_check(seg, learned)
         return 0
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
     try:
@@ -184,7 +186,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     stopped = f", stopped early at step {hist['stopped_early_at']}" if "stopped_early_at" in hist else ""
     print(f"saved {out} ({len(args.classes)} classes, {hist.get('steps_done')} steps, "
           f"final loss {losses[-1]:.4f}{chosen}{stopped})")
+    _print_example_check(seg, learned)
     return 0
+
+
+def _print_example_check(seg: Any, learned: Any) -> None:
+    """The poor-example warning: how well the examples' own parts are re-found (docs/methods.md)."""
+    from .inference import POOR_EXAMPLE
+
+    check = seg.check_examples(learned)
+    print(f"example check: matching re-finds the examples' parts at {100 * check:.0f} % mIoU in "
+          "augmented copies of them")
+    if check < POOR_EXAMPLE:
+        print(f"warning: that is below {100 * POOR_EXAMPLE:.0f} %: new images may segment poorly; "
+              "a clearer example (the object large, its parts visible) or more examples may help",
+              file=sys.stderr)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:

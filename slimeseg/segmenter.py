@@ -153,6 +153,13 @@ class Segmenter:
         self.learned = learned
         return learned
 
+    def check_examples(self, learned: Learned | None = None, views: int = 4) -> float:
+        """The example check (`inference.example_check`): mIoU with which matching re-finds the
+        examples' own parts in augmented copies of them, from the examples alone; under
+        `inference.POOR_EXAMPLE` it warns that new images may segment poorly."""
+        learned = self._require_learned(learned)
+        return inference.example_check(self.sd, learned, SlimeConfig.from_dict(learned.config), views)
+
     # ------------------------------------------------------------------ predict
     def _predict_config(self, learned: Learned, config: SlimeConfig | None,
                         overrides: dict[str, Any]) -> SlimeConfig:

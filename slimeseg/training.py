@@ -416,7 +416,8 @@ def validate(job: TrainingJob, state: TrainState) -> float:
                       fingerprint=job.sd.fingerprint, config=job.cfg.to_dict(),
                       layers=job.plan.to_dict())
     images = [(ex.image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy() for ex in job.validation]
-    preds = inference.predict_labels(job.sd, images, learned, job.cfg, batch_size=4)
+    cfg = job.cfg.replace(method="slime")  # what the steps change: the embeddings' own maps
+    preds = inference.predict_labels(job.sd, images, learned, cfg, batch_size=4)
     scores = []
     for pred, ex in zip(preds, job.validation, strict=True):
         matrix = image_confusion(pred, ex.mask.numpy().astype(np.uint8), k, None)

@@ -213,7 +213,8 @@ def test_preview_matches_before_training_and_segment_compares(app, tmp_path):
     sess = _session_with_example(app, tmp_path)
     Image.fromarray(shapes_scene(2, 48)[0]).save(tmp_path / "p.png")
     result = app.preview([str(tmp_path / "p.png")], sess, image_size=64)
-    assert result.note == "1 image(s) previewed by matching (no training yet; Train to improve)"
+    assert result.note.startswith("1 image(s) previewed by matching (no training yet; Train to "
+                                  "improve); example check ")
     assert len(result.gallery) == 3 and not sess.rounds and set(sess.previewed) == {"p.png"}
     assert sess.previewed["p.png"].shape == (48, 48)
     with pytest.raises(InputError, match="That was a preview"):

@@ -125,9 +125,10 @@ def test_an_artifact_without_examples_says_how_to_go_on(segmenter, fitted):
         segmenter.predict(shapes_scene(4, 64)[0], old, method="fuse")
 
 
-def test_reference_normalisation_goes_with_slime_only():
+def test_the_references_exact_test_step_goes_with_slime_only():
     with pytest.raises(ValueError, match="goes with method 'slime'"):
-        SlimeConfig(method="fuse", normalization="reference")
+        SlimeConfig(method="fuse", normalization="reference_exact")
+    SlimeConfig(method="fuse", normalization="reference")  # its maps, made a distribution, fuse
 
 
 def test_cli_train_method_match_and_segment_fused(tiny_dir, tmp_path, capsys):

@@ -106,7 +106,9 @@ def test_blending_has_no_seams(segmenter, learned, monkeypatch):
 
 @pytest.fixture(scope="module")
 def lab():
-    """The lab SD and quality.py's seed-0 1-shot car fit (tiny random models score noise, not colours)."""
+    """The lab SD and quality.py's seed-0 1-shot car fit (tiny random models score noise, not colours),
+    read by SLiMe's maps alone: the floors here were measured on them (matching inside windows is
+    not measured yet)."""
     from lab.quality import AUGMENT, TRAIN_POOL, TRAIN_WORLD_SEED
     from slimeseg import Segmenter
     from slimeseg.synthetic import World
@@ -114,8 +116,8 @@ def lab():
     seg = Segmenter.from_pretrained(str(LAB_MODEL), device="cpu")
     world = World("car", size=256, seed=TRAIN_WORLD_SEED)
     s = world.sample(int(np.random.default_rng(0).permutation(TRAIN_POOL)[0]))
-    return seg, seg.fit([s.image], [s.mask], list(world.classes), SlimeConfig(image_size=256, seed=0, **AUGMENT["car"]),
-                        progress=False)
+    cfg = SlimeConfig(image_size=256, seed=0, method="slime", **AUGMENT["car"])
+    return seg, seg.fit([s.image], [s.mask], list(world.classes), cfg, progress=False)
 
 
 def test_native_windows_find_parts_on_high_resolution_lab_scenes(lab):
