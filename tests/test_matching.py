@@ -116,6 +116,8 @@ def test_fit_artifacts_carry_examples_and_fuse_deterministically(segmenter, fitt
     assert torch.allclose(scores.sum(0), torch.ones(64, 64), atol=1e-3)  # a distribution per pixel
     batch = segmenter.predict_batch([test, shapes_scene(5, 64)[0]], fitted, method="fuse")
     assert [m.shape for m in batch] == [(64, 64), (64, 64)]
+    check = segmenter.check_examples(fitted, views=2)  # the poor-example warning's number
+    assert 0 <= check <= 1 and check == segmenter.check_examples(fitted, views=2)
 
 
 def test_an_artifact_without_examples_says_how_to_go_on(segmenter, fitted):
