@@ -492,10 +492,7 @@ class SlimeApp:
         """Refuse a segmentation job at once (before it waits in the queue) if it cannot run."""
         if not sess.learned_path:
             raise InputError("Train or load learned embeddings first.")
-        if not files:
-            raise InputError("Drop one or more images to segment.")
-        if len(files) > MAX_SEGMENT_FILES:
-            raise InputError(f"{len(files)} images given; at most {MAX_SEGMENT_FILES} at a time.")
+        _check_files(files)
 
     def segment(self, files: Sequence[Any] | None, sess: Session,
                 resolution: str | None = None) -> SegmentResult:
@@ -518,10 +515,7 @@ class SlimeApp:
         their settings name)."""
         if not sess.images:
             raise InputError("Add an example first: the preview matches new images to it.")
-        if not files:
-            raise InputError("Drop one or more images to segment.")
-        if len(files) > MAX_SEGMENT_FILES:
-            raise InputError(f"{len(files)} images given; at most {MAX_SEGMENT_FILES} at a time.")
+        _check_files(files)
         size = int(image_size or self.defaults.image_size)
         learned = self.segmenter.match(sess.images, sess.masks, sess.classes, image_size=size)
         result = self._segment_with(learned, files, sess, resolution, "previewed by matching "
@@ -556,6 +550,14 @@ class SlimeApp:
         sess.results, sess.picked = results, None
         note = f"{len(results)} image(s) {what}" + (f", {len(problems)} refused" if problems else "")
         return SegmentResult(gallery, learned.classes, note, str(job.writer.zip()), problems)
+
+
+def _check_files(files: Sequence[Any] | None) -> None:
+    """Refuse an empty drop or more images than one click may segment."""
+    if not files:
+        raise InputError("Drop one or more images to segment.")
+    if len(files) > MAX_SEGMENT_FILES:
+        raise InputError(f"{len(files)} images given; at most {MAX_SEGMENT_FILES} at a time.")
 
 
 def _read_upload(path: Path) -> np.ndarray:

@@ -172,12 +172,7 @@ def example_check(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig, views
 
     check = cfg.replace(method="match", tta_flip=False, match_mirror=False)
     k = learned.num_classes
-    feats, targets = [], []
-    for image, mask in learned.examples:
-        _, f = _one_pass(sd, image[None].float().div(255).to(sd.device), learned, check)
-        feats.append(f[0].cpu())
-        targets.append(soft_targets(mask, k, f.shape[-2:]))
-    bank = MatchBank.build(feats, targets)
+    bank = match_bank(sd, learned, check)  # the examples alone: their mirror images are tested
     aug_cfg = check.replace(flip_p=1.0, crop_p=1.0, rotate_p=1.0, blur_p=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     scores = []

@@ -166,13 +166,18 @@ class Segmenter:
         """Inference settings: the artifact's own (image size, WAS on/off, ...) unless overridden."""
         return (config or SlimeConfig.from_dict(learned.config)).replace(**overrides)
 
+    def _one_image(self, image: ImageLike, learned: Learned | None, config: SlimeConfig | None,
+                   overrides: dict[str, Any]) -> tuple[Learned, SlimeConfig, np.ndarray]:
+        """The embeddings, settings and (H, W, 3) uint8 array a single-image prediction uses."""
+        learned = self._require_learned(learned)
+        return (learned, self._predict_config(learned, config, overrides),
+                as_image_array(image, input_name(image, "image", 0)))
+
     def predict_scores(self, image: ImageLike, learned: Learned | None = None,
                        config: SlimeConfig | None = None, **overrides: Any) -> torch.Tensor:
         """Per-class scores (K, H, W) at the image's own size, for users who want them (argmax
         gives `predict`'s labels; K x H x W floats: `predict` never holds them)."""
-        learned = self._require_learned(learned)
-        cfg = self._predict_config(learned, config, overrides)
-        arr = as_image_array(image, input_name(image, "image", 0))
+        learned, cfg, arr = self._one_image(image, learned, config, overrides)
         return inference.predict_scores(self.sd, arr, learned, cfg)
 
     def predict(self, image: ImageLike, learned: Learned | None = None,
@@ -182,9 +187,7 @@ class Segmenter:
         The scores are upsampled and argmax-ed in bands of rows (`inference.labels_at`), so the
         full (K, H, W) scores of a large image are never held.
         """
-        learned = self._require_learned(learned)
-        cfg = self._predict_config(learned, config, overrides)
-        arr = as_image_array(image, input_name(image, "image", 0))
+        learned, cfg, arr = self._one_image(image, learned, config, overrides)
         return inference.labels_at(inference.low_res_scores(self.sd, arr, learned, cfg), arr.shape[:2])
 
     def predict_batch(self, images: Sequence[ImageLike], learned: Learned | None = None,
