@@ -140,6 +140,13 @@ class SlimeConfig:
     fuse_weight: float = _setting(0.5, "fuse: matching's share of the mix (SLiMe's: 1 - it)", BOTH)
     tta_flip: bool = _setting(False, "test-time flip: also segment the mirrored image (same UNet "
                                      "batch) and average", BOTH)
+    upsample: Literal["bilinear", "guided"] = _setting(
+        "bilinear", "scores to pixels: bilinear; guided = along the image's colour edges (a guided "
+                    "filter), so boundaries and parts thinner than a latent cell follow the image", BOTH)
+    guide_radius: float = _setting(1.0, "guided upsampling: window radius in latent cells (8 px at "
+                                        "the model input)", BOTH)
+    guide_eps: float = _setting(1e-3, "guided upsampling: smoothing (larger: colour edges count less)",
+                                BOTH)
     # -- reproducibility --
     seed: int = _setting(0, "random seed for repeatable runs", BOTH)
     extra: dict[str, Any] = _setting(dict, "free-form notes kept with the settings", scope="none")
@@ -170,11 +177,13 @@ class SlimeConfig:
             raise ValueError("need match_k >= 1, match_temperature > 0 and match_cells >= 0")
         if not 0 <= self.fuse_weight <= 1:
             raise ValueError(f"fuse_weight must be in [0, 1], got {self.fuse_weight}")
+        if self.guide_radius <= 0 or self.guide_eps <= 0:
+            raise ValueError("need guide_radius > 0 and guide_eps > 0")
         if self.method != "slime" and self.normalization == "reference_exact":
             raise ValueError(f"normalization 'reference_exact' is the reference code's test step "
                              f"for SLiMe alone: it goes with method 'slime', not {self.method!r}")
         for name in ("loss_scale", "validation", "augment_order", "aspect", "context", "normalization",
-                     "method", "fuse_rule"):
+                     "method", "fuse_rule", "upsample"):
             allowed = typing.get_args(setting_types()[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

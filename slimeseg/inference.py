@@ -4,7 +4,8 @@ An image is resized to the model's input (its aspect ratio kept, about image_siz
 squashed to the square: `input_hw`), encoded, noised at t_test and run once through the UNet with
 attention capture; the captured maps give per-class scores at the latent resolution
 (`score_batch`), optionally over overlapping tiles (`score_image`), which are upsampled to the
-image's own size (`predict_scores`) and argmax-ed into a label map (`predict_labels`).
+image's own size, bilinearly or along its edges (`upsampled`, `predict_scores`), and argmax-ed
+into a label map (`labels_for`, `predict_labels`).
 
 At native resolution (`resolution` "native" or a scale) overlapping image_size windows run over
 the image at that scale (`score_windows`), their scores blended with smooth weights at the latent
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import maps, matching
+from . import maps, matching, upsample
 from .artifact import Learned
 from .attention import AttentionStore, capture
 from .config import SlimeConfig
@@ -419,7 +420,22 @@ def low_res_scores(sd: StableDiffusion, image: np.ndarray, learned: Learned, cfg
 def predict_scores(sd: StableDiffusion, image: np.ndarray, learned: Learned,
                    cfg: SlimeConfig) -> torch.Tensor:
     """Per-class scores (K, H, W) at the image's own size (their argmax is the label map)."""
-    return to_image_size(low_res_scores(sd, image, learned, cfg), image.shape[:2])
+    return to_image_size(upsampled(low_res_scores(sd, image, learned, cfg), image, cfg), image.shape[:2])
+
+
+def upsampled(scores: torch.Tensor, image: np.ndarray, cfg: SlimeConfig) -> torch.Tensor:
+    """The scores (K, h, w) as the final step takes them: as they are (bilinear), or guided-filtered
+    along the image's edges at up to its size (`upsample="guided"`): (K, h', w')."""
+    if cfg.upsample == "guided":  # the radius: guide_radius latent cells of the image's pass
+        scale = cfg.window_scale() or input_hw(image.shape[:2], cfg)[1] / image.shape[1]
+        return upsample.guided_scores(scores, image, cfg.guide_radius * 8 / scale, cfg.guide_eps)
+    return scores
+
+
+def labels_for(scores: torch.Tensor, image: np.ndarray, cfg: SlimeConfig) -> np.ndarray:
+    """The (H, W) uint8 label map of an image from its low-resolution scores (K, h, w): upsampled
+    by `cfg.upsample`, then bilinearly to the image's size and argmax-ed in bands (`labels_at`)."""
+    return labels_at(upsampled(scores, image, cfg), image.shape[:2])
 
 
 def labels_of(scores: torch.Tensor) -> np.ndarray:
@@ -432,7 +448,7 @@ def predict_labels(sd: StableDiffusion, images: Sequence[np.ndarray], learned: L
     """Label maps for many images, `batch_size` UNet passes at a time (images whose model inputs
     share a size batch together; tiles and windows: one image at a time)."""
     if cfg.tiles > 1 or cfg.window_scale() is not None or cfg.normalization == "reference_exact":
-        return [labels_at(low_res_scores(sd, im, learned, cfg), im.shape[:2]) for im in images]
+        return [labels_for(low_res_scores(sd, im, learned, cfg), im, cfg) for im in images]
     out: list[np.ndarray | None] = [None] * len(images)
     for start in range(0, len(images), batch_size):
         idx = range(start, min(start + batch_size, len(images)))
@@ -442,5 +458,5 @@ def predict_labels(sd: StableDiffusion, images: Sequence[np.ndarray], learned: L
             x = torch.stack([model_input(images[i], cfg) for i in same])  # (B, 3, h, w)
             scores = score_batch(sd, x, learned, cfg)  # (B, K, h/8, w/8)
             for i, sc in zip(same, scores, strict=True):
-                out[i] = labels_at(sc, images[i].shape[:2])
+                out[i] = labels_for(sc, images[i], cfg)
     return out  # type: ignore[return-value]

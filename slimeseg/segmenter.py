@@ -184,11 +184,12 @@ class Segmenter:
                 config: SlimeConfig | None = None, **overrides: Any) -> np.ndarray:
         """Label map (H, W) uint8 of class indices at the input image's own size.
 
-        The scores are upsampled and argmax-ed in bands of rows (`inference.labels_at`), so the
-        full (K, H, W) scores of a large image are never held.
+        The scores are upsampled and argmax-ed in bands of rows (`inference.labels_for`), so the
+        full (K, H, W) scores of a large image are never held (guided upsampling holds them at
+        up to ~1 M pixels).
         """
         learned, cfg, arr = self._one_image(image, learned, config, overrides)
-        return inference.labels_at(inference.low_res_scores(self.sd, arr, learned, cfg), arr.shape[:2])
+        return inference.labels_for(inference.low_res_scores(self.sd, arr, learned, cfg), arr, cfg)
 
     def predict_batch(self, images: Sequence[ImageLike], learned: Learned | None = None,
                       batch_size: int = 4, config: SlimeConfig | None = None,
