@@ -209,10 +209,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     _apply_input_args(args)
     if args.ray is not None:
         return _segment_on_ray(args)
-    if args.workers or args.format or args.batch_size:
-        raise InputError("--workers, --format and --batch-size go with --ray")
-    result = segment(args.learned, args.inputs, args.out, overlays=not args.no_overlays,
-                     overwrite=args.overwrite, model=args.model, revision=args.revision,
+    if args.workers or args.format == "parquet" or args.batch_size:
+        raise InputError("--workers, --format parquet and --batch-size go with --ray")
+    result = segment(args.learned, args.inputs, args.out, format=args.format or "png",
+                     overlays=not args.no_overlays, overwrite=args.overwrite,
+                     instances=args.instances, model=args.model, revision=args.revision,
                      device=args.device, dtype=args.dtype, progress=not args.quiet,
                      **config_overrides(args))
     return EXIT_PARTIAL_FAILURE if result.failed else 0
@@ -225,7 +226,7 @@ def _segment_on_ray(args: argparse.Namespace) -> int:
     result = segment(args.learned, args.inputs, args.out, address=args.ray or None,
                      workers=args.workers, format=args.format or "png",
                      batch_size=args.batch_size or 1, overlays=not args.no_overlays,
-                     overwrite=args.overwrite, model=args.model, revision=args.revision,
+                     overwrite=args.overwrite, instances=args.instances, model=args.model, revision=args.revision,
                      device=args.device, dtype=args.dtype, max_image_pixels=args.max_image_pixels,
                      progress=not args.quiet, **config_overrides(args))
     return EXIT_PARTIAL_FAILURE if result.failed else 0
@@ -396,6 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     p.add_argument("--no-overlays", action="store_true", dest="no_overlays",
                    help="write only the label maps (NAME.png), no NAME.overlay.png")
+    p.add_argument("--format", choices=["png", "coco", "parquet"],
+                   help="png: NAME.png label maps (default); coco: those and OUT/coco.json (RLE "
+                        "masks for CVAT, FiftyOne, Detectron2, ...; pip install 'slimeseg[coco]'); "
+                        "parquet (with --ray): one dataset in OUT/labels (path, size, classes, "
+                        "label map PNG bytes)")
+    p.add_argument("--instances", action="store_true",
+                   help="with --format coco: one annotation per connected region of a class, "
+                        "not one per class")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     ray = p.add_argument_group("on a Ray cluster (pip install 'slimeseg[ray]')")
     ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
@@ -403,9 +412,6 @@ def build_parser() -> argparse.ArgumentParser:
                           "HOST:6379, ray://HOST:10001)")
     ray.add_argument("--workers", type=int, metavar="N",
                      help="workers, each with the model (default: one per GPU, else one per CPU)")
-    ray.add_argument("--format", choices=["png", "parquet"],
-                     help="png: NAME.png files (default); parquet: one dataset in OUT/labels "
-                          "(path, size, classes, label map PNG bytes)")
     ray.add_argument("--batch-size", type=int, dest="batch_size", metavar="N",
                      help="images per UNet pass on a worker (default 1: the labels of a run "
                           "without --ray, bit for bit; more is faster on GPUs, a few pixels differ)")

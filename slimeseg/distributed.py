@@ -73,7 +73,8 @@ PENDING, EXISTS, FAILED, WRITTEN, FATAL = "", "exists", "failed", "written", "fa
 # ---------------------------------------------------------------------------- the job
 def segment(learned: Any, inputs: str | os.PathLike | Iterable[str | os.PathLike],
             out: str | os.PathLike, *, format: str = "png", overlays: bool = True,
-            overwrite: bool = False, address: str | None = None, workers: int | None = None,
+            overwrite: bool = False, instances: bool = False, address: str | None = None,
+            workers: int | None = None,
             batch_size: int = 1, model: str | None = None, revision: str | None = None,
             device: str | None = None, dtype: str | None = None,
             max_image_pixels: int | None = None, io_tasks: bool | None = None,
@@ -86,7 +87,8 @@ def segment(learned: Any, inputs: str | os.PathLike | Iterable[str | os.PathLike
     process already joined with `ray.init` is used as is). `workers`: actors in the pool
     (default: one per GPU of the cluster, or one per CPU on CPU-only clusters, whose CPUs are
     shared out among them as torch threads). `format`: "png" (label maps `NAME.png`, overlays
-    unless `overlays=False`) or "parquet" (`out/labels/part-*.parquet`). `batch_size`: images per
+    unless `overlays=False`), "coco" (those, then `out/coco.json` assembled on the driver;
+    `instances` as in `job.segment`) or "parquet" (`out/labels/part-*.parquet`). `batch_size`: images per
     UNet pass (1: bitwise the single process's labels). `io_tasks`: load and write as separate
     CPU tasks (default: on GPU clusters only). `cpus_per_worker`: CPUs (torch threads) of a
     worker on CPU-only clusters (default: the CPUs shared out among the workers). `model`,
@@ -101,8 +103,8 @@ def segment(learned: Any, inputs: str | os.PathLike | Iterable[str | os.PathLike
     if workers is not None and workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     job = SegmentJob.plan(learned, inputs, out, format=format, overlays=overlays,
-                          overrides=overrides)
-    job.prepare()
+                          overrides=overrides, instances=instances)
+    job.prepare(overwrite)
     todo = job.todo(overwrite)
     result = Result(job.writer.out_dir, len(job.inputs), skipped=len(job.inputs) - len(todo))
     if todo:
@@ -118,6 +120,7 @@ def segment(learned: Any, inputs: str | os.PathLike | Iterable[str | os.PathLike
                 ray.shutdown()
         job.writer.remove_temp_files()  # only a killed worker's can be left: every task has ended
     result.errors_file = job.record_errors(result.failed)
+    result.coco_file = job.finish()
     result.seconds = time.perf_counter() - t0
     if echo is not None:
         echo(result.summary())
@@ -208,7 +211,7 @@ def _run(ray: Any, result: Result, job: SegmentJob, todo: list[Path], pool: _Poo
                         "name": [job.names[p] for p in todo[i:i + rows]]})
               for i in range(0, len(todo), rows)]
     light = job.without_inputs()  # what every task and actor gets: rows carry path and name
-    load = {"job": light, "skip_done": not overwrite and light.writer.format == "png",
+    load = {"job": light, "skip_done": not overwrite and light.writer.format != "parquet",
             "max_image_pixels": max_image_pixels}
     actor = {"job": light, "model": model, "revision": revision, "device": pool.device,
              "dtype": dtype, "threads": pool.threads, "batch_size": batch_size,
