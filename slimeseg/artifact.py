@@ -133,8 +133,16 @@ class Learned:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Learned:
-        """Read and validate an artifact; every problem is one ArtifactError line naming the file."""
+    def load(cls, path: str | os.PathLike, revision: str | None = None) -> Learned:
+        """Read and validate an artifact; every problem is one ArtifactError line naming the file.
+
+        A hub id `USER/REPO[@REVISION]` (`revision` pins it too) that is no local file is fetched
+        through the Hugging Face cache (`hub.fetch_learned`), offline from the cache."""
+        if not Path(path).is_file():
+            from .hub import fetch_learned, parse_hub_id
+
+            if parse_hub_id(path) is not None:
+                path = fetch_learned(path, revision)
         path = Path(path)
         if not path.is_file():
             raise ArtifactError(f"{path}: learned-embeddings file not found")

@@ -34,13 +34,16 @@ def _comma_list(text: str) -> list[str]:
     return items
 
 
-def _add_model_args(p: argparse.ArgumentParser, default: str | None, init_aware: bool = False) -> None:
+def _add_model_args(p: argparse.ArgumentParser, default: str | None, init_aware: bool = False,
+                    hub_learned: bool = False) -> None:
     shown = (f" (default: {default})" if default else " (default: the one the embeddings were made with)")
     if init_aware:  # train: --init's model unless told otherwise
         shown = f" (default: the model of --init, else {default})"
     p.add_argument("--model", default=None if init_aware else default,
                    help=f"preset ({', '.join(MODELS)}), hub id or local diffusers folder{shown}")
-    p.add_argument("--revision", help="hub revision (branch, tag or commit) to pin")
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) to pin" + (
+        "; with a hub id as embeddings and no --model, the embeddings' (the model's is then the "
+        "one they record)" if hub_learned else ""))
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="UNet precision (default: float32 on CPU; on CUDA bfloat16, or float16 "
@@ -203,10 +206,22 @@ def _print_example_check(seg: Any, learned: Any) -> None:
               file=sys.stderr)
 
 
+def _pin_hub_artifact(args: argparse.Namespace) -> None:
+    """A hub id as LEARNED: `--revision` pins the artifact's repo (without --model, the model's
+    revision is the one the artifact records); with --model it stays the model's."""
+    from .hub import parse_hub_id
+
+    if args.revision and args.model is None and parse_hub_id(args.learned) is not None:
+        if "@" in args.learned:
+            raise InputError(f"{args.learned}: give the revision once (@REV or --revision)")
+        args.learned, args.revision = f"{args.learned}@{args.revision}", None
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .job import segment
 
     _apply_input_args(args)
+    _pin_hub_artifact(args)
     if args.ray is not None:
         return _segment_on_ray(args)
     if args.workers or args.format == "parquet" or args.batch_size:
@@ -282,6 +297,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_writable_file(out)
+    _pin_hub_artifact(args)
     fmt = EVAL_FORMATS[args.format]
     if fmt == "pascal-part" and not args.category:
         raise InputError(f"{args.dataset}: --format pascal-part needs --category car or horse")
@@ -321,7 +337,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     """`slimeseg eval` and `slimeseg reproduce`."""
     p = sub.add_parser("eval", help="score learned embeddings on a labelled dataset (per-class IoU, mIoU)")
-    p.add_argument("learned", help="a .safetensors file made by `slimeseg train`")
+    p.add_argument("learned", help="a .safetensors file made by `slimeseg train`, or a hub id "
+                                   "USER/REPO[@REV]")
     p.add_argument("dataset", help="dataset folder (PASCAL-Part: the folder holding Annotations_Part)")
     p.add_argument("--format", choices=list(EVAL_FORMATS), default="folder", help="dataset layout (default folder)")
     p.add_argument("--category", choices=["car", "horse"], help="PASCAL-Part category (with --format pascal-part)")
@@ -330,7 +347,7 @@ def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4, dest="batch_size", help="images per UNet pass")
     p.add_argument("--out", required=True, help="JSON report file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_model_args(p, None)
+    _add_model_args(p, None, hub_learned=True)
     _add_settings(p, train=False)
     p.set_defaults(func=cmd_eval)
 
@@ -346,6 +363,41 @@ def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     _add_model_args(p, DEFAULT_MODEL)
     _add_settings(p, train=True)
     p.set_defaults(func=cmd_reproduce)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from . import hub
+    from .io import load_image
+
+    if hub.parse_hub_id(args.repo) is None or "@" in args.repo:
+        raise InputError(f"{args.repo}: not a hub repo id; give USER/REPO")
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        raise InputError(f"pushing to the hub needs huggingface_hub ({hub.HUB_HINT})") from None
+    _apply_input_args(args)
+    images = [(Path(p).name, load_image(p)) for p in args.examples]  # bad files fail before the model
+    segmented = []
+    if images:
+        from .artifact import Learned
+
+        learned = Learned.load(args.learned)
+        seg = _segmenter_for(args, learned)
+        segmented = [(name, image, seg.predict(image, learned)) for name, image in images]
+    if args.folder:
+        folder = Path(args.folder)
+        if folder.exists() and any(folder.iterdir()):
+            raise InputError(f"{folder}: directory is not empty")
+        hub.build_folder(args.learned, args.repo, folder, segmented=segmented, eval_report=args.eval)
+        print(f"wrote the files of {args.repo} to {folder} (nothing uploaded)")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="slimeseg-push-") as tmp:
+        hub.build_folder(args.learned, args.repo, tmp, segmented=segmented, eval_report=args.eval)
+        url = hub.upload(tmp, args.repo, private=args.private)
+    print(f"pushed {args.learned} to https://huggingface.co/{args.repo} ({url})")
+    return 0
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -389,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("segment", help="segment images with learned embeddings")
-    p.add_argument("learned", help="a .safetensors file made by `slimeseg train`")
+    p.add_argument("learned", help="a .safetensors file made by `slimeseg train`, or a hub id "
+                                   "USER/REPO[@REV] of one shared with `slimeseg push`")
     p.add_argument("inputs", nargs="+",
                    help="images, folders of images, globs ('photos/**/*.jpg') and .txt or .parquet "
                         "lists of image paths; each input's failure goes to OUT/errors.jsonl")
@@ -415,10 +468,25 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--batch-size", type=int, dest="batch_size", metavar="N",
                      help="images per UNet pass on a worker (default 1: the labels of a run "
                           "without --ray, bit for bit; more is faster on GPUs, a few pixels differ)")
-    _add_model_args(p, None)
+    _add_model_args(p, None, hub_learned=True)
     _add_input_args(p)
     _add_settings(p, train=False)
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("push", help="share learned embeddings on the Hugging Face Hub, with a model "
+                                    "card (pip install 'slimeseg[hub]')")
+    p.add_argument("learned", help="a .safetensors file made by `slimeseg train`")
+    p.add_argument("repo", help="USER/REPO (created if new; log in with `hf auth login` or HF_TOKEN)")
+    p.add_argument("--examples", nargs="+", default=[], metavar="IMAGE",
+                   help="images to segment with it and show, with their overlays, in the card")
+    p.add_argument("--eval", metavar="REPORT", help="a JSON report of `slimeseg eval` for the card")
+    p.add_argument("--private", action="store_true", help="make a new repo private")
+    p.add_argument("--folder", metavar="DIR",
+                   help="write the repo's files (artifact, README.md card, images) to DIR and "
+                        "upload nothing")
+    _add_model_args(p, None)
+    _add_input_args(p)
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("tiny-model", help="write a tiny untrained SD for offline trials and tests")
     p.add_argument("dir", help="output folder (diffusers layout)")
