@@ -987,7 +987,7 @@ def theme() -> Any:
 
 def launch(model: str, host: str = "127.0.0.1", port: int | None = None, *,
            device: str | None = None, dtype: str | None = None, revision: str | None = None,
-           block: bool = True) -> Any:
+           block: bool = True, model_config: str | None = None) -> Any:
     """Load the model, build the app and serve it; returns the Blocks (when `block` is False)."""
     import sys
 
@@ -996,7 +996,8 @@ def launch(model: str, host: str = "127.0.0.1", port: int | None = None, *,
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host}: anyone who can reach this address can use the app "
               "(there is no login)", file=sys.stderr)
-    segmenter = Segmenter.from_pretrained(model, revision=revision, device=device, dtype=dtype)
+    segmenter = Segmenter.from_pretrained(model, revision=revision, device=device, dtype=dtype,
+                                          model_config=model_config)
     demo = build_app(segmenter, model_label=model)
     demo.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_UPLOAD,
                 prevent_thread_lock=not block, show_error=True, ssr_mode=False, mcp_server=False,

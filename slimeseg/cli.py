@@ -40,10 +40,16 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None, init_aware:
     if init_aware:  # train: --init's model unless told otherwise
         shown = f" (default: the model of --init, else {default})"
     p.add_argument("--model", default=None if init_aware else default,
-                   help=f"preset ({', '.join(MODELS)}), hub id or local diffusers folder{shown}")
+                   help=f"preset ({', '.join(MODELS)}), hub id, local diffusers folder or single-file "
+                        f".safetensors checkpoint{shown}")
     p.add_argument("--revision", help="hub revision (branch, tag or commit) to pin" + (
         "; with a hub id as embeddings and no --model, the embeddings' (the model's is then the "
         "one they record)" if hub_learned else ""))
+    p.add_argument("--model-config", dest="model_config", metavar="DIR",
+                   help="with a single-file --model (an SD 1.x/2.x .safetensors in the original "
+                        "layout): a diffusers folder (or preset) of the same architecture whose "
+                        "configs to use (default: the preset diffusers infers; offline, from the "
+                        "hub cache)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="UNet precision (default: float32 on CPU; on CUDA bfloat16, or float16 "
@@ -154,7 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     parent = Learned.load(args.init) if args.init else None
     model = args.model or (parent.model_id if parent else DEFAULT_MODEL)
     revision = args.revision or (parent.revision if parent else None)
-    seg = Segmenter.from_pretrained(model, revision=revision, device=args.device, dtype=args.dtype)
+    seg = Segmenter.from_pretrained(model, revision=revision, device=args.device, dtype=args.dtype,
+                                    model_config=args.model_config)
     overrides = config_overrides(args)
     if overrides.get("method") == "match":  # no training: the examples' features are the model
         if args.init or args.resume or args.checkpoint_every:
@@ -229,8 +236,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     result = segment(args.learned, args.inputs, args.out, format=args.format or "png",
                      overlays=not args.no_overlays, overwrite=args.overwrite,
                      instances=args.instances, model=args.model, revision=args.revision,
-                     device=args.device, dtype=args.dtype, progress=not args.quiet,
-                     **config_overrides(args))
+                     device=args.device, dtype=args.dtype, model_config=args.model_config,
+                     progress=not args.quiet, **config_overrides(args))
     return EXIT_PARTIAL_FAILURE if result.failed else 0
 
 
@@ -242,7 +249,8 @@ def _segment_on_ray(args: argparse.Namespace) -> int:
                      workers=args.workers, format=args.format or "png",
                      batch_size=args.batch_size or 1, overlays=not args.no_overlays,
                      overwrite=args.overwrite, instances=args.instances, model=args.model, revision=args.revision,
-                     device=args.device, dtype=args.dtype, max_image_pixels=args.max_image_pixels,
+                     device=args.device, dtype=args.dtype, model_config=args.model_config,
+                     max_image_pixels=args.max_image_pixels,
                      progress=not args.quiet, **config_overrides(args))
     return EXIT_PARTIAL_FAILURE if result.failed else 0
 
@@ -252,17 +260,25 @@ def _segmenter_for(args: argparse.Namespace, learned: Any) -> Any:
     from .segmenter import Segmenter
 
     return Segmenter.from_learned(learned, args.model, revision=args.revision, device=args.device,
-                                  dtype=args.dtype, name=args.learned)
+                                  dtype=args.dtype, name=args.learned, model_config=args.model_config)
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from .synthetic.tiny import TINY_NOTE, save_tiny_sd
+    from .synthetic.tiny import TINY_NOTE, build_tiny_sd, save_tiny_sd
 
     out = Path(args.dir)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InputError(f"{out}: directory is not empty (use --overwrite)")
+    if args.single_file:
+        _check_writable_file(Path(args.single_file))
     save_tiny_sd(out, seed=args.seed)
     print(f"wrote a tiny Stable Diffusion to {out}\nnote: {TINY_NOTE}")
+    if args.single_file:
+        from .synthetic.single_file import save_single_file
+
+        save_single_file(build_tiny_sd(seed=args.seed), args.single_file)
+        print(f"wrote the same model as one checkpoint in the original layout to {args.single_file} "
+              f"(load it with --model {args.single_file} --model-config {out})")
     return 0
 
 
@@ -324,6 +340,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_writable_file(out)
+    if args.model_config:
+        raise InputError("reproduce loads diffusers folders and hub ids only; --model-config does not apply")
     result = reproduce(args.model, args.dataset, args.shots, args.seeds, args.data, device=args.device,
                        dtype=args.dtype, revision=args.revision, progress=not args.quiet,
                        echo=None if args.quiet else print, **config_overrides(args))
@@ -406,7 +424,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise InputError(f"the web app needs Gradio ({exc}); install it with: pip install 'slimeseg[app]'") from None
     launch(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype,
-           revision=args.revision)
+           revision=args.revision, model_config=args.model_config)
     return 0
 
 
@@ -492,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="output folder (diffusers layout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--single-file", dest="single_file", metavar="FILE",
+                   help="also write it as one .safetensors checkpoint in the original (LDM) layout")
     p.set_defaults(func=cmd_tiny_model)
 
     p = sub.add_parser("example", help="write a synthetic example (image, mask, test images) to try")

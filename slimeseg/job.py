@@ -250,12 +250,13 @@ class SegmentJob:
         return None
 
     def segmenter(self, model: str | None = None, revision: str | None = None,
-                  device: str | None = None, dtype: str | None = None) -> Any:
+                  device: str | None = None, dtype: str | None = None,
+                  model_config: str | None = None) -> Any:
         """A Segmenter for the artifact: its own model unless `model` says otherwise."""
         from .segmenter import Segmenter
 
         return Segmenter.from_learned(self.learned, model, revision=revision, device=device,
-                                      dtype=dtype, name=self.name)
+                                      dtype=dtype, name=self.name, model_config=model_config)
 
     def run(self, segmenter: Any | None = None, *, load: Callable[[], Any] | None = None,
             overwrite: bool = False, progress: bool = True, read: Reader | None = None,
@@ -269,15 +270,17 @@ class SegmentJob:
         `errors.jsonl` and returns the Result (its `seconds` from this call).
         """
         t0 = time.perf_counter()
-        self.prepare(overwrite)
+        self.writer.check(overwrite)
         todo = self.todo(overwrite)
+        # the model loads before anything is written: a model that cannot load leaves no folder
+        seg = segmenter if segmenter is not None or not todo or load is None else load()
+        self.prepare(overwrite)
         result = Result(self.writer.out_dir, len(self.inputs) + len(self.refused),
                         skipped=len(self.inputs) - len(todo))
         for path, why in self.refused:
             result.failed.append((path, why))
             if on_error is not None:
                 on_error(path, why)
-        seg = segmenter if segmenter is not None or not todo or load is None else load()
         read = read or self.read
         for path in tqdm(todo, desc="segment", unit="img", disable=not progress, dynamic_ncols=True):
             try:
@@ -303,14 +306,14 @@ class SegmentJob:
 def segment(learned: Learned | str | os.PathLike, inputs: Inputs, out: str | os.PathLike, *,
             format: str = "png", overlays: bool = True, overwrite: bool = False,
             instances: bool = False, model: str | None = None, revision: str | None = None, device: str | None = None,
-            dtype: str | None = None, progress: bool = True,
+            dtype: str | None = None, model_config: str | None = None, progress: bool = True,
             echo: Callable[[str], Any] | None = print, **overrides: Any) -> Result:
     """Segment `inputs` (see `list_inputs`) with `learned` (an artifact or its file) into `out`.
 
     `format`: "png" (label maps `NAME.png`, overlays `NAME.overlay.png` unless `overlays=False`),
     "coco" (those and `out/coco.json`, `slimeseg.coco`; `instances`: one annotation per connected
     component) or "parquet" (`out/labels/part-*.parquet`, with Ray only). `model`, `revision`, `device`, `dtype`: the
-    Segmenter's (default: the artifact's own model); `overrides`: SlimeConfig settings for
+    Segmenter's (default: the artifact's own model; `model_config` for a single-file model); `overrides`: SlimeConfig settings for
     predict. Each failure is printed to stderr as `error: PATH: REASON` as it happens, and the
     summary line through `echo` at the end (None: silent).
     """
@@ -323,7 +326,7 @@ def segment(learned: Learned | str | os.PathLike, inputs: Inputs, out: str | os.
     def warn(path: str, why: str) -> None:
         print(f"error: {path}: {why}", file=sys.stderr)
 
-    result = job.run(load=lambda: job.segmenter(model, revision, device, dtype),
+    result = job.run(load=lambda: job.segmenter(model, revision, device, dtype, model_config),
                      overwrite=overwrite, progress=progress, on_error=None if echo is None else warn)
     result.seconds = time.perf_counter() - t0
     if echo is not None:

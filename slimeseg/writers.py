@@ -249,8 +249,15 @@ class SegmentWriter:
         return self.out_dir / COCO_FILE
 
     def check(self, overwrite: bool = False) -> None:
-        """Before anything is written: refuse a `coco.json` another job left in the folder
-        (unless `overwrite`, which redoes the folder with this job)."""
+        """Before anything is written (and before a model loads): refuse a folder that cannot be
+        written, and a `coco.json` another job left in it (unless `overwrite`, which redoes the
+        folder with this job)."""
+        existing = self.out_dir
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            why = "is not a directory" if not existing.is_dir() else "is not writable"
+            raise InputError(f"{self.out_dir}: cannot create output directory ({existing} {why})")
         if self.format == "coco" and not overwrite:
             coco.check_target(self.coco_file, self.job)
 
