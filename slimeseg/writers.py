@@ -231,6 +231,8 @@ class SegmentWriter:
             self.overlays = False  # the dataset holds label maps only
         if self.instances and self.format != "coco":
             raise InputError("--instances goes with --format coco")
+        if self.format == "coco":
+            coco._mask_api()  # say what to install before any work
 
     @property
     def suffixes(self) -> tuple[str, ...]:

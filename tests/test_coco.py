@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -167,6 +168,16 @@ def test_instances_and_parquet_without_their_companions_are_refused(run, tmp_pat
     assert main(["segment", str(run.learned), str(run.images), "--out", str(out), "--format",
                  "parquet"]) == 2
     assert "go with --ray" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_without_pycocotools_the_command_says_what_to_install(run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # import fails
+    out = tmp_path / "x"
+    assert main(["segment", str(run.learned), str(run.images), "--out", str(out), "--format",
+                 "coco"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: COCO output needs pycocotools; install it "
+                                               "with: pip install 'slimeseg[coco]'")
     assert not out.exists()
 
 
