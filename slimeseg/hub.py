@@ -196,6 +196,9 @@ def upload(folder: str | os.PathLike, repo_id: str, *, private: bool = False,
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message)
     except (errors.HfHubHTTPError, OSError, ValueError) as exc:
-        raise InputError(f"{repo_id}: cannot push to the hub ({one_line(exc)}); log in with "
-                         "`hf auth login` or set HF_TOKEN") from None
+        from huggingface_hub import constants
+
+        hint = ("unset HF_HUB_OFFLINE" if constants.HF_HUB_OFFLINE
+                else "log in with `hf auth login` or set HF_TOKEN")
+        raise InputError(f"{repo_id}: cannot push to the hub ({one_line(exc)}); {hint}") from None
     return str(getattr(info, "commit_url", info))

@@ -94,6 +94,14 @@ def test_push_folder_holds_the_artifact_card_images_and_report(learned_file, tmp
     assert '"image_size": 64' in text  # the settings
 
 
+def test_push_offline_is_one_line_and_sends_nothing(learned_file, capsys):
+    assert huggingface_hub.constants.HF_HUB_OFFLINE  # the hub client refuses before any request
+    assert main(["push", str(learned_file), REPO]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {REPO}: cannot push to the hub (")
+    assert err.endswith("; unset HF_HUB_OFFLINE")
+
+
 def test_push_refuses_a_bad_repo_id_and_a_non_empty_folder(learned_file, tmp_path, capsys):
     assert main(["push", str(learned_file), "not a repo", "--folder", str(tmp_path / "f")]) == 2
     assert "not a hub repo id" in capsys.readouterr().err
