@@ -305,17 +305,19 @@ class SegmentJob:
 
 def segment(learned: Learned | str | os.PathLike, inputs: Inputs, out: str | os.PathLike, *,
             format: str = "png", overlays: bool = True, overwrite: bool = False,
-            instances: bool = False, model: str | None = None, revision: str | None = None, device: str | None = None,
-            dtype: str | None = None, model_config: str | None = None, progress: bool = True,
-            echo: Callable[[str], Any] | None = print, **overrides: Any) -> Result:
+            instances: bool = False, model: str | None = None, revision: str | None = None,
+            device: str | None = None, dtype: str | None = None, model_config: str | None = None,
+            progress: bool = True, echo: Callable[[str], Any] | None = print,
+            **overrides: Any) -> Result:
     """Segment `inputs` (see `list_inputs`) with `learned` (an artifact or its file) into `out`.
 
     `format`: "png" (label maps `NAME.png`, overlays `NAME.overlay.png` unless `overlays=False`),
     "coco" (those and `out/coco.json`, `slimeseg.coco`; `instances`: one annotation per connected
-    component) or "parquet" (`out/labels/part-*.parquet`, with Ray only). `model`, `revision`, `device`, `dtype`: the
-    Segmenter's (default: the artifact's own model; `model_config` for a single-file model); `overrides`: SlimeConfig settings for
-    predict. Each failure is printed to stderr as `error: PATH: REASON` as it happens, and the
-    summary line through `echo` at the end (None: silent).
+    component) or "parquet" (`out/labels/part-*.parquet`, with Ray only). `model`, `revision`,
+    `device`, `dtype`, `model_config` (for a single-file model): the Segmenter's (default: the
+    artifact's own model); `overrides`: SlimeConfig settings for predict. Each failure is
+    printed to stderr as `error: PATH: REASON` as it happens, and the summary line through
+    `echo` at the end (None: silent).
     """
     t0 = time.perf_counter()
     if format == "parquet":  # Parquet parts are written per batch of rows, on the Ray path
