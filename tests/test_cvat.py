@@ -12,7 +12,6 @@ from PIL import Image
 from scipy import ndimage
 
 from slimeseg.artifact import Learned
-from slimeseg.errors import InputError
 from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 
 cvataa = pytest.importorskip("cvat_sdk.auto_annotation", reason="cvat-sdk (slimeseg[cvat]) not installed")
@@ -96,12 +95,69 @@ def test_detect_returns_mask_shapes_the_driver_accepts(learned_file, segmenter, 
     assert {s.frame for s in remapped} == {7} and {s.source for s in remapped} == {"auto"}
 
 
-def test_polygons_asked_for_are_refused_in_one_line(learned_file):
+def inside(polygon: list[float], height: int, width: int) -> np.ndarray:
+    """Which pixel centres lie inside a polygon (even-odd rule)."""
+    xs, ys = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    pts = np.array(polygon).reshape(-1, 2)
+    hit = np.zeros((height, width), bool)
+    for (x0, y0), (x1, y1) in zip(pts, np.roll(pts, -1, axis=0), strict=True):
+        crosses = (y0 > ys) != (y1 > ys)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            at = x0 + (ys - y0) * (x1 - x0) / (y1 - y0)
+        hit ^= crosses & (xs < at)
+    return hit
+
+
+def test_outer_polygons_hold_exactly_each_region_holes_filled():
+    m = np.zeros((12, 14), bool)
+    m[1:6, 1:6] = True
+    m[3, 3] = False  # a hole
+    m[6, 6] = m[7, 7] = True  # pixels touching at corners join the square (8-connected)
+    m[9:11, 2:12] = True  # a second region
+    m[8, 12] = True  # touches it at a corner
+    polys = cvat.outer_polygons(m)
+    assert len(polys) == 2
+    filled = ndimage.binary_fill_holes(m)
+    union = np.zeros_like(m)
+    for poly in polys:
+        assert len(poly) % 2 == 0 and len(poly) >= 8
+        union |= inside(poly, *m.shape)
+    assert np.array_equal(union, filled)
+    assert cvat.outer_polygons(np.zeros((3, 3), bool)) == []
+    assert cvat.outer_polygons(np.ones((1, 1), bool)) == [[0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]]
+
+
+def test_outer_polygons_on_random_masks():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        m = rng.random((rng.integers(1, 15), rng.integers(1, 15))) < rng.uniform(0.2, 0.7)
+        polys = cvat.outer_polygons(m)
+        union = np.zeros_like(m)
+        for poly in polys:
+            union |= inside(poly, *m.shape)
+        assert np.array_equal(union, ndimage.binary_fill_holes(m))
+        assert len(polys) == ndimage.label(m, structure=np.ones((3, 3)))[1]  # one per region
+
+
+def test_conv_mask_to_poly_returns_polygons_the_driver_accepts(learned_file, segmenter):
     function = load_function(learned_file)
-    image = Image.fromarray(shapes_scene(5, 32)[0])
-    with pytest.raises(InputError, match="^f.png: slimeseg's CVAT function returns masks; run it "
-                                         "without --conv-mask-to-poly$"):
-        function.detect(_DetectionFunctionContextImpl(frame_name="f.png", conv_mask_to_poly=True), image)
+    image = Image.fromarray(shapes_scene(5, 48)[0][:40])  # 48 x 40
+    shapes = function.detect(_DetectionFunctionContextImpl(frame_name="f.png", conv_mask_to_poly=True),
+                             image)
+    assert shapes and {s.type.value for s in shapes} == {"polygon"}
+    want = segmenter.predict(np.array(image), Learned.load(learned_file))
+    for k in range(1, len(SHAPE_CLASSES)):
+        union = np.zeros(want.shape, bool)
+        for s in shapes:
+            if s.label_id == k:
+                union |= inside(s.points, *want.shape)
+        assert np.array_equal(union, ndimage.binary_fill_holes(want == k))
+    task_labels = [models.Label(name=c, id=100 + k, type="polygon", attributes=[], sublabels=[])
+                   for k, c in enumerate(SHAPE_CLASSES) if k > 0]
+    mapper = _AnnotationMapper(logging.getLogger("test"), function.spec.labels, task_labels,
+                               allow_unmatched_labels=False, conv_mask_to_poly=True)
+    _, remapped = mapper.validate_and_remap(shapes, 3)
+    assert len(remapped) == len(shapes) and {s.frame for s in remapped} == {3}
 
 
 def test_a_bad_artifact_fails_when_the_function_is_loaded(tmp_path):
