@@ -14,7 +14,9 @@ very same file, and the file is never partial. Its content:
   in training); with `instances`, one per 8-connected component of each class instead.
 
 `info.slimeseg` names the job (the embeddings' digest, classes, settings, instances); a folder
-whose `coco.json` another job wrote is refused, not silently mixed (`--overwrite` redoes it).
+whose `coco.json` another job wrote (other embeddings, classes or settings: other label maps) is
+refused, not silently mixed (`--overwrite` redoes it); `--instances` alone may change, since the
+same label maps give either file.
 """
 
 from __future__ import annotations
@@ -118,11 +120,15 @@ def check_target(path: Path, job: dict[str, Any]) -> None:
         return
     try:
         found = json.loads(path.read_text(encoding="utf-8"))["info"]["slimeseg"]
+        if not isinstance(found, dict):
+            raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(f"{path}: a coco.json not written by slimeseg is in the way; move it or "
                          "choose another --out") from None
-    if found != job:
-        diff = sorted(k for k in set(found) | set(job) if found.get(k) != job.get(k))
+    # what the label maps depend on (not `instances`: the same maps give either file)
+    diff = sorted(k for k in ("embeddings", "classes", "settings")
+                  if found.get(k) != job.get(k))
+    if diff:
         raise InputError(f"{path}: written by another job (its {', '.join(diff)} differ); choose "
                          "another --out, or add --overwrite to redo the folder with this one")
 

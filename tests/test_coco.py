@@ -137,6 +137,12 @@ def test_instances_on_the_cli(run, tmp_path):
         coco.ndimage.label(ref == k, structure=coco._EIGHT) for k in range(1, len(SHAPE_CLASSES))))
     assert np.array_equal(decode(out / "coco.json")["wide.png"], ref)
     assert data["info"]["slimeseg"]["instances"] is True
+    # the same label maps, one annotation per class again: the folder is not another job's
+    assert main(["segment", str(run.learned), str(run.images / "wide.png"), "--out", str(out),
+                 "--format", "coco", "--no-overlays", "--quiet"]) == 0
+    data = json.loads((out / "coco.json").read_text())
+    assert data["info"]["slimeseg"]["instances"] is False
+    assert len(data["annotations"]) == len(set(np.unique(ref)) - {0})
 
 
 def test_stale_coco_file_of_another_job_is_refused_and_nothing_written(run, tmp_path, capsys):
