@@ -391,6 +391,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     if hub.parse_hub_id(args.repo) is None or "@" in args.repo:
         raise InputError(f"{args.repo}: not a hub repo id; give USER/REPO")
+    if not Path(args.learned).is_file():
+        raise InputError(f"{args.learned}: learned-embeddings file not found (push takes a local file)")
     try:
         import huggingface_hub  # noqa: F401
     except ImportError:

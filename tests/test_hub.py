@@ -109,6 +109,8 @@ def test_push_refuses_a_bad_repo_id_and_a_non_empty_folder(learned_file, tmp_pat
     (tmp_path / "f" / "x").write_text("x")
     assert main(["push", str(learned_file), REPO, "--folder", str(tmp_path / "f")]) == 2
     assert "directory is not empty" in capsys.readouterr().err
+    assert main(["push", "someone/elsewhere", REPO, "--folder", str(tmp_path / "g")]) == 2
+    assert "someone/elsewhere: learned-embeddings file not found" in capsys.readouterr().err
 
 
 def test_hub_id_loads_offline_from_the_cache(learned_file, tmp_path, monkeypatch, segmenter,
