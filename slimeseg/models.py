@@ -200,6 +200,7 @@ class StableDiffusion:
     plan: LayerPlan
     local_files_only: bool = False
     text: tuple[Any, Any] | None = None  # (tokenizer, text encoder) of a single-file checkpoint
+    model_config: str | None = None  # a single-file checkpoint: where its configs came from
     _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -324,7 +325,7 @@ def load_stable_diffusion(
 
 def _assemble(model_id: str, revision: str | None, unet: nn.Module, vae: nn.Module, scheduler: Any,
               text_config: Any, dev: torch.device, dt: torch.dtype, local_files_only: bool,
-              text: tuple[Any, Any] | None = None) -> StableDiffusion:
+              text: tuple[Any, Any] | None = None, model_config: str | None = None) -> StableDiffusion:
     """The frozen parts SLiMe keeps (the VAE decoder dropped), on the device, with the layer plan."""
     if unet.config.in_channels != vae.config.latent_channels:
         raise ModelError(f"'{model_id}': UNet takes {unet.config.in_channels} channels but the VAE "
@@ -344,7 +345,7 @@ def _assemble(model_id: str, revision: str | None, unet: nn.Module, vae: nn.Modu
         scaling_factor=scaling, alphas_cumprod=alphas,
         prediction_type=str(scheduler.config.get("prediction_type", "epsilon")),
         device=dev, dtype=dt, fingerprint=fingerprint, plan=plan_layers(unet),
-        local_files_only=bool(local_files_only), text=text,
+        local_files_only=bool(local_files_only), text=text, model_config=model_config,
     )
 
 
@@ -400,5 +401,6 @@ def load_single_file(path: str, model_config: str | None, dev: torch.device, dt:
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     text = (pipe.tokenizer, pipe.text_encoder)
     text[1].requires_grad_(False)
+    recorded = os.path.abspath(config) if config is not None and os.path.isdir(config) else config
     return _assemble(path, None, pipe.unet, pipe.vae, scheduler, pipe.text_encoder.config, dev, dt,
-                     True, text=text)
+                     True, text=text, model_config=recorded)

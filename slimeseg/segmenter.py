@@ -62,6 +62,8 @@ class Segmenter:
             name = str(learned) if isinstance(learned, (str, os.PathLike)) else "embeddings"
         if isinstance(learned, (str, os.PathLike)):
             learned = Learned.load(learned)
+        if model is None:  # the artifact's own model, with the configs it was loaded with
+            model_config = model_config or learned.model_config
         seg = cls.from_pretrained(model or learned.model_id, revision=revision or learned.revision,
                                   device=device, dtype=dtype, model_config=model_config)
         seg.use(learned, name)
@@ -151,6 +153,7 @@ class Segmenter:
         learned = Learned(context=empty, uncond=empty.clone(), classes=list(classes),
                           model_id=self.sd.model_id, fingerprint=self.sd.fingerprint,
                           config=cfg.to_dict(), revision=self.sd.revision,
+                          model_config=self.sd.model_config,
                           image_hashes=[e.sha256 for e in examples], history={"steps_done": 0},
                           layers=self.sd.plan.to_dict(), trained=False,
                           examples=inference.example_views(examples, cfg))

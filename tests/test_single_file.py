@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from slimeseg import Segmenter
+from slimeseg.artifact import Learned
 from slimeseg.cli import main
 from slimeseg.errors import ModelError
 from slimeseg.models import load_stable_diffusion
@@ -72,6 +73,19 @@ def test_segment_and_tiny_model_commands(single_file, tiny_dir, learned_file, tm
     assert main(["segment", str(learned_file), str(photo), "--out", str(b), "--quiet", "--model",
                  str(made), "--model-config", str(tmp_path / "tiny")]) == 0
     assert (a / "p.png").read_bytes() == (b / "p.png").read_bytes()
+
+
+def test_artifacts_made_with_a_single_file_remember_its_configs(single_file, tiny_dir, segmenter,
+                                                               tmp_path):
+    seg = Segmenter.from_pretrained(str(single_file), device="cpu", model_config=str(tiny_dir))
+    image, mask = shapes_scene(0, 64)
+    path = seg.match([image], [mask], SHAPE_CLASSES, image_size=64).save(tmp_path / "m.safetensors")
+    learned = Learned.load(path)
+    assert learned.model_id == str(single_file) and learned.model_config == str(tiny_dir)
+    again = Segmenter.from_learned(path, device="cpu")  # no --model, no --model-config: recorded
+    assert again.sd.model_id == str(single_file) and again.sd.text is not None
+    photo = shapes_scene(4, 40)[0]
+    assert np.array_equal(again.predict(photo), segmenter.predict(photo, learned))
 
 
 def _one_line_error(capsys, argv: list[str], start: str, out: Path) -> str:
