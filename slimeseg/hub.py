@@ -56,7 +56,7 @@ def fetch_learned(name: str | os.PathLike, revision: str | None = None) -> Path:
     try:
         from huggingface_hub import constants, errors, hf_hub_download
     except ImportError:
-        raise ArtifactError(f"{name}: loading from the hub needs huggingface_hub ({HUB_HINT})") from None
+        raise ArtifactError(f"{name}: loading from the hub needs a recent huggingface_hub ({HUB_HINT})") from None
     at = f" at revision '{rev}'" if rev else ""
     try:
         return Path(hf_hub_download(repo, LEARNED_FILE, revision=rev, library_name="slimeseg"))
