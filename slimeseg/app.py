@@ -418,13 +418,22 @@ class SlimeApp:
         return True
 
     def load_artifact(self, file: Any, sess: Session) -> Learned:
-        """Use an uploaded artifact (a copy is kept for download); refused if made for another model."""
-        path = upload_path(file)
-        if path.suffix.lower() != ".safetensors":
-            raise InputError(f"{path.name}: not a .safetensors file made by slimeseg")
+        """Use an uploaded artifact, or one shared on the Hub (`USER/REPO[@REV]`, through the
+        hub cache); a copy is kept for download; refused if made for another model."""
+        from .hub import fetch_learned, parse_hub_id
+
+        if isinstance(file, str) and parse_hub_id(file.strip()) is not None:
+            name = file.strip()
+            path = fetch_learned(name)
+            dest_name = name.replace("/", "--").replace("@", "--") + ".safetensors"
+        else:
+            path = upload_path(file)
+            name, dest_name = path.name, path.name
+            if path.suffix.lower() != ".safetensors":
+                raise InputError(f"{path.name}: not a .safetensors file made by slimeseg")
         learned = Learned.load(path)
-        learned.check_fits(self.segmenter.sd, path.name, hint=f"start the app with --model {learned.model_id}")
-        dest = sess.workdir() / path.name
+        learned.check_fits(self.segmenter.sd, name, hint=f"start the app with --model {learned.model_id}")
+        dest = sess.workdir() / dest_name
         shutil.copyfile(path, dest)
         sess.rounds = [*sess.rounds, str(dest)]
         if not sess.images:  # corrections of its results will be examples in its classes
@@ -636,6 +645,7 @@ class TrainPanel:
     artifact_out: "gr.File"
     rounds_out: "gr.File"
     artifact_in: "gr.File"
+    hub_in: "gr.Textbox"
 
 
 @dataclass
@@ -732,8 +742,10 @@ def _train_panel(d: SlimeConfig) -> TrainPanel:
                              interactive=False, height=90, elem_id="rounds_download")
         artifact_in = gr.File(label="…or load learned embeddings (.safetensors)", height=120,
                               file_types=[".safetensors"], elem_id="artifact_upload")
+        hub_in = gr.Textbox(label="…or a hub id (USER/REPO, shared with `slimeseg push`; Enter)",
+                            placeholder="USER/REPO[@REVISION]", elem_id="hub_id")
     return TrainPanel(steps, seed, image_size, train, stop, refine, undo, progress, loss_plot,
-                      artifact_out, rounds_out, artifact_in)
+                      artifact_out, rounds_out, artifact_in, hub_in)
 
 
 def _segment_panel() -> SegmentPanel:
@@ -894,10 +906,13 @@ def _wire_rounds(app: SlimeApp, state: "gr.State", ex: ExamplePanel, tr: TrainPa
                                         f"Back to round {len(sess.rounds)}; ready to segment.")}
 
     def load_artifact(file: Any, sess: Session) -> Any:
-        if file is None:  # the upload was cleared
+        from .hub import parse_hub_id
+
+        if file is None or (isinstance(file, str) and not file.strip()):  # cleared or empty
             return gr.skip()
         learned = app.load_artifact(file, sess)
-        note = f"Loaded {upload_path(file).name}; ready to segment."
+        hub_id = isinstance(file, str) and parse_hub_id(file.strip()) is not None
+        note = f"Loaded {file.strip() if hub_id else upload_path(file).name}; ready to segment."
         return {state: sess, seg.legend: legend_html(learned.classes, note),
                 tr.artifact_out: sess.learned_path, tr.rounds_out: list(sess.rounds),
                 ex.legend: _class_legend(sess)}
@@ -907,6 +922,9 @@ def _wire_rounds(app: SlimeApp, state: "gr.State", ex: ExamplePanel, tr: TrainPa
     tr.artifact_in.upload(_ui(load_artifact), [tr.artifact_in, state],
                           [state, seg.legend, tr.artifact_out, tr.rounds_out, ex.legend],
                           concurrency_limit=1, concurrency_id="load")
+    tr.hub_in.submit(_ui(load_artifact), [tr.hub_in, state],
+                     [state, seg.legend, tr.artifact_out, tr.rounds_out, ex.legend],
+                     concurrency_limit=1, concurrency_id="load")
 
 
 def _wire_segmenting(app: SlimeApp, state: "gr.State", ex: ExamplePanel, seg: SegmentPanel,
@@ -987,7 +1005,7 @@ def theme() -> Any:
 
 def launch(model: str, host: str = "127.0.0.1", port: int | None = None, *,
            device: str | None = None, dtype: str | None = None, revision: str | None = None,
-           block: bool = True) -> Any:
+           block: bool = True, model_config: str | None = None) -> Any:
     """Load the model, build the app and serve it; returns the Blocks (when `block` is False)."""
     import sys
 
@@ -996,7 +1014,8 @@ def launch(model: str, host: str = "127.0.0.1", port: int | None = None, *,
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host}: anyone who can reach this address can use the app "
               "(there is no login)", file=sys.stderr)
-    segmenter = Segmenter.from_pretrained(model, revision=revision, device=device, dtype=dtype)
+    segmenter = Segmenter.from_pretrained(model, revision=revision, device=device, dtype=dtype,
+                                          model_config=model_config)
     demo = build_app(segmenter, model_label=model)
     demo.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_UPLOAD,
                 prevent_thread_lock=not block, show_error=True, ssr_mode=False, mcp_server=False,

@@ -35,7 +35,7 @@ FORMAT_VERSION = 1
 _KIND = "slimeseg.learned"
 _REQUIRED = {"format": str, "format_version": int, "classes": list, "model_id": str,
              "fingerprint": str, "config": dict}
-_OPTIONAL = (("revision", str, "a string or null"), ("image_hashes", list, "a list"),
+_OPTIONAL = (("revision", str, "a string or null"), ("model_config", str, "a string or null"), ("image_hashes", list, "a list"),
              ("history", dict, "an object"), ("lineage", list, "a list"), ("layers", dict, "an object"))
 
 
@@ -68,6 +68,7 @@ class Learned:
     # what matching needs: the examples at the model input's size, (3, h, w) and (h, w) uint8 each
     examples: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     trained: bool = True  # False: a matching-only artifact (its context is the empty prompt)
+    model_config: str | None = None  # a single-file model: the configs it was loaded with
     format_version: int = FORMAT_VERSION
 
     @property
@@ -112,6 +113,7 @@ class Learned:
             "model_id": self.model_id, "revision": self.revision, "fingerprint": self.fingerprint,
             "config": self.config, "image_hashes": self.image_hashes, "history": self.history,
             "lineage": self.lineage, "layers": self.layers, "trained": self.trained,
+            "model_config": self.model_config,
             "slimeseg_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -133,8 +135,16 @@ class Learned:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Learned:
-        """Read and validate an artifact; every problem is one ArtifactError line naming the file."""
+    def load(cls, path: str | os.PathLike, revision: str | None = None) -> Learned:
+        """Read and validate an artifact; every problem is one ArtifactError line naming the file.
+
+        A hub id `USER/REPO[@REVISION]` (`revision` pins it too) that is no local file is fetched
+        through the Hugging Face cache (`hub.fetch_learned`), offline from the cache."""
+        if not Path(path).is_file():
+            from .hub import fetch_learned, parse_hub_id
+
+            if parse_hub_id(path) is not None:
+                path = fetch_learned(path, revision)
         path = Path(path)
         if not path.is_file():
             raise ArtifactError(f"{path}: learned-embeddings file not found")
@@ -172,7 +182,8 @@ class Learned:
                    image_hashes=list(meta.get("image_hashes") or []), uncond=tensors.get("uncond"),
                    history=dict(meta.get("history") or {}), state=state,
                    lineage=list(meta.get("lineage") or []), layers=meta.get("layers"),
-                   examples=examples, trained=trained, format_version=meta["format_version"])
+                   examples=examples, trained=trained, format_version=meta["format_version"],
+                   model_config=meta.get("model_config"))
 
 
 def _match_examples(tensors: dict[str, torch.Tensor], k: int, path: Path

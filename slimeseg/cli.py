@@ -34,13 +34,22 @@ def _comma_list(text: str) -> list[str]:
     return items
 
 
-def _add_model_args(p: argparse.ArgumentParser, default: str | None, init_aware: bool = False) -> None:
+def _add_model_args(p: argparse.ArgumentParser, default: str | None, init_aware: bool = False,
+                    hub_learned: bool = False) -> None:
     shown = (f" (default: {default})" if default else " (default: the one the embeddings were made with)")
     if init_aware:  # train: --init's model unless told otherwise
         shown = f" (default: the model of --init, else {default})"
     p.add_argument("--model", default=None if init_aware else default,
-                   help=f"preset ({', '.join(MODELS)}), hub id or local diffusers folder{shown}")
-    p.add_argument("--revision", help="hub revision (branch, tag or commit) to pin")
+                   help=f"preset ({', '.join(MODELS)}), hub id, local diffusers folder or single-file "
+                        f".safetensors checkpoint{shown}")
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) to pin" + (
+        "; with a hub id as embeddings and no --model, the embeddings' (the model's is then the "
+        "one they record)" if hub_learned else ""))
+    p.add_argument("--model-config", dest="model_config", metavar="DIR",
+                   help="with a single-file --model (an SD 1.x/2.x .safetensors in the original "
+                        "layout): a diffusers folder (or preset) of the same architecture whose "
+                        "configs to use (default: the preset diffusers infers; offline, from the "
+                        "hub cache)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="UNet precision (default: float32 on CPU; on CUDA bfloat16, or float16 "
@@ -151,7 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     parent = Learned.load(args.init) if args.init else None
     model = args.model or (parent.model_id if parent else DEFAULT_MODEL)
     revision = args.revision or (parent.revision if parent else None)
-    seg = Segmenter.from_pretrained(model, revision=revision, device=args.device, dtype=args.dtype)
+    seg = Segmenter.from_pretrained(model, revision=revision, device=args.device, dtype=args.dtype,
+                                    model_config=args.model_config)
     overrides = config_overrides(args)
     if overrides.get("method") == "match":  # no training: the examples' features are the model
         if args.init or args.resume or args.checkpoint_every:
@@ -203,18 +213,31 @@ def _print_example_check(seg: Any, learned: Any) -> None:
               file=sys.stderr)
 
 
+def _pin_hub_artifact(args: argparse.Namespace) -> None:
+    """A hub id as LEARNED: `--revision` pins the artifact's repo (without --model, the model's
+    revision is the one the artifact records); with --model it stays the model's."""
+    from .hub import parse_hub_id
+
+    if args.revision and args.model is None and parse_hub_id(args.learned) is not None:
+        if "@" in args.learned:
+            raise InputError(f"{args.learned}: give the revision once (@REV or --revision)")
+        args.learned, args.revision = f"{args.learned}@{args.revision}", None
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .job import segment
 
     _apply_input_args(args)
+    _pin_hub_artifact(args)
     if args.ray is not None:
         return _segment_on_ray(args)
-    if args.workers or args.format or args.batch_size:
-        raise InputError("--workers, --format and --batch-size go with --ray")
-    result = segment(args.learned, args.inputs, args.out, overlays=not args.no_overlays,
-                     overwrite=args.overwrite, model=args.model, revision=args.revision,
-                     device=args.device, dtype=args.dtype, progress=not args.quiet,
-                     **config_overrides(args))
+    if args.workers or args.format == "parquet" or args.batch_size:
+        raise InputError("--workers, --format parquet and --batch-size go with --ray")
+    result = segment(args.learned, args.inputs, args.out, format=args.format or "png",
+                     overlays=not args.no_overlays, overwrite=args.overwrite,
+                     instances=args.instances, model=args.model, revision=args.revision,
+                     device=args.device, dtype=args.dtype, model_config=args.model_config,
+                     progress=not args.quiet, **config_overrides(args))
     return EXIT_PARTIAL_FAILURE if result.failed else 0
 
 
@@ -225,8 +248,9 @@ def _segment_on_ray(args: argparse.Namespace) -> int:
     result = segment(args.learned, args.inputs, args.out, address=args.ray or None,
                      workers=args.workers, format=args.format or "png",
                      batch_size=args.batch_size or 1, overlays=not args.no_overlays,
-                     overwrite=args.overwrite, model=args.model, revision=args.revision,
-                     device=args.device, dtype=args.dtype, max_image_pixels=args.max_image_pixels,
+                     overwrite=args.overwrite, instances=args.instances, model=args.model, revision=args.revision,
+                     device=args.device, dtype=args.dtype, model_config=args.model_config,
+                     max_image_pixels=args.max_image_pixels,
                      progress=not args.quiet, **config_overrides(args))
     return EXIT_PARTIAL_FAILURE if result.failed else 0
 
@@ -236,17 +260,25 @@ def _segmenter_for(args: argparse.Namespace, learned: Any) -> Any:
     from .segmenter import Segmenter
 
     return Segmenter.from_learned(learned, args.model, revision=args.revision, device=args.device,
-                                  dtype=args.dtype, name=args.learned)
+                                  dtype=args.dtype, name=args.learned, model_config=args.model_config)
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from .synthetic.tiny import TINY_NOTE, save_tiny_sd
+    from .synthetic.tiny import TINY_NOTE, build_tiny_sd, save_tiny_sd
 
     out = Path(args.dir)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InputError(f"{out}: directory is not empty (use --overwrite)")
+    if args.single_file:
+        _check_writable_file(Path(args.single_file))
     save_tiny_sd(out, seed=args.seed)
     print(f"wrote a tiny Stable Diffusion to {out}\nnote: {TINY_NOTE}")
+    if args.single_file:
+        from .synthetic.single_file import save_single_file
+
+        save_single_file(build_tiny_sd(seed=args.seed), args.single_file)
+        print(f"wrote the same model as one checkpoint in the original layout to {args.single_file} "
+              f"(load it with --model {args.single_file} --model-config {out})")
     return 0
 
 
@@ -281,6 +313,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_writable_file(out)
+    _pin_hub_artifact(args)
     fmt = EVAL_FORMATS[args.format]
     if fmt == "pascal-part" and not args.category:
         raise InputError(f"{args.dataset}: --format pascal-part needs --category car or horse")
@@ -307,6 +340,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_writable_file(out)
+    if args.model_config:
+        raise InputError("reproduce loads diffusers folders and hub ids only; --model-config does not apply")
     result = reproduce(args.model, args.dataset, args.shots, args.seeds, args.data, device=args.device,
                        dtype=args.dtype, revision=args.revision, progress=not args.quiet,
                        echo=None if args.quiet else print, **config_overrides(args))
@@ -320,7 +355,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     """`slimeseg eval` and `slimeseg reproduce`."""
     p = sub.add_parser("eval", help="score learned embeddings on a labelled dataset (per-class IoU, mIoU)")
-    p.add_argument("learned", help="a .safetensors file made by `slimeseg train`")
+    p.add_argument("learned", help="a .safetensors file made by `slimeseg train`, or a hub id "
+                                   "USER/REPO[@REV]")
     p.add_argument("dataset", help="dataset folder (PASCAL-Part: the folder holding Annotations_Part)")
     p.add_argument("--format", choices=list(EVAL_FORMATS), default="folder", help="dataset layout (default folder)")
     p.add_argument("--category", choices=["car", "horse"], help="PASCAL-Part category (with --format pascal-part)")
@@ -329,7 +365,7 @@ def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4, dest="batch_size", help="images per UNet pass")
     p.add_argument("--out", required=True, help="JSON report file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_model_args(p, None)
+    _add_model_args(p, None, hub_learned=True)
     _add_settings(p, train=False)
     p.set_defaults(func=cmd_eval)
 
@@ -347,13 +383,50 @@ def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_reproduce)
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from . import hub
+    from .io import load_image
+
+    if hub.parse_hub_id(args.repo) is None or "@" in args.repo:
+        raise InputError(f"{args.repo}: not a hub repo id; give USER/REPO")
+    if not Path(args.learned).is_file():
+        raise InputError(f"{args.learned}: learned-embeddings file not found (push takes a local file)")
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        raise InputError(f"pushing to the hub needs huggingface_hub ({hub.HUB_HINT})") from None
+    _apply_input_args(args)
+    images = [(Path(p).name, load_image(p)) for p in args.examples]  # bad files fail before the model
+    segmented = []
+    if images:
+        from .artifact import Learned
+
+        learned = Learned.load(args.learned)
+        seg = _segmenter_for(args, learned)
+        segmented = [(name, image, seg.predict(image, learned)) for name, image in images]
+    if args.folder:
+        folder = Path(args.folder)
+        if folder.exists() and any(folder.iterdir()):
+            raise InputError(f"{folder}: directory is not empty")
+        hub.build_folder(args.learned, args.repo, folder, segmented=segmented, eval_report=args.eval)
+        print(f"wrote the files of {args.repo} to {folder} (nothing uploaded)")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="slimeseg-push-") as tmp:
+        hub.build_folder(args.learned, args.repo, tmp, segmented=segmented, eval_report=args.eval)
+        url = hub.upload(tmp, args.repo, private=args.private)
+    print(f"pushed {args.learned} to https://huggingface.co/{args.repo} ({url})")
+    return 0
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     try:
         from .app import launch
     except ImportError as exc:
         raise InputError(f"the web app needs Gradio ({exc}); install it with: pip install 'slimeseg[app]'") from None
     launch(args.model, host=args.host, port=args.port, device=args.device, dtype=args.dtype,
-           revision=args.revision)
+           revision=args.revision, model_config=args.model_config)
     return 0
 
 
@@ -388,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("segment", help="segment images with learned embeddings")
-    p.add_argument("learned", help="a .safetensors file made by `slimeseg train`")
+    p.add_argument("learned", help="a .safetensors file made by `slimeseg train`, or a hub id "
+                                   "USER/REPO[@REV] of one shared with `slimeseg push`")
     p.add_argument("inputs", nargs="+",
                    help="images, folders of images, globs ('photos/**/*.jpg') and .txt or .parquet "
                         "lists of image paths; each input's failure goes to OUT/errors.jsonl")
@@ -396,6 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     p.add_argument("--no-overlays", action="store_true", dest="no_overlays",
                    help="write only the label maps (NAME.png), no NAME.overlay.png")
+    p.add_argument("--format", choices=["png", "coco", "parquet"],
+                   help="png: NAME.png label maps (default); coco: those and OUT/coco.json (RLE "
+                        "masks for CVAT, FiftyOne, Detectron2, ...; pip install 'slimeseg[coco]'); "
+                        "parquet (with --ray): one dataset in OUT/labels (path, size, classes, "
+                        "label map PNG bytes)")
+    p.add_argument("--instances", action="store_true",
+                   help="with --format coco: one annotation per connected region of a class, "
+                        "not one per class")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     ray = p.add_argument_group("on a Ray cluster (pip install 'slimeseg[ray]')")
     ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
@@ -403,21 +485,35 @@ def build_parser() -> argparse.ArgumentParser:
                           "HOST:6379, ray://HOST:10001)")
     ray.add_argument("--workers", type=int, metavar="N",
                      help="workers, each with the model (default: one per GPU, else one per CPU)")
-    ray.add_argument("--format", choices=["png", "parquet"],
-                     help="png: NAME.png files (default); parquet: one dataset in OUT/labels "
-                          "(path, size, classes, label map PNG bytes)")
     ray.add_argument("--batch-size", type=int, dest="batch_size", metavar="N",
                      help="images per UNet pass on a worker (default 1: the labels of a run "
                           "without --ray, bit for bit; more is faster on GPUs, a few pixels differ)")
-    _add_model_args(p, None)
+    _add_model_args(p, None, hub_learned=True)
     _add_input_args(p)
     _add_settings(p, train=False)
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("push", help="share learned embeddings on the Hugging Face Hub, with a model "
+                                    "card (pip install 'slimeseg[hub]')")
+    p.add_argument("learned", help="a .safetensors file made by `slimeseg train`")
+    p.add_argument("repo", help="USER/REPO (created if new; log in with `hf auth login` or HF_TOKEN)")
+    p.add_argument("--examples", nargs="+", default=[], metavar="IMAGE",
+                   help="images to segment with it and show, with their overlays, in the card")
+    p.add_argument("--eval", metavar="REPORT", help="a JSON report of `slimeseg eval` for the card")
+    p.add_argument("--private", action="store_true", help="make a new repo private")
+    p.add_argument("--folder", metavar="DIR",
+                   help="write the repo's files (artifact, README.md card, images) to DIR and "
+                        "upload nothing")
+    _add_model_args(p, None)
+    _add_input_args(p)
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("tiny-model", help="write a tiny untrained SD for offline trials and tests")
     p.add_argument("dir", help="output folder (diffusers layout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--single-file", dest="single_file", metavar="FILE",
+                   help="also write it as one .safetensors checkpoint in the original (LDM) layout")
     p.set_defaults(func=cmd_tiny_model)
 
     p = sub.add_parser("example", help="write a synthetic example (image, mask, test images) to try")

@@ -73,9 +73,10 @@ PENDING, EXISTS, FAILED, WRITTEN, FATAL = "", "exists", "failed", "written", "fa
 # ---------------------------------------------------------------------------- the job
 def segment(learned: Any, inputs: str | os.PathLike | Iterable[str | os.PathLike],
             out: str | os.PathLike, *, format: str = "png", overlays: bool = True,
-            overwrite: bool = False, address: str | None = None, workers: int | None = None,
+            overwrite: bool = False, instances: bool = False, address: str | None = None,
+            workers: int | None = None,
             batch_size: int = 1, model: str | None = None, revision: str | None = None,
-            device: str | None = None, dtype: str | None = None,
+            device: str | None = None, dtype: str | None = None, model_config: str | None = None,
             max_image_pixels: int | None = None, io_tasks: bool | None = None,
             cpus_per_worker: int | None = None, progress: bool = True, echo: Any = print,
             **overrides: Any) -> Result:
@@ -86,11 +87,12 @@ def segment(learned: Any, inputs: str | os.PathLike | Iterable[str | os.PathLike
     process already joined with `ray.init` is used as is). `workers`: actors in the pool
     (default: one per GPU of the cluster, or one per CPU on CPU-only clusters, whose CPUs are
     shared out among them as torch threads). `format`: "png" (label maps `NAME.png`, overlays
-    unless `overlays=False`) or "parquet" (`out/labels/part-*.parquet`). `batch_size`: images per
+    unless `overlays=False`), "coco" (those, then `out/coco.json` assembled on the driver;
+    `instances` as in `job.segment`) or "parquet" (`out/labels/part-*.parquet`). `batch_size`: images per
     UNet pass (1: bitwise the single process's labels). `io_tasks`: load and write as separate
     CPU tasks (default: on GPU clusters only). `cpus_per_worker`: CPUs (torch threads) of a
     worker on CPU-only clusters (default: the CPUs shared out among the workers). `model`,
-    `revision`, `device`, `dtype` are `Segmenter.from_learned`'s; `max_image_pixels` is
+    `revision`, `device`, `dtype`, `model_config` are `Segmenter.from_learned`'s; `max_image_pixels` is
     `--max-image-pixels` (0: no limit); `overrides` are SlimeConfig settings, as
     `Segmenter.predict` takes them (the CLI passes the flags typed, as without `--ray`).
     """
@@ -101,8 +103,8 @@ def segment(learned: Any, inputs: str | os.PathLike | Iterable[str | os.PathLike
     if workers is not None and workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     job = SegmentJob.plan(learned, inputs, out, format=format, overlays=overlays,
-                          overrides=overrides)
-    job.prepare()
+                          overrides=overrides, instances=instances)
+    job.prepare(overwrite)
     todo = job.todo(overwrite)
     result = Result(job.writer.out_dir, len(job.inputs), skipped=len(job.inputs) - len(todo))
     if todo:
@@ -111,13 +113,14 @@ def segment(learned: Any, inputs: str | os.PathLike | Iterable[str | os.PathLike
             pool = _plan_pool(ray, workers, device, io_tasks, cpus_per_worker)
             result.workers = pool.workers
             _run(ray, result, job, todo, pool, batch_size=batch_size, model=model,
-                 revision=revision, dtype=dtype, max_image_pixels=max_image_pixels,
+                 revision=revision, dtype=dtype, model_config=model_config, max_image_pixels=max_image_pixels,
                  overwrite=overwrite, progress=progress)
         finally:
             if started:
                 ray.shutdown()
         job.writer.remove_temp_files()  # only a killed worker's can be left: every task has ended
     result.errors_file = job.record_errors(result.failed)
+    result.coco_file = job.finish()
     result.seconds = time.perf_counter() - t0
     if echo is not None:
         echo(result.summary())
@@ -198,7 +201,7 @@ def _rows_per_block(n: int, workers: int, batch_size: int) -> int:
 
 def _run(ray: Any, result: Result, job: SegmentJob, todo: list[Path], pool: _Pool, *,
          batch_size: int, model: str | None, revision: str | None, dtype: str | None,
-         max_image_pixels: int | None, overwrite: bool, progress: bool) -> None:
+         model_config: str | None, max_image_pixels: int | None, overwrite: bool, progress: bool) -> None:
     """Build the Ray Data pipeline for `todo`, stream its status rows, fill in `result`."""
     import pyarrow as pa
 
@@ -208,10 +211,10 @@ def _run(ray: Any, result: Result, job: SegmentJob, todo: list[Path], pool: _Poo
                         "name": [job.names[p] for p in todo[i:i + rows]]})
               for i in range(0, len(todo), rows)]
     light = job.without_inputs()  # what every task and actor gets: rows carry path and name
-    load = {"job": light, "skip_done": not overwrite and light.writer.format == "png",
+    load = {"job": light, "skip_done": not overwrite and light.writer.format != "parquet",
             "max_image_pixels": max_image_pixels}
     actor = {"job": light, "model": model, "revision": revision, "device": pool.device,
-             "dtype": dtype, "threads": pool.threads, "batch_size": batch_size,
+             "dtype": dtype, "model_config": model_config, "threads": pool.threads, "batch_size": batch_size,
              "load": None if pool.io_tasks else load, "write": not pool.io_tasks,
              "keep_image": light.writer.overlays}
     ds = ray.data.from_arrow(blocks)
@@ -302,7 +305,8 @@ class SegmentWorker:
 
     def __init__(self, job: SegmentJob, model: str | None, revision: str | None, device: str,
                  dtype: str | None, threads: int | None, batch_size: int,
-                 load: dict[str, Any] | None, write: bool, keep_image: bool) -> None:
+                 load: dict[str, Any] | None, write: bool, keep_image: bool,
+                 model_config: str | None = None) -> None:
         for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
             os.environ.setdefault(var, "error")
         import torch
@@ -310,7 +314,8 @@ class SegmentWorker:
         if threads:
             torch.set_num_threads(threads)
         self.job = job
-        self._model = {"model": model, "revision": revision, "device": device, "dtype": dtype}
+        self._model = {"model": model, "revision": revision, "device": device, "dtype": dtype,
+                       "model_config": model_config}
         self._seg: Any = None
         self.batch_size = batch_size
         self.load, self.write, self.keep_image = load, write, keep_image

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob as _glob
+import json
 import logging
 import os
 import sys
@@ -126,6 +127,7 @@ class Result:
     seconds: float = 0.0  # the whole call, loading the model (or starting the workers) included
     workers: int = 0  # Ray actors in the pool (0: one process, or nothing to do)
     errors_file: Path | None = None
+    coco_file: Path | None = None  # format "coco": the annotations file written at the end
 
     @property
     def images_per_s(self) -> float:
@@ -136,6 +138,7 @@ class Result:
         return (f"segmented {self.segmented} image(s) into {self.out_dir} in {self.seconds:.1f} s "
                 f"({self.images_per_s:.2f} images/s){on}"
                 + (f", skipped {self.skipped} already done" if self.skipped else "")
+                + (f", COCO annotations in {self.coco_file}" if self.coco_file else "")
                 + (f", {len(self.failed)} failed (listed in {self.errors_file})" if self.failed else ""))
 
 
@@ -162,10 +165,11 @@ class SegmentJob:
     @classmethod
     def plan(cls, learned: Learned | str | os.PathLike, inputs: Inputs, out: str | os.PathLike, *,
              format: str = "png", overlays: bool = True, overrides: dict[str, Any] | None = None,
-             each: bool = False) -> SegmentJob:
+             each: bool = False, instances: bool = False) -> SegmentJob:
         """List the inputs and name their outputs; bad settings and (unless `each`) a bad input
         or two inputs that would write the same file are one-line InputErrors, before any model
-        loads. With `each` (the app's uploads) such an input is refused alone (`refused`)."""
+        loads. With `each` (the app's uploads) such an input is refused alone (`refused`).
+        `instances` (format "coco"): one annotation per connected component."""
         name = str(learned) if isinstance(learned, (str, os.PathLike)) else "embeddings"
         art = learned if isinstance(learned, Learned) else Learned.load(learned)
         overrides = dict(overrides or {})
@@ -173,8 +177,11 @@ class SegmentJob:
             SlimeConfig.from_dict(art.config).replace(**overrides)  # bad settings fail here, once
         except (TypeError, ValueError) as exc:
             raise InputError(f"bad setting: {exc}") from None
+        job = {"embeddings": art.digest(), "classes": art.classes, "instances": instances,
+               "settings": json.loads(json.dumps(overrides, sort_keys=True, default=str))}
         writer = SegmentWriter(Path(os.path.abspath(out)), art.classes, overlays=overlays,
-                               format=format, info={"model": art.model_id, "embeddings": name})
+                               format=format, info={"model": art.model_id, "embeddings": name},
+                               instances=instances, job=job if format == "coco" else {})
         if not each:
             paths = list_inputs(inputs)
             return cls(art, name, writer, paths, writer.names(paths), overrides)
@@ -215,8 +222,10 @@ class SegmentJob:
         return dataclasses.replace(self, inputs=[], names={}, refused=[])
 
     # ------------------------------------------------------------ the run
-    def prepare(self) -> int:
-        """Create the output folder, write classes.json, remove a killed run's temp files."""
+    def prepare(self, overwrite: bool = False) -> int:
+        """Refuse a COCO file another job left (unless `overwrite`), then create the output
+        folder, write classes.json and remove a killed run's temp files."""
+        self.writer.check(overwrite)
         removed = self.writer.prepare()
         if removed:
             log.info("removed %d temp file(s) left by an interrupted run in %s", removed,
@@ -228,6 +237,10 @@ class SegmentJob:
         done = set() if overwrite else self.writer.finished(self.names)
         return [p for p in self.inputs if p not in done]
 
+    def finish(self) -> Path | None:
+        """After a run: the files assembled from every input's outputs (COCO: `coco.json`)."""
+        return self.writer.finish(self.names)
+
     def record_errors(self, failed: Sequence[tuple[str, str]]) -> Path | None:
         """`errors.jsonl` (or `errors.parquet`) lists this run's failures, replacing an earlier
         run's list; a run without failures removes it, so it always tells about the last run."""
@@ -237,12 +250,13 @@ class SegmentJob:
         return None
 
     def segmenter(self, model: str | None = None, revision: str | None = None,
-                  device: str | None = None, dtype: str | None = None) -> Any:
+                  device: str | None = None, dtype: str | None = None,
+                  model_config: str | None = None) -> Any:
         """A Segmenter for the artifact: its own model unless `model` says otherwise."""
         from .segmenter import Segmenter
 
         return Segmenter.from_learned(self.learned, model, revision=revision, device=device,
-                                      dtype=dtype, name=self.name)
+                                      dtype=dtype, name=self.name, model_config=model_config)
 
     def run(self, segmenter: Any | None = None, *, load: Callable[[], Any] | None = None,
             overwrite: bool = False, progress: bool = True, read: Reader | None = None,
@@ -256,15 +270,17 @@ class SegmentJob:
         `errors.jsonl` and returns the Result (its `seconds` from this call).
         """
         t0 = time.perf_counter()
-        self.prepare()
+        self.writer.check(overwrite)
         todo = self.todo(overwrite)
+        # the model loads before anything is written: a model that cannot load leaves no folder
+        seg = segmenter if segmenter is not None or not todo or load is None else load()
+        self.prepare(overwrite)
         result = Result(self.writer.out_dir, len(self.inputs) + len(self.refused),
                         skipped=len(self.inputs) - len(todo))
         for path, why in self.refused:
             result.failed.append((path, why))
             if on_error is not None:
                 on_error(path, why)
-        seg = segmenter if segmenter is not None or not todo or load is None else load()
         read = read or self.read
         for path in tqdm(todo, desc="segment", unit="img", disable=not progress, dynamic_ncols=True):
             try:
@@ -282,33 +298,37 @@ class SegmentJob:
             if on_result is not None:
                 on_result(path, image, labels)
         result.errors_file = self.record_errors(result.failed)
+        result.coco_file = self.finish()
         result.seconds = time.perf_counter() - t0
         return result
 
 
 def segment(learned: Learned | str | os.PathLike, inputs: Inputs, out: str | os.PathLike, *,
             format: str = "png", overlays: bool = True, overwrite: bool = False,
-            model: str | None = None, revision: str | None = None, device: str | None = None,
-            dtype: str | None = None, progress: bool = True,
-            echo: Callable[[str], Any] | None = print, **overrides: Any) -> Result:
+            instances: bool = False, model: str | None = None, revision: str | None = None,
+            device: str | None = None, dtype: str | None = None, model_config: str | None = None,
+            progress: bool = True, echo: Callable[[str], Any] | None = print,
+            **overrides: Any) -> Result:
     """Segment `inputs` (see `list_inputs`) with `learned` (an artifact or its file) into `out`.
 
-    `format`: "png" (label maps `NAME.png`, overlays `NAME.overlay.png` unless `overlays=False`)
-    or "parquet" (`out/labels/part-*.parquet`). `model`, `revision`, `device`, `dtype`: the
-    Segmenter's (default: the artifact's own model); `overrides`: SlimeConfig settings for
-    predict. Each failure is printed to stderr as `error: PATH: REASON` as it happens, and the
-    summary line through `echo` at the end (None: silent).
+    `format`: "png" (label maps `NAME.png`, overlays `NAME.overlay.png` unless `overlays=False`),
+    "coco" (those and `out/coco.json`, `slimeseg.coco`; `instances`: one annotation per connected
+    component) or "parquet" (`out/labels/part-*.parquet`, with Ray only). `model`, `revision`,
+    `device`, `dtype`, `model_config` (for a single-file model): the Segmenter's (default: the
+    artifact's own model); `overrides`: SlimeConfig settings for predict. Each failure is
+    printed to stderr as `error: PATH: REASON` as it happens, and the summary line through
+    `echo` at the end (None: silent).
     """
     t0 = time.perf_counter()
-    if format != "png":  # Parquet parts are written per batch of rows, on the Ray path
+    if format == "parquet":  # Parquet parts are written per batch of rows, on the Ray path
         raise InputError(f"--format {format} goes with --ray")
     job = SegmentJob.plan(learned, inputs, out, format=format, overlays=overlays,
-                          overrides=overrides)
+                          overrides=overrides, instances=instances)
 
     def warn(path: str, why: str) -> None:
         print(f"error: {path}: {why}", file=sys.stderr)
 
-    result = job.run(load=lambda: job.segmenter(model, revision, device, dtype),
+    result = job.run(load=lambda: job.segmenter(model, revision, device, dtype, model_config),
                      overwrite=overwrite, progress=progress, on_error=None if echo is None else warn)
     result.seconds = time.perf_counter() - t0
     if echo is not None:

@@ -199,6 +199,8 @@ class StableDiffusion:
     fingerprint: str
     plan: LayerPlan
     local_files_only: bool = False
+    text: tuple[Any, Any] | None = None  # (tokenizer, text encoder) of a single-file checkpoint
+    model_config: str | None = None  # a single-file checkpoint: where its configs came from
     _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -253,8 +255,11 @@ class StableDiffusion:
 
         kw = {"revision": self.revision, "local_files_only": self.local_files_only}
         try:
-            tokenizer = CLIPTokenizer.from_pretrained(self.model_id, subfolder="tokenizer", **kw)
-            encoder = CLIPTextModel.from_pretrained(self.model_id, subfolder="text_encoder", **kw)
+            if self.text is not None:  # a single file: its own text encoder, kept on the CPU
+                tokenizer, encoder = self.text
+            else:
+                tokenizer = CLIPTokenizer.from_pretrained(self.model_id, subfolder="tokenizer", **kw)
+                encoder = CLIPTextModel.from_pretrained(self.model_id, subfolder="text_encoder", **kw)
         except Exception as exc:  # hub/IO errors come in many types
             raise _load_error(self.model_id, exc) from None
         ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
@@ -273,16 +278,24 @@ def load_stable_diffusion(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     local_files_only: bool | None = None,
+    model_config: str | None = None,
 ) -> StableDiffusion:
-    """Load SD's UNet, VAE encoder and schedule from a hub id or local diffusers folder."""
+    """Load SD's UNet, VAE encoder and schedule from a hub id, a local diffusers folder or one
+    `.safetensors` checkpoint in the original layout (`model_config`: see `load_single_file`)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig
 
     model_id = resolve_model(model)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
+    if os.path.isfile(model_id) and model_id.lower().endswith(".safetensors"):
+        return load_single_file(model_id, model_config, dev, dt, local_files_only)
+    if model_config is not None:
+        raise ModelError(f"--model-config goes with a single-file --model (.safetensors), not "
+                         f"'{model_id}'")
     if os.path.exists(model_id) and not os.path.isdir(model_id):
-        raise ModelError(f"'{model_id}' is a file; give a diffusers model folder or a hub id")
+        raise ModelError(f"'{model_id}' is a file; give a diffusers model folder, a hub id or a "
+                         "single-file checkpoint as .safetensors (pickled .ckpt files are never loaded)")
     if not os.path.exists(model_id) and (os.path.isabs(model_id) or model_id.startswith((".", "~"))
                                           or model_id.count("/") > 1):
         raise ModelError(f"'{model_id}': no such model folder")
@@ -306,6 +319,14 @@ def load_stable_diffusion(
         text_config = CLIPTextConfig.from_pretrained(model_id, subfolder="text_encoder", **kw)
     except Exception as exc:
         raise _load_error(model_id, exc) from None
+    return _assemble(model_id, revision, unet, vae, scheduler, text_config, dev, dt,
+                     bool(local_files_only))
+
+
+def _assemble(model_id: str, revision: str | None, unet: nn.Module, vae: nn.Module, scheduler: Any,
+              text_config: Any, dev: torch.device, dt: torch.dtype, local_files_only: bool,
+              text: tuple[Any, Any] | None = None, model_config: str | None = None) -> StableDiffusion:
+    """The frozen parts SLiMe keeps (the VAE decoder dropped), on the device, with the layer plan."""
     if unet.config.in_channels != vae.config.latent_channels:
         raise ModelError(f"'{model_id}': UNet takes {unet.config.in_channels} channels but the VAE "
                          f"makes {vae.config.latent_channels}; not a text-to-image SD checkpoint")
@@ -324,5 +345,62 @@ def load_stable_diffusion(
         scaling_factor=scaling, alphas_cumprod=alphas,
         prediction_type=str(scheduler.config.get("prediction_type", "epsilon")),
         device=dev, dtype=dt, fingerprint=fingerprint, plan=plan_layers(unet),
-        local_files_only=bool(local_files_only),
+        local_files_only=bool(local_files_only), text=text, model_config=model_config,
     )
+
+
+SINGLE_FILE_HINT = ("give --model-config DIR, a local diffusers folder of the same architecture "
+                    "(its unet/, vae/, scheduler/, text_encoder/, tokenizer/ configs)")
+
+
+def _check_single_file(path: str) -> None:
+    """Refuse, in one line, a .safetensors file that is no SD checkpoint in the original layout."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as fh:
+            keys = list(fh.keys())
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"'{path}': not a readable safetensors file ({' '.join(str(exc).split())})") from None
+    if "slimeseg" in meta:
+        raise ModelError(f"'{path}': these are learned embeddings, not a Stable Diffusion "
+                         "checkpoint; give them as LEARNED (or --init), not --model")
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise ModelError(f"'{path}': not a Stable Diffusion checkpoint in the original single-file "
+                         "layout (no model.diffusion_model.* weights); give a diffusers folder, a "
+                         "hub id or an SD 1.x/2.x .safetensors checkpoint")
+
+
+def load_single_file(path: str, model_config: str | None, dev: torch.device, dt: torch.dtype,
+                     local_files_only: bool | None = None) -> StableDiffusion:
+    """SD from one `.safetensors` checkpoint in the original (LDM) layout, through diffusers'
+    `from_single_file`. The component configs come from `model_config` (a local diffusers folder,
+    or a preset / hub id, cached when offline) or, without it, the preset diffusers infers from
+    the weights (which must be in the hub cache when offline); a one-line ModelError otherwise."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    path = os.path.abspath(path)
+    _check_single_file(path)
+    config = resolve_model(model_config) if model_config else None
+    if config is not None and not os.path.isdir(config) and (
+            os.path.isabs(config) or config.startswith((".", "~")) or config.count("/") != 1):
+        raise ModelError(f"--model-config '{model_config}': no such diffusers folder")
+    if local_files_only is None:
+        local_files_only = (os.environ.get("HF_HUB_OFFLINE") == "1"
+                            or (config is not None and os.path.isdir(config)))
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            path, config=config, local_files_only=local_files_only, torch_dtype=dt,
+            safety_checker=None, requires_safety_checker=False)
+    except Exception as exc:  # diffusers raises many types on config, hub and weight problems
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"with the configs of '{config}'" if config else "(configs: the preset diffusers infers)"
+        raise ModelError(f"cannot load single-file checkpoint '{path}' {where}: {first}"
+                         + ("" if config else f"; {SINGLE_FILE_HINT}")) from None
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    text = (pipe.tokenizer, pipe.text_encoder)
+    text[1].requires_grad_(False)
+    recorded = os.path.abspath(config) if config is not None and os.path.isdir(config) else config
+    return _assemble(path, None, pipe.unet, pipe.vae, scheduler, pipe.text_encoder.config, dev, dt,
+                     True, text=text, model_config=recorded)

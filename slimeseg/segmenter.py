@@ -42,24 +42,30 @@ class Segmenter:
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_MODEL, revision: str | None = None,
                         device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                        local_files_only: bool | None = None) -> Segmenter:
-        """Load SD from a preset name, hub id or diffusers folder (VAE decoder never kept)."""
+                        local_files_only: bool | None = None,
+                        model_config: str | None = None) -> Segmenter:
+        """Load SD from a preset name, hub id, diffusers folder or single `.safetensors` checkpoint
+        (original layout; `model_config`: a diffusers folder with its configs); no VAE decoder."""
         return cls(load_stable_diffusion(model, revision=revision, device=device, dtype=dtype,
-                                         local_files_only=local_files_only))
+                                         local_files_only=local_files_only, model_config=model_config))
 
     @classmethod
     def from_learned(cls, learned: Learned | str | os.PathLike, model: str | None = None,
                      revision: str | None = None, device: str | torch.device | None = None,
                      dtype: str | torch.dtype | None = None,
-                     name: str | os.PathLike | None = None) -> Segmenter:
-        """A segmenter ready to apply an artifact: the model it was made with unless `model` says
-        otherwise; refuses embeddings that do not fit the model, naming their file (`name`)."""
+                     name: str | os.PathLike | None = None,
+                     model_config: str | None = None) -> Segmenter:
+        """A segmenter ready to apply an artifact (a file, or a hub id `USER/REPO[@REV]`): the
+        model it was made with unless `model` says otherwise; refuses embeddings that do not fit
+        the model, naming their file (`name`)."""
         if name is None:
             name = str(learned) if isinstance(learned, (str, os.PathLike)) else "embeddings"
         if isinstance(learned, (str, os.PathLike)):
             learned = Learned.load(learned)
+        if model is None:  # the artifact's own model, with the configs it was loaded with
+            model_config = model_config or learned.model_config
         seg = cls.from_pretrained(model or learned.model_id, revision=revision or learned.revision,
-                                  device=device, dtype=dtype)
+                                  device=device, dtype=dtype, model_config=model_config)
         seg.use(learned, name)
         return seg
 
@@ -147,6 +153,7 @@ class Segmenter:
         learned = Learned(context=empty, uncond=empty.clone(), classes=list(classes),
                           model_id=self.sd.model_id, fingerprint=self.sd.fingerprint,
                           config=cfg.to_dict(), revision=self.sd.revision,
+                          model_config=self.sd.model_config,
                           image_hashes=[e.sha256 for e in examples], history={"steps_done": 0},
                           layers=self.sd.plan.to_dict(), trained=False,
                           examples=inference.example_views(examples, cfg))

@@ -281,6 +281,7 @@ class TrainState:
             history.update(best_step=self.best_step, best_validation=self.best_score,
                            validation_hashes=[e.sha256 for e in job.validation])
         learned = Learned(context=context, classes=list(job.classes), model_id=job.sd.model_id,
+                          model_config=job.sd.model_config,
                           fingerprint=job.sd.fingerprint, config=job.cfg.to_dict(),
                           revision=job.sd.revision, image_hashes=[e.sha256 for e in job.examples],
                           uncond=None if job.uncond is None else job.uncond[0].cpu(), history=history,
@@ -413,6 +414,7 @@ def validate(job: TrainingJob, state: TrainState) -> float:
     k = job.num_classes
     learned = Learned(context=with_classes(state.trainable.detach(), job.base)[0].float().cpu(),
                       classes=list(job.classes), model_id=job.sd.model_id,
+                      model_config=job.sd.model_config,
                       fingerprint=job.sd.fingerprint, config=job.cfg.to_dict(),
                       layers=job.plan.to_dict())
     images = [(ex.image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy() for ex in job.validation]

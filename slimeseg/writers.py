@@ -17,8 +17,10 @@ With `format="parquet"` (for feeding results to other Ray or Spark jobs) the lab
 of one Parquet dataset instead, `labels/part-*.parquet`: the input's path, its name, its size, the
 class names and the PNG bytes of its label map (the very bytes `NAME.png` would hold). Each part
 is written atomically and named by a digest of its batch's inputs, so writing a batch again
-replaces its part instead of duplicating rows. A run's failures go to `errors.jsonl` (PNG) or
-`errors.parquet` (path and a one-line reason per input).
+replaces its part instead of duplicating rows. With `format="coco"` the files are those of "png"
+and, when the run ends, `finish` assembles `coco.json` from the label maps (`slimeseg.coco`). A
+run's failures go to `errors.jsonl` (PNG, COCO) or `errors.parquet` (path and a one-line reason
+per input).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from . import coco
+from .coco import COCO_FILE
 from .errors import InputError
 from .files import atomic_path  # also importable from here (lab/, benchmarks/ use it)
 
@@ -47,7 +51,7 @@ LABELS_SUFFIX = ".png"
 OVERLAY_SUFFIX = ".overlay.png"
 CLASSES_FILE = "classes.json"
 PARQUET_DIR = "labels"  # format="parquet": the dataset's folder inside the output folder
-ERRORS_FILES = {"png": "errors.jsonl", "parquet": "errors.parquet"}
+ERRORS_FILES = {"png": "errors.jsonl", "coco": "errors.jsonl", "parquet": "errors.parquet"}
 FORMATS = tuple(ERRORS_FILES)
 OVERLAY_BAND_PIXELS = 1 << 20  # overlays are drawn ~1 M pixels (a band of rows) at a time
 _TEMP = re.compile(r"\.(.+\.png|classes\.json|.+\.zip|.+\.jsonl?|.+\.parquet)\.[^.]+\.tmp")  # atomic_path's
@@ -214,15 +218,21 @@ class SegmentWriter:
     classes: list[str]
     overlays: bool = True
     info: dict[str, Any] = field(default_factory=dict)  # model, embeddings: kept in classes.json
-    format: str = "png"  # "png": files per input; "parquet": rows of labels/part-*.parquet
+    format: str = "png"  # "png": files per input; "coco": those + coco.json; "parquet": rows
+    instances: bool = False  # coco: one annotation per connected component, not per class
+    job: dict[str, Any] = field(default_factory=dict)  # coco: what names the job in coco.json
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.classes = list(self.classes)
         if self.format not in FORMATS:
-            raise InputError(f"unknown output format '{self.format}' (choose {' or '.join(FORMATS)})")
+            raise InputError(f"unknown output format '{self.format}' (choose {', '.join(FORMATS)})")
         if self.format == "parquet":
             self.overlays = False  # the dataset holds label maps only
+        if self.instances and self.format != "coco":
+            raise InputError("--instances goes with --format coco")
+        if self.format == "coco":
+            coco._mask_api()  # say what to install before any work
 
     @property
     def suffixes(self) -> tuple[str, ...]:
@@ -235,6 +245,36 @@ class SegmentWriter:
     @property
     def errors_file(self) -> Path:
         return self.out_dir / ERRORS_FILES[self.format]
+
+    @property
+    def coco_file(self) -> Path:
+        return self.out_dir / COCO_FILE
+
+    def check(self, overwrite: bool = False) -> None:
+        """Before anything is written (and before a model loads): refuse a folder that cannot be
+        written, and a `coco.json` another job left in it (unless `overwrite`, which redoes the
+        folder with this job)."""
+        existing = self.out_dir
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            why = "is not a directory" if not existing.is_dir() else "is not writable"
+            raise InputError(f"{self.out_dir}: cannot create output directory ({existing} {why})")
+        if self.format == "coco" and not overwrite:
+            coco.check_target(self.coco_file, self.job)
+
+    def finish(self, names: Mapping[Path, str]) -> Path | None:
+        """After a run (COCO): `coco.json` of every input (of `names`, in order) whose label map
+        is there, assembled from those files and written atomically; None for other formats."""
+        if self.format != "coco":
+            return None
+        coco._mask_api()  # say what to install before reading any file
+        present = {e.name for e in os.scandir(self.out_dir)}
+        done = [(p, stem) for p, stem in names.items() if stem + LABELS_SUFFIX in present]
+        root = coco.input_root([p for p, _ in done])
+        items = ((Path(os.path.relpath(p, root)).as_posix(),
+                  coco.read_labels(self.out_dir / (stem + LABELS_SUFFIX))) for p, stem in done)
+        return coco.write(self.coco_file, items, self.classes, self.job, self.instances)
 
     def prepare(self) -> int:
         """Create the folder, check it is writable, remove a killed run's temp files, write

@@ -223,3 +223,20 @@ def test_preview_matches_before_training_and_segment_compares(app, tmp_path):
     result = app.segment([str(tmp_path / "p.png")], sess)
     assert [caption for _, caption in result.compared] == ["p.png · preview (matching)",
                                                            "p.png · trained (round 1)"]
+
+
+def test_load_artifact_from_a_hub_id_in_the_cache(app, tmp_path, monkeypatch):
+    """The app takes a hub id (its text box) as well as an upload: through the hub cache."""
+    import huggingface_hub
+    from test_hub import lay_out_cache
+
+    image, mask = shapes_scene(0, 64)
+    file = app.segmenter.match([image], [mask], SHAPE_CLASSES, image_size=64).save(tmp_path / "m.safetensors")
+    lay_out_cache(tmp_path / "cache", "someone/shapes", file)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    sess = Session()
+    learned = app.load_artifact(" someone/shapes ", sess)
+    assert learned.classes == SHAPE_CLASSES and sess.learned_path.endswith("someone--shapes.safetensors")
+    assert Path(sess.learned_path).read_bytes() == file.read_bytes()
+    with pytest.raises(SlimeError, match="^someone/other: no such file, and hub repo"):
+        app.load_artifact("someone/other", Session())
