@@ -11,6 +11,16 @@ from slimeseg import SlimeConfig, inference, upsample
 from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 
 
+def test_the_box_mean_is_the_cut_windows_mean():
+    x = torch.rand(2, 9, 13)  # (C, H, W)
+    out = upsample.box(x, 3)
+    ref = torch.empty_like(x)
+    for i in range(9):
+        for j in range(13):
+            ref[:, i, j] = x[:, max(0, i - 3):i + 4, max(0, j - 3):j + 4].mean((1, 2))
+    assert torch.allclose(out, ref, atol=1e-6)
+
+
 def test_a_constant_passes_through_and_shapes_hold():
     gen = torch.Generator().manual_seed(0)
     guide = torch.rand(3, 40, 56, generator=gen)  # (3, H, W)
