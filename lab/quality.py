@@ -78,6 +78,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "match-gf": {"method": "match", "upsample": "guided"},
     "fuse-gf": {"method": "fuse", "upsample": "guided"},
     "fuse-gf2": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0},
+    "fuse-gf3": {"method": "fuse", "upsample": "guided", "guide_radius": 3.0},
+    "fuse-gf4": {"method": "fuse", "upsample": "guided", "guide_radius": 4.0},
     "fuse-gf-e2": {"method": "fuse", "upsample": "guided", "guide_eps": 1e-2},
     "fuse-tta-gf": {"method": "fuse", "tta_flip": True, "upsample": "guided"},
     "match-tta-gf": {"method": "match", "tta_flip": True, "upsample": "guided"},
@@ -85,7 +87,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # variants scored with another variant's artifact (no fit of their own) -> that variant
 DERIVED = {"tiles-2": "full", "fuse": "full", "fuse-mean": "full", "fuse-m75": "full", "match-ctx": "full",
            "full-tta": "full", "fuse-tta": "full", "match-tta": "match",
-           "full-gf": "full", "match-gf": "match", "fuse-gf": "full", "fuse-gf2": "full",
+           "full-gf": "full", "match-gf": "match", "fuse-gf": "full", "fuse-gf2": "full", "fuse-gf3": "full", "fuse-gf4": "full",
            "fuse-gf-e2": "full", "fuse-tta-gf": "full", "match-tta-gf": "match"}
 PREDICT_ONLY = set(DERIVED)
 NO_FIT = {"match"}  # artifacts made without training (`Segmenter.match`)

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from .examples import image_tensor
 
-WORK_PIXELS = 1 << 20  # the filter runs at most at ~1 M pixels; labels_at takes it on from there
-CLASS_CHUNK = 8  # classes filtered at once (bounds the (3, chunk, H, W) covariance tensors)
+WORK_PIXELS = 1 << 19  # the filter runs at most at ~0.5 M pixels (2x a 512-px model input); labels_at takes it on
+CLASS_CHUNK = 4  # classes filtered at once (bounds the (3, chunk, H, W) covariance tensors)
 
 
 def box(x: torch.Tensor, r: int) -> torch.Tensor:
