@@ -214,7 +214,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     result = segment(args.learned, args.inputs, args.out, overlays=not args.no_overlays,
                      overwrite=args.overwrite, model=args.model, revision=args.revision,
                      device=args.device, dtype=args.dtype, progress=not args.quiet,
-                     **config_overrides(args))
+                     frames=args.frames, **config_overrides(args))
     return EXIT_PARTIAL_FAILURE if result.failed else 0
 
 
@@ -390,12 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment images with learned embeddings")
     p.add_argument("learned", help="a .safetensors file made by `slimeseg train`")
     p.add_argument("inputs", nargs="+",
-                   help="images, folders of images, globs ('photos/**/*.jpg') and .txt or .parquet "
-                        "lists of image paths; each input's failure goes to OUT/errors.jsonl")
+                   help="images, clips (.mp4 .mov .mkv .webm .avi, animated .gif: OUT/NAME/000000.png "
+                        "per frame and OUT/NAME.overlay.mp4), folders of images, globs "
+                        "('photos/**/*.jpg') and .txt or .parquet lists of image paths; each input's "
+                        "failure goes to OUT/errors.jsonl")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     p.add_argument("--no-overlays", action="store_true", dest="no_overlays",
                    help="write only the label maps (NAME.png), no NAME.overlay.png")
+    p.add_argument("--frames", metavar="START:STOP:STEP",
+                   help="clips: which frames, by index (default: all); e.g. 0:300:2")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     ray = p.add_argument_group("on a Ray cluster (pip install 'slimeseg[ray]')")
     ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",

@@ -140,6 +140,14 @@ class SlimeConfig:
     fuse_weight: float = _setting(0.5, "fuse: matching's share of the mix (SLiMe's: 1 - it)", BOTH)
     tta_flip: bool = _setting(False, "test-time flip: also segment the mirrored image (same UNet "
                                      "batch) and average", BOTH)
+    # -- video: consistency over time (slimeseg.temporal) --
+    temporal: Literal["none", "flow"] = _setting(
+        "flow", "clips: none = each frame on its own; flow = the previous frames' scores carried "
+                "along optical flow and blended with the frame's own", BOTH)
+    temporal_weight: float = _setting(0.5, "clips, temporal flow: the current frame's share of "
+                                           "the blend (frame t-n weighs (1 - it)^n)", BOTH)
+    flow_size: int = _setting(320, "clips, temporal flow: long side in pixels at which flow is "
+                                   "computed and scores are carried", BOTH)
     # -- reproducibility --
     seed: int = _setting(0, "random seed for repeatable runs", BOTH)
     extra: dict[str, Any] = _setting(dict, "free-form notes kept with the settings", scope="none")
@@ -170,11 +178,13 @@ class SlimeConfig:
             raise ValueError("need match_k >= 1, match_temperature > 0 and match_cells >= 0")
         if not 0 <= self.fuse_weight <= 1:
             raise ValueError(f"fuse_weight must be in [0, 1], got {self.fuse_weight}")
+        if not 0 < self.temporal_weight <= 1 or self.flow_size < 16:
+            raise ValueError("need temporal_weight in (0, 1] and flow_size >= 16")
         if self.method != "slime" and self.normalization == "reference_exact":
             raise ValueError(f"normalization 'reference_exact' is the reference code's test step "
                              f"for SLiMe alone: it goes with method 'slime', not {self.method!r}")
         for name in ("loss_scale", "validation", "augment_order", "aspect", "context", "normalization",
-                     "method", "fuse_rule"):
+                     "method", "fuse_rule", "temporal"):
             allowed = typing.get_args(setting_types()[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -42,6 +42,7 @@ from scipy import ndimage
 
 from .errors import InputError
 from .files import atomic_path  # also importable from here (lab/, benchmarks/ use it)
+from .video import OVERLAY_VIDEO_SUFFIX, is_video
 
 LABELS_SUFFIX = ".png"
 OVERLAY_SUFFIX = ".overlay.png"
@@ -283,7 +284,14 @@ class SegmentWriter:
             done = self._parquet_paths()
             return {p for p in names if str(p) in done}
         present = {e.name for e in os.scandir(self.out_dir)} if self.out_dir.is_dir() else set()
-        return {p for p, stem in names.items() if all(stem + s in present for s in self.suffixes)}
+        return {p for p, stem in names.items() if all(f in present for f in self.outputs(p, stem))}
+
+    def outputs(self, path: Path, stem: str) -> list[str]:
+        """The names an input's outputs have in the folder: a clip's (`video`) are its folder of
+        label maps and its overlay video, an image's its label map and overlay."""
+        if is_video(path):
+            return [stem] + ([stem + OVERLAY_VIDEO_SUFFIX] if self.overlays else [])
+        return [stem + s for s in self.suffixes]
 
     def write(self, stem: str, image: np.ndarray, labels: np.ndarray) -> list[Path]:
         """Write one input's outputs atomically; the label map goes last, so its presence means
