@@ -144,8 +144,10 @@ class SlimeConfig:
     temporal: Literal["none", "flow"] = _setting(
         "flow", "clips: none = each frame on its own; flow = the previous frames' scores carried "
                 "along optical flow and blended with the frame's own", BOTH)
-    temporal_weight: float = _setting(0.5, "clips, temporal flow: the current frame's share of "
+    temporal_weight: float = _setting(0.2, "clips, temporal flow: the current frame's share of "
                                            "the blend (frame t-n weighs (1 - it)^n)", BOTH)
+    temporal_margin: float = _setting(0.0, "clips, temporal flow: a pixel keeps the label carried "
+                                           "to it unless another class's score beats it by this", BOTH)
     flow_size: int = _setting(320, "clips, temporal flow: long side in pixels at which flow is "
                                    "computed and scores are carried", BOTH)
     # -- reproducibility --
@@ -178,8 +180,8 @@ class SlimeConfig:
             raise ValueError("need match_k >= 1, match_temperature > 0 and match_cells >= 0")
         if not 0 <= self.fuse_weight <= 1:
             raise ValueError(f"fuse_weight must be in [0, 1], got {self.fuse_weight}")
-        if not 0 < self.temporal_weight <= 1 or self.flow_size < 16:
-            raise ValueError("need temporal_weight in (0, 1] and flow_size >= 16")
+        if not 0 < self.temporal_weight <= 1 or self.flow_size < 16 or self.temporal_margin < 0:
+            raise ValueError("need temporal_weight in (0, 1], temporal_margin >= 0 and flow_size >= 16")
         if self.method != "slime" and self.normalization == "reference_exact":
             raise ValueError(f"normalization 'reference_exact' is the reference code's test step "
                              f"for SLiMe alone: it goes with method 'slime', not {self.method!r}")

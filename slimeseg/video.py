@@ -84,7 +84,8 @@ class FrameRange:
         except ValueError:
             raise InputError(f"--frames {text!r}: expected START:STOP:STEP (whole numbers, each "
                              "optional, e.g. 0:100:2)") from None
-        start, stop, step = vals[0] or 0, vals[1], vals[2] or 1
+        start, stop = vals[0] or 0, vals[1]
+        step = 1 if vals[2] is None else vals[2]
         if start < 0 or (stop is not None and stop < 0) or step < 1:
             raise InputError(f"--frames {text!r}: START and STOP must be >= 0 and STEP >= 1")
         return cls(start, stop, step)
