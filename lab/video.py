@@ -179,6 +179,43 @@ def speed(seg: Segmenter, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def memory(args: argparse.Namespace, lengths: list[int], side: tuple[int, int] = (1080, 1920)
+           ) -> dict[str, Any]:
+    """Peak memory (max RSS) of `slimeseg segment` on synthetic 1080p clips of each length (a
+    pan over a lab scene, H.264), each in a fresh process, overlays on: flat if it does not grow
+    with the length."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    out: dict[str, Any] = {"side": list(side), "peak_mb": {}, "seconds": {}}
+    scene = World("car", size=args.size, seed=args.worlds[1]).sample(0).image
+    big = cv2.resize(scene, (side[1] + 8 * max(lengths), side[0]), interpolation=cv2.INTER_LINEAR)
+    with tempfile.TemporaryDirectory() as tmp:
+        images, masks, classes = examples("car", 1, 0, args.size, args.worlds[0])
+        learned = Segmenter.from_pretrained(args.model, device="cpu").match(
+            images, masks, classes, SlimeConfig(image_size=args.size, method="match"))
+        art = learned.save(Path(tmp) / "car.safetensors")
+        for n in lengths:
+            clip = Path(tmp) / f"long{n}.mp4"
+            with VideoWriter(clip, 25) as w:
+                for t in range(n):
+                    w.write(np.ascontiguousarray(big[:, 8 * t:8 * t + side[1]]))
+            code = ("import resource, sys, time; from slimeseg.cli import main; t = time.perf_counter(); "
+                    f"main(['segment', {str(art)!r}, {str(clip)!r}, '--out', {str(Path(tmp) / f'o{n}')!r}, "
+                    "'--quiet']); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+                    "time.perf_counter() - t)")
+            env = {**__import__("os").environ, "OMP_NUM_THREADS": str(max(args.threads, 1))}
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                 check=True)
+            kb, secs = res.stdout.strip().splitlines()[-1].split()
+            out["peak_mb"][n], out["seconds"][n] = int(kb) / 1024, float(secs)
+            print(f"memory: {n} frames at {side[1]}x{side[0]}: peak {int(kb) / 1024:.0f} MB, "
+                  f"{float(secs):.0f} s", flush=True)
+    return out
+
+
 def strip(seg: Segmenter, args: argparse.Namespace, path: str) -> None:
     """A picture of one lab clip: frames, truth, frame by frame, temporal flow (rows), and the
     pixels whose label flickered (white) under each."""
@@ -225,6 +262,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--speed", action="store_true", help="also time predict_video against still images")
     p.add_argument("--speed-frames", type=int, default=24)
+    p.add_argument("--memory", metavar="N,M",
+                   help="peak memory of `slimeseg segment` on 1080p clips of these lengths")
     p.add_argument("--strip", metavar="PNG", help="save a frame strip of --strip-clip here")
     p.add_argument("--strip-clip", default="car:0", help="KIND:INDEX of the strip's clip")
     p.add_argument("--fast", action="store_true", help="car, 1 seed, 2 clips of 6 frames")
@@ -259,6 +298,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.json:
             write_json(args.json, report())
 
+    if args.memory:
+        extra["memory"] = memory(args, [int(n) for n in args.memory.split(",")])
+        save()
     if args.strip:
         strip(seg, args, args.strip)
     measure(seg, args, units, save)

@@ -199,7 +199,11 @@ class SegmentJob:
     # ------------------------------------------------------------ the steps of one input
     @staticmethod
     def read(path: str | os.PathLike) -> np.ndarray:
-        """Step 1: decode an input (EXIF orientation applied, any mode to RGB): (H, W, 3) uint8."""
+        """Step 1: decode an input (EXIF orientation applied, any mode to RGB): (H, W, 3) uint8.
+        Clips are not read here but streamed by `segment_clip` (in `run`; not on Ray yet)."""
+        if is_video(path):
+            raise InputError(f"{path}: a clip: clips are segmented without --ray (one process "
+                             "streams each clip)")
         return load_image(path)
 
     def predict(self, segmenter: Any, image: np.ndarray) -> np.ndarray:
