@@ -354,15 +354,25 @@ class SegmentWriter:
         return path
 
     def zip(self, name: str = "labels.zip", stems: Iterable[str] | None = None) -> Path:
-        """All outputs (or those of `stems`) and classes.json in one zip, written atomically."""
+        """All outputs (or those of `stems`) and classes.json in one zip, written atomically;
+        a clip's are its folder of label maps (`NAME/000000.png`, ...) and overlay video."""
         wanted = None if stems is None else {p.name for s in stems for p in self.files(s)}
+        clips = None if stems is None else set(stems)
         path = self.out_dir / name
         with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             for p in sorted(self.out_dir.iterdir()):
-                if p.name.startswith(".") or p == path or not p.is_file():
+                if p.name.startswith(".") or p == path:
                     continue
-                if p.name == CLASSES_FILE or (p.suffix == ".png" and (wanted is None or p.name in wanted)):
+                if p.is_dir() and (clips is None or p.name in clips):  # a clip's label maps
+                    for q in sorted(p.glob("*.png")):
+                        zf.write(q, f"{p.name}/{q.name}")
+                elif not p.is_file():
+                    continue
+                elif p.name == CLASSES_FILE or (p.suffix == ".png" and (wanted is None or p.name in wanted)):
                     zf.write(p, p.name)
+                elif p.name.endswith(OVERLAY_VIDEO_SUFFIX) and (
+                        clips is None or p.name[:-len(OVERLAY_VIDEO_SUFFIX)] in clips):
+                    zf.write(p, p.name, compress_type=zipfile.ZIP_STORED)  # already compressed
         return path
 
 

@@ -234,3 +234,25 @@ def test_clips_list_beside_images_and_an_animated_gif_is_a_clip(learned_file, tm
     assert result.segmented == 3 and result.frames == 6 and not result.failed
     assert len(list((tmp_path / "out" / "anim").glob("*.png"))) == 3
     assert (tmp_path / "out" / "still.png").is_file()
+
+
+def test_app_segments_a_clip_plays_its_overlay_and_zips_its_label_maps(segmenter, learned_file, clip,
+                                                                       tmp_path):
+    import zipfile
+
+    from slimeseg.app import Session, SlimeApp
+
+    app, sess = SlimeApp(segmenter), Session()
+    app.load_artifact(str(learned_file), sess)
+    still = tmp_path / "still.png"
+    Image.fromarray(moving_frames(n=1)[0]).save(still)
+    (tmp_path / "notes.txt").write_text("no")
+    result = app.segment([str(clip), str(still), str(tmp_path / "notes.txt")], sess)
+    assert [Path(v).name for v in result.videos] == ["clip.overlay.mp4"]
+    assert sum(1 for _ in read_frames(result.videos[0])) == N
+    assert result.note.startswith("1 image(s) and 1 clip(s)") and len(result.problems) == 1
+    names = zipfile.ZipFile(result.zip_path).namelist()
+    assert {f"clip/{i:06d}.png" for i in range(N)} <= set(names)
+    assert {"clip.overlay.mp4", "still.png", "classes.json"} <= set(names)
+    only_clip = app.segment([str(clip)], sess)  # a clip alone: no gallery, still a result
+    assert only_clip.gallery == [] and len(only_clip.videos) == 1
