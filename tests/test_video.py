@@ -4,6 +4,7 @@ resumable, consistent over time, and bad clips refused in one line with nothing 
 from __future__ import annotations
 
 import json
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_app import CHROMIUM, CHROMIUM_ARGS, _open, app_server  # noqa: F401  (the app's browser rig)
 
 from slimeseg import SlimeConfig, writers
 from slimeseg.cli import main
@@ -256,3 +258,41 @@ def test_app_segments_a_clip_plays_its_overlay_and_zips_its_label_maps(segmenter
     assert {"clip.overlay.mp4", "still.png", "classes.json"} <= set(names)
     only_clip = app.segment([str(clip)], sess)  # a clip alone: no gallery, still a result
     assert only_clip.gallery == [] and len(only_clip.videos) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_browser_segments_a_clip_and_plays_its_overlay(learned_file, clip, tmp_path, request):
+    """In the browser: load embeddings, upload a clip, segment; the overlay video plays (the
+    browser decodes it: its duration is known) and the zip holds the clip's label maps."""
+    import zipfile
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
+    url = request.getfixturevalue("app_server")  # test_app's: `slimeseg app` on the tiny model
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+            context.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/]).*"), lambda route: route.abort())
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            _open(page, url)
+            page.locator("#artifact_upload input[type=file]").set_input_files(learned_file)
+            page.wait_for_function("document.querySelector('#result_legend').innerText.includes('Loaded')")
+            page.locator("#segment_files input[type=file]").set_input_files(clip)
+            page.wait_for_selector("#segment_files a")
+            page.locator("#segment").click()
+            page.wait_for_selector("#clip_overlay video", timeout=120_000)
+            assert "1 clip(s)" in page.locator("#result_legend").inner_text()
+            page.wait_for_function("(() => { const v = document.querySelector('#clip_overlay video');"
+                                   " return v && v.readyState >= 1 && v.duration > 0; })()")
+            duration = page.evaluate("document.querySelector('#clip_overlay video').duration")
+            assert abs(duration - N / 10) < 0.2  # 7 frames at 10 frames/s
+            page.screenshot(path=tmp_path / "clip.png", full_page=True)
+            with page.expect_download() as dl:
+                page.locator("#labels_zip a").first.click()
+            dl.value.save_as(tmp_path / "labels.zip")
+        finally:
+            browser.close()
+    names = zipfile.ZipFile(tmp_path / "labels.zip").namelist()
+    assert {f"clip/{i:06d}.png" for i in range(N)} | {"clip.overlay.mp4"} <= set(names)
