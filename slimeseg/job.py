@@ -221,9 +221,10 @@ class SegmentJob:
         goes last, so its presence means the input is done."""
         return self.writer.write(stem, image, labels)
 
-    def segment_clip(self, segmenter: Any, path: Path) -> int:
+    def segment_clip(self, segmenter: Any, path: Path, overwrite: bool = False) -> int:
         """Steps 1-3 for a clip: its frames streamed, predicted in batches, written
-        (`video.segment_clip`); returns the frames predicted by this call."""
+        (`video.segment_clip`; `overwrite`: an interrupted run's frames are not reused);
+        returns the frames predicted by this call."""
         from .video import segment_clip
 
         if segmenter.learned is not self.learned:
@@ -231,7 +232,7 @@ class SegmentJob:
         cfg = SlimeConfig.from_dict(self.learned.config).replace(**self.overrides)
         return segment_clip(segmenter.sd, self.learned, cfg, Path(path), self.writer.out_dir,
                             self.names[path], len(self.learned.classes), self.frames,
-                            self.writer.overlays, self.batch_size)
+                            self.writer.overlays, self.batch_size, overwrite)
 
     def without_inputs(self) -> SegmentJob:
         """This job less its input list: what each worker needs (rows carry path and name)."""
@@ -292,7 +293,7 @@ class SegmentJob:
         for path in tqdm(todo, desc="segment", unit="img", disable=not progress, dynamic_ncols=True):
             try:
                 if is_video(path):
-                    result.frames += self.segment_clip(seg, path)
+                    result.frames += self.segment_clip(seg, path, overwrite)
                     result.segmented += 1
                     result.predicted += 1
                     continue

@@ -325,13 +325,16 @@ def finish_frames(out_dir: Path, stem: str) -> Path:
 
 def segment_clip(sd: Any, learned: Any, cfg: Any, clip: Path, out_dir: Path, stem: str,
                  num_classes: int, frames: FrameRange = FrameRange(), overlays: bool = True,
-                 batch_size: int = 4) -> int:
+                 batch_size: int = 4, fresh: bool = False) -> int:
     """The segment job's step for one clip: every wanted frame's label map into `NAME/`, then
-    the overlay video; frames already in the partial folder are skipped. Returns how many frames
-    this call predicted. A bad clip's partial folder is removed (nothing partial is left)."""
+    the overlay video; frames already in the partial folder are skipped (unless `fresh`).
+    Returns how many frames this call predicted. A bad clip's partial folder is removed
+    (nothing partial is left)."""
     from .writers import remove_stale_temp_files, save_labels
 
     work = partial_dir(out_dir, stem)
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
     work.mkdir(exist_ok=True)
     remove_stale_temp_files(work)  # a killed run's half-written label maps
     done = {int(p.name[:-4]) for p in os.scandir(work)

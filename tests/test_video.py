@@ -105,6 +105,10 @@ def test_predict_video_yields_each_frame_and_a_rerun_skips_a_finished_clip(segme
     first = segment(learned_file, clip, tmp_path / "o", progress=False, echo=None)
     again = segment(learned_file, clip, tmp_path / "o", progress=False, echo=None)
     assert (first.segmented, first.frames) == (1, N) and (again.skipped, again.frames) == (1, 0)
+    (tmp_path / "o" / ".clip.frames").mkdir()  # an interrupted run's frames: not reused when overwriting
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "o" / ".clip.frames" / "000000.png")
+    redone = segment(learned_file, clip, tmp_path / "o", overwrite=True, progress=False, echo=None)
+    assert redone.frames == N and np.array_equal(labels_of(tmp_path / "o" / "clip")["000000.png"], maps[0])
 
 
 def test_a_killed_run_resumes_where_it_stopped(learned_file, clip, tmp_path, monkeypatch):
