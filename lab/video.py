@@ -41,11 +41,11 @@ from .quality import LAB_MODEL, TRAIN_POOL, UNSEEN_WORLDS, mean_std, parse_seeds
 # mode -> SlimeConfig settings of the temporal step
 MODES: dict[str, dict[str, Any]] = {
     "none": {"temporal": "none"},
-    "flow": {"temporal": "flow"},  # the defaults
     "flow-w0.5": {"temporal": "flow", "temporal_weight": 0.5},
     "flow-w0.3": {"temporal": "flow", "temporal_weight": 0.3},
-    "flow-w0.1": {"temporal": "flow", "temporal_weight": 0.1},
-    "flow-m0.1": {"temporal": "flow", "temporal_margin": 0.1},
+    "flow-w0.2": {"temporal": "flow", "temporal_weight": 0.2},
+    "flow-w0.1": {"temporal": "flow", "temporal_weight": 0.1},  # the default (chosen here)
+    "flow-m0.1": {"temporal": "flow", "temporal_weight": 0.2, "temporal_margin": 0.1},
 }
 
 def examples(kind: str, shots: int, seed: int, size: int, world: int) -> tuple[list, list, list[str]]:
@@ -130,7 +130,8 @@ def summarise(units: dict[str, Any]) -> list[dict[str, Any]]:
             acc["stable"] += u["stable"]
             acc["step_s"].append(u["step_s"])
     rows = []
-    for (kind, shots, mode), seeds in sorted(by.items()):
+    order = {m: i for i, m in enumerate(MODES)}
+    for (kind, shots, mode), seeds in sorted(by.items(), key=lambda kv: (*kv[0][:2], order.get(kv[0][2], 99))):
         mious = [_miou(a["confusion"]) for a in seeds.values()]
         flick = {s: a["changed"] / max(a["stable"], 1) for s, a in seeds.items()}
         none = by.get((kind, shots, "none"), {})
@@ -217,8 +218,8 @@ def memory(args: argparse.Namespace, lengths: list[int], side: tuple[int, int] =
 
 
 def strip(seg: Segmenter, args: argparse.Namespace, path: str) -> None:
-    """A picture of one lab clip: frames, truth, frame by frame, temporal flow (rows), and the
-    pixels whose label flickered (white) under each."""
+    """A picture of one lab clip's first shot: frames, truth, frame by frame, temporal flow
+    (rows), each followed by the pixels whose label flickered (white) under it."""
     kind, index = args.strip_clip.split(":")
     images, masks, classes = examples(kind, 1, 0, args.size, args.worlds[0])
     base = SlimeConfig(image_size=args.size, method="match")
@@ -227,8 +228,8 @@ def strip(seg: Segmenter, args: argparse.Namespace, path: str) -> None:
     scores = score_clip(seg, clip, learned, base, args.batch)
     k = len(classes)
     rows = [clip.frames, [colour_labels(m, k) for m in clip.masks]]
-    for mode in ("none", "flow"):
-        preds, _ = apply_mode(clip, scores, base.replace(**MODES[mode]))
+    for mode in ("none", "flow"):  # frame by frame; the default temporal setting
+        preds, _ = apply_mode(clip, scores, base.replace(temporal=mode))
         rows.append([colour_labels(p, k) for p in preds])
         flick = [np.zeros_like(clip.frames[0])]
         for t in range(1, len(preds)):
@@ -241,10 +242,10 @@ def strip(seg: Segmenter, args: argparse.Namespace, path: str) -> None:
         rows.append(flick)
     from PIL import Image
 
-    grid = np.concatenate([np.concatenate(r, 1) for r in rows], 0)
+    grid = np.concatenate([np.concatenate(r[:clip.cut], 1) for r in rows], 0)  # the first shot
     Image.fromarray(grid).save(path)
-    print(f"strip: {path} (rows: frames, truth, none, none flicker... : frames, truth, none, "
-          f"flow; white = flicker under none, then flow)")
+    print(f"strip: {path} (the first shot of {kind} clip {index}; rows: frames, truth, frame by "
+          "frame, its flicker (white), temporal flow, its flicker)")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

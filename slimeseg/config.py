@@ -141,10 +141,13 @@ class SlimeConfig:
     tta_flip: bool = _setting(False, "test-time flip: also segment the mirrored image (same UNet "
                                      "batch) and average", BOTH)
     # -- video: consistency over time (slimeseg.temporal) --
+    # defaults by measurement (lab clips, unseen worlds, 3 seeds x 10 clips, car and face, 1- and
+    # 5-shot; docs/video.md): flow with weight 0.1 flickers 0.52-0.54x as much as frame by frame
+    # at +0.8 to +1.7 per-frame mIoU; 0.2 / 0.3 / 0.5 flicker more (0.58-0.61 / 0.64-0.67 / 0.75-0.78x)
     temporal: Literal["none", "flow"] = _setting(
         "flow", "clips: none = each frame on its own; flow = the previous frames' scores carried "
                 "along optical flow and blended with the frame's own", BOTH)
-    temporal_weight: float = _setting(0.2, "clips, temporal flow: the current frame's share of "
+    temporal_weight: float = _setting(0.1, "clips, temporal flow: the current frame's share of "
                                            "the blend (frame t-n weighs (1 - it)^n)", BOTH)
     temporal_margin: float = _setting(0.0, "clips, temporal flow: a pixel keeps the label carried "
                                            "to it unless another class's score beats it by this", BOTH)
