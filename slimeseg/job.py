@@ -50,8 +50,8 @@ Inputs = str | os.PathLike | Iterable[str | os.PathLike]
 def list_inputs(items: Inputs) -> list[Path]:
     """Absolute image and clip paths, each once, in the order given.
 
-    An item is a folder (its images, sorted by name), an image file, a clip (`video`), a glob (`photos/**/*.jpg`,
-    recursive with `**`), a text file (`.txt`, `.lst`) listing one path per line (blank lines
+    An item is a folder (its images, sorted by name), an image file, a clip (`video`), a glob
+    (`photos/**/*.jpg`, recursive with `**`), a text file (`.txt`, `.lst`) listing one path per line (blank lines
     and `#` comments skipped), or a Parquet file with a `path` column. Paths in a list are
     relative to the list's folder and are not checked here: a missing or unreadable one becomes
     that input's error when it is read.
@@ -325,8 +325,9 @@ def segment(learned: Learned | str | os.PathLike, inputs: Inputs, out: str | os.
     `format`: "png" (label maps `NAME.png`, overlays `NAME.overlay.png` unless `overlays=False`)
     or "parquet" (`out/labels/part-*.parquet`). `model`, `revision`, `device`, `dtype`: the
     Segmenter's (default: the artifact's own model); `overrides`: SlimeConfig settings for
-    predict; `frames`: clips' START:STOP:STEP. Each failure is printed to stderr as `error: PATH: REASON` as it happens, and the
-    summary line through `echo` at the end (None: silent).
+    predict; `frames`: clips' START:STOP:STEP. Each failure is printed to stderr as
+    `error: PATH: REASON` as it happens, and the summary line through `echo` at the end (None:
+    silent).
     """
     t0 = time.perf_counter()
     if format != "png":  # Parquet parts are written per batch of rows, on the Ray path

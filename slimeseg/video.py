@@ -164,9 +164,7 @@ def read_frames(path: str | os.PathLike, frames: FrameRange = FrameRange()
                     yield index, frame.to_ndarray(format="rgb24")
         except InputError:
             raise
-        except Exception as exc:
-            if isinstance(exc, (GeneratorExit, KeyboardInterrupt)):
-                raise
+        except Exception as exc:  # PyAV's decoding errors (a kill or close is no Exception)
             raise InputError(f"{path}: corrupt or truncated video at frame {index + 1} "
                              f"({one_line(exc)})") from None
         if index < 0:
@@ -175,9 +173,9 @@ def read_frames(path: str | os.PathLike, frames: FrameRange = FrameRange()
             raise InputError(f"{path}: truncated video: {index + 1} of the {info.frames} frames "
                              "its header declares")
         if not yielded:
+            length = "" if frames.past(index) else f" (the clip has {index + 1})"
             raise InputError(f"{path}: no frame in --frames {frames.start}:"
-                             f"{'' if frames.stop is None else frames.stop}:{frames.step} "
-                             f"(the clip has {index + 1})")
+                             f"{'' if frames.stop is None else frames.stop}:{frames.step}{length}")
     finally:
         container.close()
 
