@@ -300,3 +300,24 @@ def test_browser_segments_a_clip_and_plays_its_overlay(learned_file, clip, tmp_p
             browser.close()
     names = zipfile.ZipFile(tmp_path / "labels.zip").namelist()
     assert {f"clip/{i:06d}.png" for i in range(N)} | {"clip.overlay.mp4"} <= set(names)
+
+
+def test_a_variable_frame_rate_clip_gives_every_frame(learned_file, tmp_path):
+    """Frames at irregular times: each is segmented once, numbered in decoding order; the
+    overlay video has them all (at the stream's average rate)."""
+    path = tmp_path / "vfr.mkv"
+    frames = moving_frames(n=6, h=32, w=32)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("ffv1", rate=30)
+        s.width, s.height, s.pix_fmt, s.time_base = 32, 32, "yuv444p", Fraction(1, 1000)
+        for f, pts in zip(frames, (0, 33, 66, 200, 500, 533), strict=True):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    result = segment(learned_file, path, tmp_path / "out", progress=False, echo=None)
+    assert result.frames == 6 and not result.failed
+    assert list(labels_of(tmp_path / "out" / "vfr")) == [f"{i:06d}.png" for i in range(6)]
+    assert sum(1 for _ in read_frames(tmp_path / "out" / "vfr.overlay.mp4")) == 6
