@@ -227,7 +227,7 @@ def _segment_on_ray(args: argparse.Namespace) -> int:
                      batch_size=args.batch_size or 1, overlays=not args.no_overlays,
                      overwrite=args.overwrite, model=args.model, revision=args.revision,
                      device=args.device, dtype=args.dtype, max_image_pixels=args.max_image_pixels,
-                     progress=not args.quiet, **config_overrides(args))
+                     progress=not args.quiet, frames=args.frames, **config_overrides(args))
     return EXIT_PARTIAL_FAILURE if result.failed else 0
 
 

@@ -200,10 +200,10 @@ class SegmentJob:
     @staticmethod
     def read(path: str | os.PathLike) -> np.ndarray:
         """Step 1: decode an input (EXIF orientation applied, any mode to RGB): (H, W, 3) uint8.
-        Clips are not read here but streamed by `segment_clip` (in `run`; not on Ray yet)."""
+        Clips are not read here but streamed by `segment_clip`."""
         if is_video(path):
-            raise InputError(f"{path}: a clip: clips are segmented without --ray (one process "
-                             "streams each clip)")
+            raise InputError(f"{path}: a clip: its label maps go to a folder of PNGs, not into a "
+                             "Parquet dataset (use --format png)")
         return load_image(path)
 
     def predict(self, segmenter: Any, image: np.ndarray) -> np.ndarray:
@@ -221,17 +221,18 @@ class SegmentJob:
         goes last, so its presence means the input is done."""
         return self.writer.write(stem, image, labels)
 
-    def segment_clip(self, segmenter: Any, path: Path, overwrite: bool = False) -> int:
+    def segment_clip(self, segmenter: Any, path: Path, overwrite: bool = False,
+                     stem: str | None = None) -> int:
         """Steps 1-3 for a clip: its frames streamed, predicted in batches, written
-        (`video.segment_clip`; `overwrite`: an interrupted run's frames are not reused);
-        returns the frames predicted by this call."""
+        (`video.segment_clip`; `overwrite`: an interrupted run's frames are not reused; `stem`:
+        its output name, default `names`'); returns the frames predicted by this call."""
         from .video import segment_clip
 
         if segmenter.learned is not self.learned:
             segmenter.use(self.learned, self.name)
         cfg = SlimeConfig.from_dict(self.learned.config).replace(**self.overrides)
         return segment_clip(segmenter.sd, self.learned, cfg, Path(path), self.writer.out_dir,
-                            self.names[path], len(self.learned.classes), self.frames,
+                            stem or self.names[path], len(self.learned.classes), self.frames,
                             self.writer.overlays, self.batch_size, overwrite)
 
     def without_inputs(self) -> SegmentJob:

@@ -321,3 +321,35 @@ def test_a_variable_frame_rate_clip_gives_every_frame(learned_file, tmp_path):
     assert result.frames == 6 and not result.failed
     assert list(labels_of(tmp_path / "out" / "vfr")) == [f"{i:06d}.png" for i in range(6)]
     assert sum(1 for _ in read_frames(tmp_path / "out" / "vfr.overlay.mp4")) == 6
+
+
+@pytest.mark.slow
+def test_ray_segments_each_clip_whole_as_the_single_process_does(learned_file, clip, tmp_path):
+    """`--ray`: a clip is one row, streamed whole by one worker: the same files and label maps
+    as without Ray; into a Parquet dataset a clip is refused by name."""
+    ray = pytest.importorskip("ray", reason="needs ray (the test extra)")
+    import os
+
+    from slimeseg import distributed
+
+    other = write_clip(tmp_path / "other.mov", moving_frames(n=4)[::-1])
+    Image.fromarray(moving_frames(n=1)[0]).save(tmp_path / "still.png")
+    inputs = [str(clip), str(other), str(tmp_path / "still.png")]
+    single = segment(learned_file, inputs, tmp_path / "single", progress=False, echo=None)
+    root = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+    try:
+        on_ray = distributed.segment(str(learned_file), inputs, tmp_path / "ray", workers=1,
+                                     progress=False, echo=None)
+        parquet = distributed.segment(str(learned_file), [str(clip)], tmp_path / "pq", workers=1,
+                                      format="parquet", progress=False, echo=None)
+    finally:
+        ray.shutdown()
+    assert (single.segmented, on_ray.segmented, on_ray.failed) == (3, 3, []), on_ray.failed
+    for name in ("clip", "other"):
+        a, b = labels_of(tmp_path / "single" / name), labels_of(tmp_path / "ray" / name)
+        assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+        assert (tmp_path / "ray" / f"{name}.overlay.mp4").is_file()
+    assert "use --format png" in parquet.failed[0][1]
