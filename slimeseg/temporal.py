@@ -8,13 +8,12 @@ download) and blended with the current frame's own:
     carried_t = w * scores_t + (1 - w) * warp(carried_{t-1})   where the flow is trusted
     carried_t = scores_t                                        elsewhere (occluded, out of view)
 
-`w` is `temporal_weight`, so frame t-n weighs (1 - w)^n: a short window that fades, and memory is
-one frame's scores whatever the clip's length. The flow is trusted where the forward-backward
-check holds (following the flow back and then forward returns near the start) and the pixel
-looks like the one the flow says it came from; where most of the frame fails (a cut), the carry
-starts afresh. Flow and carried scores live at a working
-resolution (the frame's long side at most `flow_size`), finer than the UNet's latent cells, so
-motion of a pixel or two is followed.
+`w` is `temporal_weight`, so frame t-n weighs (1 - w)^n: a window that fades, and memory is one
+frame's scores whatever the clip's length. The flow is trusted where the forward-backward check
+holds (following the flow back and then forward returns near the start) and the pixel looks
+like the one the flow says it came from; where most of the frame fails (a cut), the carry
+starts afresh. Flow and carried scores live at a working resolution (the frame's long side at
+most `flow_size`), finer than the UNet's latent cells, so motion of a pixel or two is followed.
 """
 
 from __future__ import annotations
@@ -26,9 +25,10 @@ import torch.nn.functional as F
 from .config import SlimeConfig
 
 CUT_VALID_SHARE = 0.3  # under this share of trusted pixels the frame is taken as a cut
-PHOTO_TOLERANCE = 24.0  # grey levels a pixel may differ from where the flow says it was (a cut fails it)
-FB_TOLERANCE = 2.0  # px^2 the forward-backward check allows beyond its relative bound (lab: 0.5
-# trusted 2-4 % fewer pixels and flickered a little more)
+PHOTO_TOLERANCE = 24.0  # grey levels a pixel may differ from where the flow says it came from
+# px^2 the forward-backward check allows beyond its relative bound (on lab clips 0.5 trusted
+# 2-4 % fewer pixels and flickered a little more)
+FB_TOLERANCE = 2.0
 
 
 def _cv2():
@@ -106,6 +106,7 @@ class FlowCarry:
         gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)  # (h, w)
         now = F.interpolate(scores[None].float().cpu(), size=hw, mode="bilinear",
                             align_corners=False)[0]  # (K, h, w)
+        shown = None  # what labels this frame, when it differs from the carry (the margin)
         if self.gray is None or self.carried is None or self.gray.shape != gray.shape:
             self.trusted = 0.0
         else:
@@ -121,10 +122,8 @@ class FlowCarry:
                 now = torch.where(valid[None], blend, now)
                 if self.margin > 0:  # the label the carry brings keeps its place unless beaten
                     keep = F.one_hot(moved.argmax(0), now.shape[0]).permute(2, 0, 1)  # (K, h, w)
-                    shown = now + self.margin * keep * valid[None]
-                    self.gray, self.carried = gray, now
-                    return shown
+                    shown = now + self.margin * keep * valid[None]  # (K, h, w)
             else:
                 self.trusted = 0.0
         self.gray, self.carried = gray, now
-        return now
+        return now if shown is None else shown

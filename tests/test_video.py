@@ -179,6 +179,12 @@ def test_flow_carry_follows_a_moving_square_and_restarts_at_a_cut():
         assert t == 0 or carry.trusted > 0.8
     carry.step(255 - texture[:, :64], torch.rand(2, 64, 64))  # a cut: nothing lines up
     assert carry.trusted == 0.0
+    # the margin: a still frame whose class 0 now leads by less than it keeps the carried class 1
+    still = np.ascontiguousarray(texture[:, :64])
+    held = FlowCarry(SlimeConfig(temporal_weight=0.9, temporal_margin=0.2))
+    held.step(still, torch.tensor([0.2, 0.8])[:, None, None].expand(2, 8, 8))
+    out = held.step(still, torch.tensor([0.6, 0.4])[:, None, None].expand(2, 8, 8))
+    assert (out.argmax(0) == 1).all() and (held.carried.argmax(0) == 0).all()
 
 
 def test_bad_clips_are_one_line_errors_and_leave_nothing(learned_file, tmp_path, capsys):
