@@ -359,3 +359,22 @@ def test_ray_segments_each_clip_whole_as_the_single_process_does(learned_file, c
         assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
         assert (tmp_path / "ray" / f"{name}.overlay.mp4").is_file()
     assert "use --format png" in parquet.failed[0][1]
+
+
+@pytest.mark.slow
+def test_video_benchmark_measures_each_mode_on_the_same_scores_and_resumes(tmp_path):
+    """benchmarks/video.py on the lab SD: one row per temporal mode, frame by frame's flicker
+    ratio 1, the temporal step reported; a re-run with --resume measures nothing again."""
+    from lab import video
+
+    written = tmp_path / "video.json"
+    args = ["--kinds", "car", "--seeds", "0", "--clips", "1", "--frames", "4", "--modes", "none,flow-w0.1",
+            "--json", str(written)]
+    report = video.main(args)
+    rows = {r["mode"]: r for r in report["rows"]}
+    assert set(rows) == {"none", "flow-w0.1"} and list(report["units"]) == ["car/1/0/0"]
+    assert rows["none"]["flicker_ratio"][0] == 1.0 and rows["none"]["step_ms"] == 0.0
+    assert rows["flow-w0.1"]["step_ms"] > 0 and 0 <= rows["flow-w0.1"]["flicker"][0] <= 1
+    assert 0 < rows["none"]["miou"][0] < 1
+    again = video.main([*args, "--resume"])
+    assert again["units"] == report["units"]  # read back, not measured again
