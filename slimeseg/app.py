@@ -41,6 +41,7 @@ from .errors import InputError, SlimeError  # noqa: E402
 from .inference import POOR_EXAMPLE  # noqa: E402
 from .io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, as_image_array, load_mask  # noqa: E402
 from .job import SegmentJob  # noqa: E402
+from .video import OVERLAY_VIDEO_SUFFIX, VIDEO_EXTENSIONS, FrameRange, is_video  # noqa: E402
 from .writers import colour_labels, overlay, palette  # noqa: E402
 
 if TYPE_CHECKING:  # the app extra; imported where the page is built
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # the app extra; imported where the page is built
 MAX_UPLOAD = "25mb"  # per file, enforced by the server before our code sees it
 MAX_SIDE = 4096  # pixels per side of any uploaded image
 MAX_SEGMENT_FILES = 50  # images per "Segment" click
+MAX_CLIP_FRAMES = 300  # an uploaded clip's first frames segmented (longer ones: the CLI)
 CONCURRENCY_ID = "model"  # train and segment share one model: one job at a time, others queue
 MAX_STEPS = 20000  # per training run
 BRUSH_CLASSES = 12  # classes that can be painted with the brush (more: upload a mask)
@@ -229,6 +231,7 @@ class SegmentResult:
     zip_path: str
     problems: list[str]  # one line per refused input
     compared: list[tuple[np.ndarray, str]] = field(default_factory=list)  # preview vs trained overlays
+    videos: list[str] = field(default_factory=list)  # the uploaded clips' overlay videos
 
 
 # ---------------------------------------------------------------------------- behaviour
@@ -539,10 +542,11 @@ class SlimeApp:
     def _segment_with(self, learned: Learned, files: Sequence[Any] | None, sess: Session,
                       resolution: str | None, what: str = "segmented") -> SegmentResult:
         paths = [upload_path(f) for f in files or []]
-        problems = [f"{p.name}: not an image ({', '.join(IMAGE_EXTENSIONS)})" for p in paths
-                    if p.suffix.lower() not in IMAGE_EXTENSIONS]  # uploads are images, never lists
-        job = SegmentJob.plan(learned, [str(p) for p in paths if p.suffix.lower() in IMAGE_EXTENSIONS],
-                              sess.workdir(), each=True,
+        known = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS  # uploads are images or clips, never lists
+        problems = [f"{p.name}: not an image or a clip ({', '.join(dict.fromkeys(known))})"
+                    for p in paths if p.suffix.lower() not in known]
+        job = SegmentJob.plan(learned, [str(p) for p in paths if p.suffix.lower() in known],
+                              sess.workdir(), each=True, frames=FrameRange(0, MAX_CLIP_FRAMES),
                               overrides={} if resolution is None else {"resolution": resolution})
         gallery: list[tuple[np.ndarray, str]] = []
         results: list[tuple[str, np.ndarray, np.ndarray]] = []
@@ -552,13 +556,23 @@ class SlimeApp:
             gallery.extend([(image, path.name), (overlay(image, labels), f"{path.name} · {what.split()[0]}"),
                             (colour_labels(labels, learned.num_classes), f"{path.name} · label map")])
 
-        job.run(self.segmenter, progress=False, read=_read_upload, on_result=shown,
-                on_error=lambda path, why: problems.append(f"{Path(path).name}: {why}"))
-        if not gallery:
+        failed: set[str] = set()
+
+        def refused(path: str, why: str) -> None:
+            failed.add(path)
+            problems.append(f"{Path(path).name}: {why}")
+
+        job.run(self.segmenter, progress=False, read=_read_upload, on_result=shown, on_error=refused)
+        videos = [str(job.writer.out_dir / (job.names[p] + OVERLAY_VIDEO_SUFFIX)) for p in job.inputs
+                  if str(p) not in failed and is_video(p)]
+        if not gallery and not videos:
             raise InputError("; ".join(problems) or "nothing segmented")
         sess.results, sess.picked = results, None
-        note = f"{len(results)} image(s) {what}" + (f", {len(problems)} refused" if problems else "")
-        return SegmentResult(gallery, learned.classes, note, str(job.writer.zip()), problems)
+        note = (f"{len(results)} image(s)" + (f" and {len(videos)} clip(s) (first {MAX_CLIP_FRAMES} "
+                                               "frames at most)" if videos else "") + f" {what}"
+                + (f", {len(problems)} refused" if problems else ""))
+        return SegmentResult(gallery, learned.classes, note, str(job.writer.zip()), problems,
+                             videos=videos)
 
 
 def _check_files(files: Sequence[Any] | None) -> None:
@@ -659,6 +673,7 @@ class SegmentPanel:
     labels_zip: "gr.File"
     legend: "gr.HTML"  # the learned classes, and what the last action did
     results: "gr.Gallery"
+    clip: "gr.Video"  # the first uploaded clip's overlay video
 
 
 @dataclass
@@ -756,7 +771,8 @@ def _segment_panel() -> SegmentPanel:
                 "training; after Train, Segment uses the learned embeddings.")
     with gr.Row():
         files = gr.File(label="Images to segment", file_count="multiple", height=160,
-                        file_types=list(IMAGE_EXTENSIONS), elem_id="segment_files", scale=2)
+                        file_types=list(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS), elem_id="segment_files",
+                        scale=2)
         with gr.Column(scale=1):
             resolution = gr.Dropdown(list(RESOLUTIONS), value=next(iter(RESOLUTIONS)),
                                      label="Resolution", elem_id="resolution")
@@ -771,7 +787,9 @@ def _segment_panel() -> SegmentPanel:
                                "(click one to correct it in the example editor)",
                          columns=3, height=420, preview=False, object_fit="contain",
                          elem_id="results")
-    return SegmentPanel(files, resolution, preview, segment, labels_zip, legend, results)
+    clip = gr.Video(label="Clip: its overlay video (label maps of every frame in the zip)",
+                    interactive=False, height=320, elem_id="clip_overlay")
+    return SegmentPanel(files, resolution, preview, segment, labels_zip, legend, results, clip)
 
 
 def _correction_area(app: SlimeApp, state: "gr.State", ex: ExamplePanel) -> CorrectionArea:
@@ -940,7 +958,7 @@ def _wire_segmenting(app: SlimeApp, state: "gr.State", ex: ExamplePanel, seg: Se
         for msg in result.problems:
             gr.Warning(msg)
         out = {seg.results: result.gallery, seg.legend: legend_html(result.classes, result.note),
-               seg.labels_zip: result.zip_path}
+               seg.labels_zip: result.zip_path, seg.clip: result.videos[0] if result.videos else None}
         return out | ({fix.before_after: result.compared} if result.compared else {})
 
     def segment(files: list[Any] | None, resolution: str, sess: Session) -> dict[Any, Any]:
@@ -957,7 +975,7 @@ def _wire_segmenting(app: SlimeApp, state: "gr.State", ex: ExamplePanel, seg: Se
         return {fix.picks: int(number or 0) + 1, state: sess, ex.legend: _class_legend(sess),
                 fix.note: note}
 
-    shows = [seg.results, seg.legend, seg.labels_zip, fix.before_after]
+    shows = [seg.results, seg.legend, seg.labels_zip, seg.clip, fix.before_after]
     seg.segment.click(_ui(check_segment), [seg.files, state], None, queue=False).success(
                       _ui(segment), [seg.files, seg.resolution, state], shows,
                       concurrency_limit=1, concurrency_id=CONCURRENCY_ID)

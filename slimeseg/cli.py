@@ -237,7 +237,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                      overlays=not args.no_overlays, overwrite=args.overwrite,
                      instances=args.instances, model=args.model, revision=args.revision,
                      device=args.device, dtype=args.dtype, model_config=args.model_config,
-                     progress=not args.quiet, **config_overrides(args))
+                     progress=not args.quiet, frames=args.frames, **config_overrides(args))
     return EXIT_PARTIAL_FAILURE if result.failed else 0
 
 
@@ -251,7 +251,7 @@ def _segment_on_ray(args: argparse.Namespace) -> int:
                      overwrite=args.overwrite, instances=args.instances, model=args.model, revision=args.revision,
                      device=args.device, dtype=args.dtype, model_config=args.model_config,
                      max_image_pixels=args.max_image_pixels,
-                     progress=not args.quiet, **config_overrides(args))
+                     progress=not args.quiet, frames=args.frames, **config_overrides(args))
     return EXIT_PARTIAL_FAILURE if result.failed else 0
 
 
@@ -464,8 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("learned", help="a .safetensors file made by `slimeseg train`, or a hub id "
                                    "USER/REPO[@REV] of one shared with `slimeseg push`")
     p.add_argument("inputs", nargs="+",
-                   help="images, folders of images, globs ('photos/**/*.jpg') and .txt or .parquet "
-                        "lists of image paths; each input's failure goes to OUT/errors.jsonl")
+                   help="images, clips (.mp4 .mov .mkv .webm .avi, animated .gif: OUT/NAME/000000.png "
+                        "per frame and OUT/NAME.overlay.mp4), folders of images, globs "
+                        "('photos/**/*.jpg') and .txt or .parquet lists of image paths; each input's "
+                        "failure goes to OUT/errors.jsonl")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     p.add_argument("--no-overlays", action="store_true", dest="no_overlays",
@@ -478,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", action="store_true",
                    help="with --format coco: one annotation per connected region of a class, "
                         "not one per class")
+    p.add_argument("--frames", metavar="START:STOP:STEP",
+                   help="clips: which frames, by index (default: all); e.g. 0:300:2")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     ray = p.add_argument_group("on a Ray cluster (pip install 'slimeseg[ray]')")
     ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",

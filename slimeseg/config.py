@@ -147,6 +147,19 @@ class SlimeConfig:
                                         "the model input)", BOTH)
     guide_eps: float = _setting(1e-3, "guided upsampling: smoothing (larger: colour edges count less)",
                                 BOTH)
+    # -- video: consistency over time (slimeseg.temporal) --
+    # defaults by measurement (lab clips, unseen worlds, 3 seeds x 10 clips, car and face, 1- and
+    # 5-shot; docs/video.md): flow with weight 0.1 flickers 0.52-0.54x as much as frame by frame
+    # at +0.8 to +1.7 per-frame mIoU; 0.2 / 0.3 / 0.5 flicker more (0.58-0.61 / 0.64-0.67 / 0.75-0.78x)
+    temporal: Literal["none", "flow"] = _setting(
+        "flow", "clips: none = each frame on its own; flow = the previous frames' scores carried "
+                "along optical flow and blended with the frame's own", BOTH)
+    temporal_weight: float = _setting(0.1, "clips, temporal flow: the current frame's share of "
+                                           "the blend (frame t-n weighs (1 - it)^n)", BOTH)
+    temporal_margin: float = _setting(0.0, "clips, temporal flow: a pixel keeps the label carried "
+                                           "to it unless another class's score beats it by this", BOTH)
+    flow_size: int = _setting(320, "clips, temporal flow: long side in pixels at which flow is "
+                                   "computed and scores are carried", BOTH)
     # -- reproducibility --
     seed: int = _setting(0, "random seed for repeatable runs", BOTH)
     extra: dict[str, Any] = _setting(dict, "free-form notes kept with the settings", scope="none")
@@ -179,11 +192,14 @@ class SlimeConfig:
             raise ValueError(f"fuse_weight must be in [0, 1], got {self.fuse_weight}")
         if self.guide_radius <= 0 or self.guide_eps <= 0:
             raise ValueError("need guide_radius > 0 and guide_eps > 0")
+        if not 0 < self.temporal_weight <= 1 or self.flow_size < 16 or self.temporal_margin < 0:
+            raise ValueError("need temporal_weight in (0, 1], temporal_margin >= 0 and flow_size >= 16")
         if self.method != "slime" and self.normalization == "reference_exact":
             raise ValueError(f"normalization 'reference_exact' is the reference code's test step "
                              f"for SLiMe alone: it goes with method 'slime', not {self.method!r}")
         for name in ("loss_scale", "validation", "augment_order", "aspect", "context", "normalization",
-                     "method", "fuse_rule", "upsample"):
+                     "method", "fuse_rule", "upsample",
+                     "temporal"):
             allowed = typing.get_args(setting_types()[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

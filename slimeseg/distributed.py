@@ -58,6 +58,7 @@ import numpy as np
 
 from .errors import InputError, SlimeError, reason
 from .job import Result, SegmentJob, list_inputs
+from .video import is_video
 
 __all__ = ["Result", "SegmentWorker", "list_inputs", "segment"]
 
@@ -79,7 +80,7 @@ def segment(learned: Any, inputs: str | os.PathLike | Iterable[str | os.PathLike
             device: str | None = None, dtype: str | None = None, model_config: str | None = None,
             max_image_pixels: int | None = None, io_tasks: bool | None = None,
             cpus_per_worker: int | None = None, progress: bool = True, echo: Any = print,
-            **overrides: Any) -> Result:
+            frames: str | None = None, **overrides: Any) -> Result:
     """Segment `inputs` with `learned` (an artifact or its file) into `out` on a Ray cluster.
 
     `address`: the cluster (`"auto"`, `"HOST:6379"`, `"ray://HOST:10001"`); None connects to
@@ -95,6 +96,9 @@ def segment(learned: Any, inputs: str | os.PathLike | Iterable[str | os.PathLike
     `revision`, `device`, `dtype`, `model_config` are `Segmenter.from_learned`'s; `max_image_pixels` is
     `--max-image-pixels` (0: no limit); `overrides` are SlimeConfig settings, as
     `Segmenter.predict` takes them (the CLI passes the flags typed, as without `--ray`).
+    Clips (PNG format only) travel whole, one row each: the worker that gets one streams it
+    through `SegmentJob.segment_clip` (the temporal carry needs the frames in order, and the
+    clip's frames then never cross the object store); `frames` is `--frames`.
     """
     t0 = time.perf_counter()
     ray = _import_ray()
@@ -103,7 +107,7 @@ def segment(learned: Any, inputs: str | os.PathLike | Iterable[str | os.PathLike
     if workers is not None and workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     job = SegmentJob.plan(learned, inputs, out, format=format, overlays=overlays,
-                          overrides=overrides, instances=instances)
+                          overrides=overrides, instances=instances, frames=frames)
     job.prepare(overwrite)
     todo = job.todo(overwrite)
     result = Result(job.writer.out_dir, len(job.inputs), skipped=len(job.inputs) - len(todo))
@@ -260,6 +264,8 @@ def load_batch(batch: dict[str, np.ndarray], job: SegmentJob, skip_done: bool,
         image, state, error = _EMPTY_IMAGE, PENDING, ""
         if skip_done and job.writer.done(stem):  # a retried batch: this one was written already
             state = EXISTS
+        elif job.writer.format == "png" and is_video(path):
+            pass  # a clip: the worker with the model streams it (`SegmentWorker.predict`)
         else:
             try:
                 image = job.read(path)
@@ -348,6 +354,14 @@ class SegmentWorker:
             seg = self.seg if todo else None
         except SlimeError as exc:  # a model that cannot load stops the job, with its reason
             todo, status, errors = [], [FATAL] * len(paths), [str(exc)] * len(paths)
+        for i in [i for i in todo if is_video(paths[i])]:  # a clip, whole: read, predicted, written
+            todo.remove(i)
+            try:
+                self.job.segment_clip(seg, Path(paths[i]), stem=str(batch["name"][i]))
+                status[i] = WRITTEN
+            except Exception as exc:  # a per-file problem never stops the job
+                status[i], errors[i] = FAILED, reason(exc, paths[i])
+                _free_device_memory()
         groups = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
         for group in groups:
             if len(group) > 1:  # several images per UNet pass (not bitwise the single process's)

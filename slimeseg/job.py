@@ -36,6 +36,7 @@ from .artifact import Learned
 from .config import SlimeConfig
 from .errors import InputError, one_line, reason
 from .io import IMAGE_EXTENSIONS, list_images, load_image
+from .video import VIDEO_EXTENSIONS, FrameRange, is_video
 from .writers import SegmentWriter
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,10 @@ Inputs = str | os.PathLike | Iterable[str | os.PathLike]
 
 # ---------------------------------------------------------------------------- inputs
 def list_inputs(items: Inputs) -> list[Path]:
-    """Absolute image paths, each once, in the order given.
+    """Absolute image and clip paths, each once, in the order given.
 
-    An item is a folder (its images, sorted by name), an image file, a glob (`photos/**/*.jpg`,
-    recursive with `**`), a text file (`.txt`, `.lst`) listing one path per line (blank lines
+    An item is a folder (its images, sorted by name), an image file, a clip (`video`), a glob
+    (`photos/**/*.jpg`, recursive with `**`), a text file (`.txt`, `.lst`) listing one path per line (blank lines
     and `#` comments skipped), or a Parquet file with a `path` column. Paths in a list are
     relative to the list's folder and are not checked here: a missing or unreadable one becomes
     that input's error when it is read.
@@ -69,15 +70,16 @@ def list_inputs(items: Inputs) -> list[Path]:
                 out += _read_text_list(p)
             elif suffix == ".parquet":
                 out += _read_parquet_list(p)
-            elif suffix in IMAGE_EXTENSIONS:
+            elif suffix in IMAGE_EXTENSIONS or suffix in VIDEO_EXTENSIONS:
                 out.append(str(p))
             else:
-                raise InputError(f"{p}: not an image, a folder, or a list of images "
-                                 f"({', '.join(IMAGE_EXTENSIONS)}; {', '.join(LIST_SUFFIXES)} or "
-                                 ".parquet with a 'path' column)")
+                raise InputError(f"{p}: not an image, a clip, a folder, or a list of images "
+                                 f"({', '.join(IMAGE_EXTENSIONS)}; {', '.join(VIDEO_EXTENSIONS)}; "
+                                 f"{', '.join(LIST_SUFFIXES)} or .parquet with a 'path' column)")
         elif any(c in str(item) for c in "*?["):
+            known = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
             matches = sorted(m for m in _glob.glob(str(item), recursive=True)
-                             if Path(m).suffix.lower() in IMAGE_EXTENSIONS and Path(m).is_file())
+                             if Path(m).suffix.lower() in known and Path(m).is_file())
             if not matches:
                 raise InputError(f"{item}: no image matches this pattern")
             out += matches
@@ -126,6 +128,7 @@ class Result:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
     seconds: float = 0.0  # the whole call, loading the model (or starting the workers) included
     workers: int = 0  # Ray actors in the pool (0: one process, or nothing to do)
+    frames: int = 0  # clips' frames predicted by this run
     errors_file: Path | None = None
     coco_file: Path | None = None  # format "coco": the annotations file written at the end
 
@@ -137,6 +140,7 @@ class Result:
         on = f" on {self.workers} Ray worker(s)" if self.workers else ""
         return (f"segmented {self.segmented} image(s) into {self.out_dir} in {self.seconds:.1f} s "
                 f"({self.images_per_s:.2f} images/s){on}"
+                + (f" ({self.frames} clip frame(s))" if self.frames else "")
                 + (f", skipped {self.skipped} already done" if self.skipped else "")
                 + (f", COCO annotations in {self.coco_file}" if self.coco_file else "")
                 + (f", {len(self.failed)} failed (listed in {self.errors_file})" if self.failed else ""))
@@ -161,11 +165,14 @@ class SegmentJob:
     names: dict[Path, str]  # input -> output stem
     overrides: dict[str, Any] = field(default_factory=dict)  # SlimeConfig settings for predict
     refused: list[tuple[str, str]] = field(default_factory=list)  # (input, reason) refused at listing
+    frames: FrameRange = field(default_factory=FrameRange)  # clips: which frames (`--frames`)
+    batch_size: int = 4  # clips: frames per UNet batch
 
     @classmethod
     def plan(cls, learned: Learned | str | os.PathLike, inputs: Inputs, out: str | os.PathLike, *,
              format: str = "png", overlays: bool = True, overrides: dict[str, Any] | None = None,
-             each: bool = False, instances: bool = False) -> SegmentJob:
+             each: bool = False, instances: bool = False,
+             frames: str | FrameRange | None = None) -> SegmentJob:
         """List the inputs and name their outputs; bad settings and (unless `each`) a bad input
         or two inputs that would write the same file are one-line InputErrors, before any model
         loads. With `each` (the app's uploads) such an input is refused alone (`refused`).
@@ -179,12 +186,17 @@ class SegmentJob:
             raise InputError(f"bad setting: {exc}") from None
         job = {"embeddings": art.digest(), "classes": art.classes, "instances": instances,
                "settings": json.loads(json.dumps(overrides, sort_keys=True, default=str))}
+        frames = frames if isinstance(frames, FrameRange) else FrameRange.parse(frames)
         writer = SegmentWriter(Path(os.path.abspath(out)), art.classes, overlays=overlays,
                                format=format, info={"model": art.model_id, "embeddings": name},
                                instances=instances, job=job if format == "coco" else {})
         if not each:
             paths = list_inputs(inputs)
-            return cls(art, name, writer, paths, writer.names(paths), overrides)
+            clips = [p for p in paths if is_video(p)] if format == "coco" else []
+            if clips:  # COCO lists images; a clip's frames are no files of their own
+                raise InputError(f"{clips[0]}: a clip; --format coco takes images (segment clips "
+                                 "with --format png: a folder of label maps per clip)")
+            return cls(art, name, writer, paths, writer.names(paths), overrides, frames=frames)
         paths, refused = [], []
         for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs):
             try:
@@ -194,12 +206,16 @@ class SegmentJob:
                 refused.append((os.path.abspath(item), reason(exc, str(Path(item)))))
                 continue
             paths += listed
-        return cls(art, name, writer, paths, writer.names(paths), overrides, refused)
+        return cls(art, name, writer, paths, writer.names(paths), overrides, refused, frames)
 
     # ------------------------------------------------------------ the steps of one input
     @staticmethod
     def read(path: str | os.PathLike) -> np.ndarray:
-        """Step 1: decode an input (EXIF orientation applied, any mode to RGB): (H, W, 3) uint8."""
+        """Step 1: decode an input (EXIF orientation applied, any mode to RGB): (H, W, 3) uint8.
+        Clips are not read here but streamed by `segment_clip`."""
+        if is_video(path):
+            raise InputError(f"{path}: a clip: its label maps go to a folder of PNGs, not into a "
+                             "Parquet dataset (use --format png)")
         return load_image(path)
 
     def predict(self, segmenter: Any, image: np.ndarray) -> np.ndarray:
@@ -216,6 +232,20 @@ class SegmentJob:
         """Step 3: the outputs of the input named `stem` (`names`), atomically; the label map
         goes last, so its presence means the input is done."""
         return self.writer.write(stem, image, labels)
+
+    def segment_clip(self, segmenter: Any, path: Path, overwrite: bool = False,
+                     stem: str | None = None) -> int:
+        """Steps 1-3 for a clip: its frames streamed, predicted in batches, written
+        (`video.segment_clip`; `overwrite`: an interrupted run's frames are not reused; `stem`:
+        its output name, default `names`'); returns the frames predicted by this call."""
+        from .video import segment_clip
+
+        if segmenter.learned is not self.learned:
+            segmenter.use(self.learned, self.name)
+        cfg = SlimeConfig.from_dict(self.learned.config).replace(**self.overrides)
+        return segment_clip(segmenter.sd, self.learned, cfg, Path(path), self.writer.out_dir,
+                            stem or self.names[path], len(self.learned.classes), self.frames,
+                            self.writer.overlays, self.batch_size, overwrite)
 
     def without_inputs(self) -> SegmentJob:
         """This job less its input list: what each worker needs (rows carry path and name)."""
@@ -284,6 +314,11 @@ class SegmentJob:
         read = read or self.read
         for path in tqdm(todo, desc="segment", unit="img", disable=not progress, dynamic_ncols=True):
             try:
+                if is_video(path):
+                    result.frames += self.segment_clip(seg, path, overwrite)
+                    result.segmented += 1
+                    result.predicted += 1
+                    continue
                 image = read(path)
                 labels = self.predict(seg, image)
                 self.write(self.names[path], image, labels)
@@ -307,23 +342,23 @@ def segment(learned: Learned | str | os.PathLike, inputs: Inputs, out: str | os.
             format: str = "png", overlays: bool = True, overwrite: bool = False,
             instances: bool = False, model: str | None = None, revision: str | None = None,
             device: str | None = None, dtype: str | None = None, model_config: str | None = None,
-            progress: bool = True, echo: Callable[[str], Any] | None = print,
-            **overrides: Any) -> Result:
+            progress: bool = True, frames: str | None = None,
+            echo: Callable[[str], Any] | None = print, **overrides: Any) -> Result:
     """Segment `inputs` (see `list_inputs`) with `learned` (an artifact or its file) into `out`.
 
     `format`: "png" (label maps `NAME.png`, overlays `NAME.overlay.png` unless `overlays=False`),
     "coco" (those and `out/coco.json`, `slimeseg.coco`; `instances`: one annotation per connected
     component) or "parquet" (`out/labels/part-*.parquet`, with Ray only). `model`, `revision`,
     `device`, `dtype`, `model_config` (for a single-file model): the Segmenter's (default: the
-    artifact's own model); `overrides`: SlimeConfig settings for predict. Each failure is
-    printed to stderr as `error: PATH: REASON` as it happens, and the summary line through
-    `echo` at the end (None: silent).
+    artifact's own model); `overrides`: SlimeConfig settings for predict; `frames`: clips'
+    START:STOP:STEP. Each failure is printed to stderr as `error: PATH: REASON` as it happens,
+    and the summary line through `echo` at the end (None: silent).
     """
     t0 = time.perf_counter()
     if format == "parquet":  # Parquet parts are written per batch of rows, on the Ray path
         raise InputError(f"--format {format} goes with --ray")
     job = SegmentJob.plan(learned, inputs, out, format=format, overlays=overlays,
-                          overrides=overrides, instances=instances)
+                          overrides=overrides, instances=instances, frames=frames)
 
     def warn(path: str, why: str) -> None:
         print(f"error: {path}: {why}", file=sys.stderr)

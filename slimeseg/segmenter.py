@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -210,3 +210,18 @@ class Segmenter:
                     for i, im in enumerate(images[start:start + batch_size])]
             out += inference.predict_labels(self.sd, arrs, learned, cfg, batch_size)
         return out
+
+    def predict_video(self, path: str | os.PathLike, learned: Learned | None = None,
+                      frames: str | None = None, batch_size: int = 4,
+                      config: SlimeConfig | None = None, **overrides: Any) -> Iterator[np.ndarray]:
+        """Label maps (H, W) uint8 of a clip's frames, in order, as they are decoded: the clip is
+        streamed (`video.read_frames`), `batch_size` frames per UNet batch, and with `temporal`
+        "flow" (the default) scores are carried along the motion (`temporal`). `frames`:
+        "START:STOP:STEP" (default: all)."""
+        from .video import FrameRange, label_frames
+
+        learned = self._require_learned(learned)
+        cfg = self._predict_config(learned, config, overrides)
+        for _, _, labels in label_frames(self.sd, path, learned, cfg, FrameRange.parse(frames),
+                                         batch_size):
+            yield labels

@@ -46,6 +46,7 @@ from . import coco
 from .coco import COCO_FILE
 from .errors import InputError
 from .files import atomic_path  # also importable from here (lab/, benchmarks/ use it)
+from .video import OVERLAY_VIDEO_SUFFIX, is_video
 
 LABELS_SUFFIX = ".png"
 OVERLAY_SUFFIX = ".overlay.png"
@@ -323,7 +324,14 @@ class SegmentWriter:
             done = self._parquet_paths()
             return {p for p in names if str(p) in done}
         present = {e.name for e in os.scandir(self.out_dir)} if self.out_dir.is_dir() else set()
-        return {p for p, stem in names.items() if all(stem + s in present for s in self.suffixes)}
+        return {p for p, stem in names.items() if all(f in present for f in self.outputs(p, stem))}
+
+    def outputs(self, path: Path, stem: str) -> list[str]:
+        """The names an input's outputs have in the folder: a clip's (`video`) are its folder of
+        label maps and its overlay video, an image's its label map and overlay."""
+        if is_video(path):
+            return [stem] + ([stem + OVERLAY_VIDEO_SUFFIX] if self.overlays else [])
+        return [stem + s for s in self.suffixes]
 
     def write(self, stem: str, image: np.ndarray, labels: np.ndarray) -> list[Path]:
         """Write one input's outputs atomically; the label map goes last, so its presence means
@@ -386,15 +394,25 @@ class SegmentWriter:
         return path
 
     def zip(self, name: str = "labels.zip", stems: Iterable[str] | None = None) -> Path:
-        """All outputs (or those of `stems`) and classes.json in one zip, written atomically."""
+        """All outputs (or those of `stems`) and classes.json in one zip, written atomically;
+        a clip's are its folder of label maps (`NAME/000000.png`, ...) and overlay video."""
         wanted = None if stems is None else {p.name for s in stems for p in self.files(s)}
+        clips = None if stems is None else set(stems)
         path = self.out_dir / name
         with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             for p in sorted(self.out_dir.iterdir()):
-                if p.name.startswith(".") or p == path or not p.is_file():
+                if p.name.startswith(".") or p == path:
                     continue
-                if p.name == CLASSES_FILE or (p.suffix == ".png" and (wanted is None or p.name in wanted)):
+                if p.is_dir() and (clips is None or p.name in clips):  # a clip's label maps
+                    for q in sorted(p.glob("*.png")):
+                        zf.write(q, f"{p.name}/{q.name}")
+                elif not p.is_file():
+                    continue
+                elif p.name == CLASSES_FILE or (p.suffix == ".png" and (wanted is None or p.name in wanted)):
                     zf.write(p, p.name)
+                elif p.name.endswith(OVERLAY_VIDEO_SUFFIX) and (
+                        clips is None or p.name[:-len(OVERLAY_VIDEO_SUFFIX)] in clips):
+                    zf.write(p, p.name, compress_type=zipfile.ZIP_STORED)  # already compressed
         return path
 
 

@@ -200,3 +200,12 @@ def test_ray_writes_the_same_coco_file(run, tmp_path):
     finally:
         ray.shutdown()
     assert (out / "coco.json").read_bytes() == (run.out / "coco.json").read_bytes()
+
+
+def test_clips_are_refused_with_coco_before_any_work(run, tmp_path, capsys):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00" * 64)  # refused by its kind, before it is opened
+    out = tmp_path / "x"
+    assert main(["segment", str(run.learned), str(clip), "--out", str(out), "--format", "coco"]) == 2
+    assert "clip.mp4: a clip; --format coco takes images" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,320 @@
+"""Video on the lab: per-frame mIoU and flicker of each temporal mode on lab clips, and speed.
+
+    python benchmarks/video.py --json benchmarks/results-video-lab.json
+    python benchmarks/video.py --fast
+
+Examples come from world 2 and the clips (`synthetic.clips.lab_clip`: pan, zoom, an object moving
+in front of another, a cut) from world 3, both unseen by the lab SD, as in `lab.quality`. The
+artifact is matching's (`Segmenter.match`: no training, so runs stay quick on CPUs). Each frame
+goes through the UNet once; the temporal modes (`none`, and `flow` at several blend weights) are
+applied to the same scores, so they differ only by the temporal step. Flicker is
+`clips.flicker`: the share of pixels whose label changes between consecutive frames where the
+true label, followed along the known motion, does not. Results are saved after every clip
+(`--resume` continues). `--speed` times the real path (`Segmenter.predict_video` on an encoded
+clip) against still images through `predict_batch`; `--strip` saves a picture of one clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from slimeseg import Segmenter, SlimeConfig, __version__
+from slimeseg.inference import labels_at
+from slimeseg.metrics import ConfusionMatrix
+from slimeseg.synthetic import World
+from slimeseg.synthetic.clips import Clip, flicker, lab_clip
+from slimeseg.temporal import FlowCarry
+from slimeseg.video import VideoWriter, frame_scores
+from slimeseg.writers import colour_labels, write_json
+
+from .quality import LAB_MODEL, TRAIN_POOL, UNSEEN_WORLDS, mean_std, parse_seeds
+
+# mode -> SlimeConfig settings of the temporal step
+MODES: dict[str, dict[str, Any]] = {
+    "none": {"temporal": "none"},
+    "flow-w0.5": {"temporal": "flow", "temporal_weight": 0.5},
+    "flow-w0.3": {"temporal": "flow", "temporal_weight": 0.3},
+    "flow-w0.2": {"temporal": "flow", "temporal_weight": 0.2},
+    "flow-w0.1": {"temporal": "flow", "temporal_weight": 0.1},  # the default (chosen here)
+    "flow-m0.1": {"temporal": "flow", "temporal_weight": 0.2, "temporal_margin": 0.1},
+}
+
+def examples(kind: str, shots: int, seed: int, size: int, world: int) -> tuple[list, list, list[str]]:
+    """The k-shot examples of a seed, drawn as `lab.quality` draws them."""
+    w = World(kind, size=size, seed=world)
+    pick = np.random.default_rng(seed).permutation(TRAIN_POOL)[:shots]
+    samples = [w.sample(int(i)) for i in pick]
+    return [s.image for s in samples], [s.mask for s in samples], list(w.classes)
+
+
+def apply_mode(clip: Clip, scores: list[torch.Tensor], cfg: SlimeConfig) -> tuple[list[np.ndarray], float]:
+    """Label maps of a clip's frames from their scores under one temporal setting, and the
+    seconds the temporal step took per frame."""
+    carry = FlowCarry(cfg) if cfg.temporal == "flow" else None
+    out, spent = [], 0.0
+    for frame, sc in zip(clip.frames, scores, strict=True):
+        if carry is not None:
+            t0 = time.perf_counter()
+            sc = carry.step(frame, sc)  # (K, h, w)
+            spent += time.perf_counter() - t0
+        out.append(labels_at(sc, frame.shape[:2]))
+    return out, spent / len(clip.frames)
+
+
+def score_clip(seg: Segmenter, clip: Clip, learned: Any, cfg: SlimeConfig, batch: int) -> list[torch.Tensor]:
+    """Each frame's low-resolution scores (K, h, w), `batch` frames per UNet batch."""
+    out: list[torch.Tensor] = []
+    for i in range(0, len(clip.frames), batch):
+        out += frame_scores(seg.sd, clip.frames[i:i + batch], learned, cfg)
+    return out
+
+
+def measure(seg: Segmenter, args: argparse.Namespace, units: dict[str, Any], save: Any) -> None:
+    """Fill `units` (key 'kind/shots/seed/clip' -> per-mode confusion and flicker counts)."""
+    for kind in args.kinds.split(","):
+        for shots in map(int, args.shots.split(",")):
+            for seed in parse_seeds(args.seeds):
+                images, masks, classes = examples(kind, shots, seed, args.size, args.worlds[0])
+                base = SlimeConfig(image_size=args.size, seed=seed, method="match")
+                learned = seg.match(images, masks, classes, base)
+                for index in range(args.clips):
+                    key = f"{kind}/{shots}/{seed}/{index}"
+                    if key in units:
+                        continue
+                    clip = lab_clip(kind, index, args.size, args.frames, seed=args.worlds[1])
+                    scores = score_clip(seg, clip, learned, base, args.batch)
+                    unit: dict[str, Any] = {}
+                    for mode in args.modes.split(","):
+                        preds, step_s = apply_mode(clip, scores, base.replace(**MODES[mode]))
+                        cm = ConfusionMatrix(len(classes))
+                        for p, m in zip(preds, clip.masks, strict=True):
+                            cm.update(p, m)
+                        share, stable = flicker(preds, clip.masks, clip.motion)
+                        unit[mode] = {"confusion": cm.matrix.tolist(), "flicker": share,
+                                      "stable": stable, "step_s": step_s}
+                    units[key] = unit
+                    print(f"{key}: " + ", ".join(
+                        f"{m} mIoU {100 * _miou(u['confusion']):.1f} flicker {100 * u['flicker']:.2f}%"
+                        for m, u in unit.items()), flush=True)
+                    save()
+
+
+def _miou(confusion: list[list[int]] | np.ndarray) -> float:
+    m = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(m)
+    union = m.sum(0) + m.sum(1) - tp
+    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    return float(np.nanmean(iou))
+
+
+def summarise(units: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (kind, shots, mode): mIoU over all frames of a seed's clips and flicker (pixel-weighted
+    over its clips), mean and std over seeds; the flicker ratio to `none` per seed."""
+    by: dict[tuple[str, int, str], dict[int, dict[str, Any]]] = {}
+    for key, unit in units.items():
+        kind, shots, seed, _ = key.split("/")
+        for mode, u in unit.items():
+            acc = by.setdefault((kind, int(shots), mode), {}).setdefault(
+                int(seed), {"confusion": 0, "changed": 0.0, "stable": 0, "step_s": []})
+            acc["confusion"] = acc["confusion"] + np.asarray(u["confusion"])
+            acc["changed"] += u["flicker"] * u["stable"]
+            acc["stable"] += u["stable"]
+            acc["step_s"].append(u["step_s"])
+    rows = []
+    order = {m: i for i, m in enumerate(MODES)}
+    for (kind, shots, mode), seeds in sorted(by.items(), key=lambda kv: (*kv[0][:2], order.get(kv[0][2], 99))):
+        mious = [_miou(a["confusion"]) for a in seeds.values()]
+        flick = {s: a["changed"] / max(a["stable"], 1) for s, a in seeds.items()}
+        none = by.get((kind, shots, "none"), {})
+        ratios = [flick[s] / (none[s]["changed"] / max(none[s]["stable"], 1)) for s in seeds if s in none]
+        rows.append({"kind": kind, "shots": shots, "mode": mode, "seeds": len(seeds),
+                     "clips": sum(len(a["step_s"]) for a in seeds.values()),
+                     "miou": mean_std(mious), "flicker": mean_std(flick.values()),
+                     "flicker_ratio": mean_std(ratios) if ratios else None,
+                     "step_ms": 1000 * float(np.mean([x for a in seeds.values() for x in a["step_s"]]))})
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| kind | shots | temporal | seeds x clips | per-frame mIoU | flicker | flicker / none | step ms/frame |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "-" if r["flicker_ratio"] is None else f"{r['flicker_ratio'][0]:.2f} ± {r['flicker_ratio'][1]:.2f}"
+        lines.append(f"| {r['kind']} | {r['shots']} | {r['mode']} | {r['seeds']} x {r['clips'] // r['seeds']} | "
+                     f"{100 * r['miou'][0]:.1f} ± {100 * r['miou'][1]:.1f} | "
+                     f"{100 * r['flicker'][0]:.2f} % ± {100 * r['flicker'][1]:.2f} | {ratio} | {r['step_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+def speed(seg: Segmenter, args: argparse.Namespace) -> dict[str, Any]:
+    """Frames/s of `predict_video` on an encoded lab clip (each temporal mode) against the same
+    frames as still images through `predict_batch`, same batch size, after one warm-up."""
+    images, masks, classes = examples("car", 1, 0, args.size, args.worlds[0])
+    learned = seg.match(images, masks, classes, SlimeConfig(image_size=args.size, method="match"))
+    clip = lab_clip("car", 0, args.size, args.speed_frames, seed=args.worlds[1])
+    out: dict[str, Any] = {"frames": len(clip.frames), "batch": args.batch}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip.mp4"
+        with VideoWriter(path, 12) as w:
+            for f in clip.frames:
+                w.write(f)
+        seg.predict_batch(clip.frames[:args.batch], learned, batch_size=args.batch)  # warm-up
+        t0 = time.perf_counter()
+        seg.predict_batch(clip.frames, learned, batch_size=args.batch)
+        out["still_fps"] = len(clip.frames) / (time.perf_counter() - t0)
+        for mode in ("none", "flow"):
+            t0 = time.perf_counter()
+            n = sum(1 for _ in seg.predict_video(path, learned, batch_size=args.batch, temporal=mode))
+            out[f"video_{mode}_fps"] = n / (time.perf_counter() - t0)
+    for mode in ("none", "flow"):
+        out[f"video_{mode}_ratio"] = out[f"video_{mode}_fps"] / out["still_fps"]
+    return out
+
+
+def memory(args: argparse.Namespace, lengths: list[int], side: tuple[int, int] = (1080, 1920)
+           ) -> dict[str, Any]:
+    """Peak memory (max RSS) of `slimeseg segment` on synthetic 1080p clips of each length (a
+    pan over a lab scene, H.264), each in a fresh process, overlays on: flat if it does not grow
+    with the length."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    out: dict[str, Any] = {"side": list(side), "peak_mb": {}, "seconds": {}}
+    scene = World("car", size=args.size, seed=args.worlds[1]).sample(0).image
+    big = cv2.resize(scene, (side[1] + 8 * max(lengths), side[0]), interpolation=cv2.INTER_LINEAR)
+    with tempfile.TemporaryDirectory() as tmp:
+        images, masks, classes = examples("car", 1, 0, args.size, args.worlds[0])
+        learned = Segmenter.from_pretrained(args.model, device="cpu").match(
+            images, masks, classes, SlimeConfig(image_size=args.size, method="match"))
+        art = learned.save(Path(tmp) / "car.safetensors")
+        for n in lengths:
+            clip = Path(tmp) / f"long{n}.mp4"
+            with VideoWriter(clip, 25) as w:
+                for t in range(n):
+                    w.write(np.ascontiguousarray(big[:, 8 * t:8 * t + side[1]]))
+            code = ("import resource, sys, time; from slimeseg.cli import main; t = time.perf_counter(); "
+                    f"main(['segment', {str(art)!r}, {str(clip)!r}, '--out', {str(Path(tmp) / f'o{n}')!r}, "
+                    "'--quiet']); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+                    "time.perf_counter() - t)")
+            env = {**__import__("os").environ, "OMP_NUM_THREADS": str(max(args.threads, 1))}
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                 check=True)
+            kb, secs = res.stdout.strip().splitlines()[-1].split()
+            out["peak_mb"][n], out["seconds"][n] = int(kb) / 1024, float(secs)
+            print(f"memory: {n} frames at {side[1]}x{side[0]}: peak {int(kb) / 1024:.0f} MB, "
+                  f"{float(secs):.0f} s", flush=True)
+    return out
+
+
+def strip(seg: Segmenter, args: argparse.Namespace, path: str) -> None:
+    """A picture of one lab clip's first shot: frames, truth, frame by frame, temporal flow
+    (rows), each followed by the pixels whose label flickered (white) under it."""
+    kind, index = args.strip_clip.split(":")
+    images, masks, classes = examples(kind, 1, 0, args.size, args.worlds[0])
+    base = SlimeConfig(image_size=args.size, method="match")
+    learned = seg.match(images, masks, classes, base)
+    clip = lab_clip(kind, int(index), args.size, args.frames, seed=args.worlds[1])
+    scores = score_clip(seg, clip, learned, base, args.batch)
+    k = len(classes)
+    rows = [clip.frames, [colour_labels(m, k) for m in clip.masks]]
+    for mode in ("none", "flow"):  # frame by frame; the default temporal setting
+        preds, _ = apply_mode(clip, scores, base.replace(temporal=mode))
+        rows.append([colour_labels(p, k) for p in preds])
+        flick = [np.zeros_like(clip.frames[0])]
+        for t in range(1, len(preds)):
+            m = np.zeros(preds[t].shape, bool)
+            if clip.motion[t] is not None:
+                sx = np.rint(clip.motion[t][..., 0]).astype(int).clip(0, args.size - 1)
+                sy = np.rint(clip.motion[t][..., 1]).astype(int).clip(0, args.size - 1)
+                m = (preds[t] != preds[t - 1][sy, sx]) & (clip.masks[t] == clip.masks[t - 1][sy, sx])
+            flick.append(np.repeat(m[..., None] * 255, 3, -1).astype(np.uint8))
+        rows.append(flick)
+    from PIL import Image
+
+    grid = np.concatenate([np.concatenate(r[:clip.cut], 1) for r in rows], 0)  # the first shot
+    Image.fromarray(grid).save(path)
+    print(f"strip: {path} (the first shot of {kind} clip {index}; rows: frames, truth, frame by "
+          "frame, its flicker (white), temporal flow, its flicker)")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=str(LAB_MODEL))
+    p.add_argument("--kinds", default="car,face")
+    p.add_argument("--shots", default="1")
+    p.add_argument("--seeds", default="0-2")
+    p.add_argument("--clips", type=int, default=10, help="lab clips per kind")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip (two shots, one cut)")
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--batch", type=int, default=4, help="frames per UNet batch")
+    p.add_argument("--size", type=int, default=None, help="frame side (default: the lab SD's size)")
+    p.add_argument("--worlds", default=",".join(map(str, UNSEEN_WORLDS)))
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--speed", action="store_true", help="also time predict_video against still images")
+    p.add_argument("--speed-frames", type=int, default=24)
+    p.add_argument("--memory", metavar="N,M",
+                   help="peak memory of `slimeseg segment` on 1080p clips of these lengths")
+    p.add_argument("--strip", metavar="PNG", help="save a frame strip of --strip-clip here")
+    p.add_argument("--strip-clip", default="car:0", help="KIND:INDEX of the strip's clip")
+    p.add_argument("--fast", action="store_true", help="car, 1 seed, 2 clips of 6 frames")
+    p.add_argument("--resume", action="store_true", help="continue the run that wrote --json")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    if args.fast:
+        args.kinds, args.seeds, args.clips, args.frames = "car", "0", 2, 6
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.worlds = [int(w) for w in str(args.worlds).split(",")]
+    seg = Segmenter.from_pretrained(args.model, device="cpu")
+    if args.size is None:
+        args.size = 8 * int(seg.sd.unet.config.sample_size)
+    units: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if args.resume and args.json and Path(args.json).is_file():
+        old = json.loads(Path(args.json).read_text())
+        units, extra = old.get("units", {}), {"speed": old.get("speed")} if old.get("speed") else {}
+        print(f"resuming {args.json}: {len(units)} clips measured", flush=True)
+    t_start = time.perf_counter()
+
+    def report() -> dict[str, Any]:
+        return {"benchmark": "slimeseg lab video", "model": args.model, "size": args.size,
+                "frames_per_clip": args.frames, "method": "match", "worlds": args.worlds,
+                "modes": MODES, "rows": summarise(units), **extra, "units": units,
+                "seconds": time.perf_counter() - t_start, "threads": torch.get_num_threads(),
+                "versions": {"slimeseg": __version__, "torch": torch.__version__,
+                             "python": platform.python_version()}}
+
+    def save() -> None:
+        if args.json:
+            write_json(args.json, report())
+
+    if args.memory:
+        extra["memory"] = memory(args, [int(n) for n in args.memory.split(",")])
+        save()
+    if args.strip:
+        strip(seg, args, args.strip)
+    measure(seg, args, units, save)
+    if args.speed:
+        extra["speed"] = speed(seg, args)
+        print("speed: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in extra["speed"].items()), flush=True)
+    out = report()
+    save()
+    print()
+    print(format_table(out["rows"]))
+    return out
+
+
+if __name__ == "__main__":
+    main()
