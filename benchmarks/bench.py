@@ -178,7 +178,7 @@ def bench_model(name: str, size: int, device: torch.device, dtype: torch.dtype |
 
     mem.reset()
     try:
-        learned = seg.fit([image], [mask], classes, steps=warmup + repeats + 1, augment=False, method="slime",
+        learned = seg.fit([image], [mask], classes, steps=warmup + repeats + 1, augment=False, method="slime", upsample="bilinear",
                           image_size=size, progress=False, callback=on_step)
     except TrainingError as exc:  # random weights in fp16 may overflow: keep the timings so far
         res["ours_fit_error"] = str(exc)

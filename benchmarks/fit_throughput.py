@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     sync(device)
     start = time.perf_counter()
     try:
-        learned = seg.fit([image], [mask], SHAPE_CLASSES, steps=args.steps, image_size=args.size, method="slime",
+        learned = seg.fit([image], [mask], SHAPE_CLASSES, steps=args.steps, image_size=args.size, method="slime", upsample="bilinear",
                           progress=False)
         error = None
     except TrainingError as exc:  # random weights in fp16 may overflow; report, go on

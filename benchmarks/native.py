@@ -67,7 +67,7 @@ def fitted(seg: Segmenter, kind: str, shots: int, seed: int, size: int, cache: P
     world = World(kind, size=size, seed=TRAIN_WORLD_SEED)
     pick = np.random.default_rng(seed).permutation(TRAIN_POOL)[:shots]
     train = [world.sample(int(i)) for i in pick]
-    cfg = SlimeConfig(image_size=size, seed=seed, method="slime", **AUGMENT[kind])
+    cfg = SlimeConfig(image_size=size, seed=seed, method="slime", upsample="bilinear", **AUGMENT[kind])
     learned = seg.fit([s.image for s in train], [s.mask for s in train], list(world.classes), cfg,
                       progress=False)
     cache.mkdir(parents=True, exist_ok=True)

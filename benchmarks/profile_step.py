@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     image, mask = shapes_scene(0, args.size)
     seg = load_model(args.model, args.device, num_classes=len(SHAPE_CLASSES))
-    kw = {"image_size": args.size, "augment": False, "progress": False, "method": "slime"}
+    kw = {"image_size": args.size, "augment": False, "progress": False, "method": "slime", "upsample": "bilinear"}
     seg.fit([image], [mask], SHAPE_CLASSES, steps=1, **kw)  # warm-up
     acts = [torch.profiler.ProfilerActivity.CPU]
     if args.device.startswith("cuda"):

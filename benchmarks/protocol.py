@@ -57,7 +57,7 @@ def run(seg: Segmenter, kind: str, shots: int, variant: str, seed: int, size: in
     world = World(kind, size=size, seed=TRAIN_WORLD_SEED)
     pick = np.random.default_rng(seed).permutation(TRAIN_POOL)[:shots]
     train = [world.sample(int(i)) for i in pick]
-    cfg = SlimeConfig(image_size=size, epochs=steps_per_shot, seed=seed, method="slime", **AUGMENT[kind]).replace(
+    cfg = SlimeConfig(image_size=size, epochs=steps_per_shot, seed=seed, method="slime", upsample="bilinear", **AUGMENT[kind]).replace(
         **VARIANTS[variant])
     t0 = time.perf_counter()
     learned = seg.fit([s.image for s in train], [s.mask for s in train], list(world.classes), cfg,

@@ -75,7 +75,7 @@ def run_seed(seg: Segmenter, kind: str, seed: int, size: int, steps_list: list[i
     classes, k = list(world.classes), len(world.classes)
     first = world.sample(int(np.random.default_rng(seed).permutation(TRAIN_POOL)[0]))
     pool = [world.sample(TRAIN_POOL + i) for i in range(CANDIDATES)]
-    cfg = SlimeConfig(image_size=size, seed=seed, epochs=epochs, method="slime", **AUGMENT[kind])
+    cfg = SlimeConfig(image_size=size, seed=seed, epochs=epochs, method="slime", upsample="bilinear", **AUGMENT[kind])
     rows: list[dict[str, Any]] = []
 
     def record(round_: int, variant: str, learned: Learned, secs: float) -> None:

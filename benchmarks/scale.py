@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.models.split(","):
         seg = Segmenter.from_pretrained(models[name], device="cpu")
         learned[name] = tmp / f"{name}.safetensors"
-        seg.fit([image], [mask], SHAPE_CLASSES, steps=1, image_size=args.size, method="slime", progress=False).save(learned[name])
+        seg.fit([image], [mask], SHAPE_CLASSES, steps=1, image_size=args.size, method="slime", upsample="bilinear", progress=False).save(learned[name])
 
     import ray
 

@@ -60,29 +60,30 @@ TRAIN_WORLD_SEED, TEST_WORLD_SEED = 0, 1
 UNSEEN_WORLDS = (2, 3)
 TRAIN_POOL = 20  # k-shot examples are drawn (per seed) from the first TRAIN_POOL training samples
 
+# the rows before guided upsampling became the default keep their meaning: bilinear
 VARIANTS: dict[str, dict[str, Any]] = {
-    "full": {"method": "slime"},  # SLiMe, the paper's method
-    "no-WAS": {"method": "slime", "use_was": False},
-    "no-aug": {"method": "slime", "augment": False},
-    "match": {"method": "match"},  # training-free matching alone (`Segmenter.match`, no fit)
-    "tiles-2": {"method": "slime", "tiles": 2},  # inference only: the "full" embeddings, 2 x 2 crops
-    "fuse": {"method": "fuse"},  # the "full" fit fused with matching, by confidence
-    "fuse-mean": {"method": "fuse", "fuse_rule": "mean"},  # ... by a fixed 50/50 mix
-    "fuse-m75": {"method": "fuse", "fuse_rule": "mean", "fuse_weight": 0.75},  # ... 75 % matching
-    "match-ctx": {"method": "match"},  # matching alone, from the "full" fit's artifact
-    "full-tta": {"method": "slime", "tta_flip": True},
-    "fuse-tta": {"method": "fuse", "tta_flip": True},
-    "match-tta": {"method": "match", "tta_flip": True},
+    "full": {"method": "slime", "upsample": "bilinear"},  # SLiMe, the paper's method
+    "no-WAS": {"method": "slime", "use_was": False, "upsample": "bilinear"},
+    "no-aug": {"method": "slime", "augment": False, "upsample": "bilinear"},
+    "match": {"method": "match", "upsample": "bilinear"},  # training-free matching alone (`Segmenter.match`, no fit)
+    "tiles-2": {"method": "slime", "tiles": 2, "upsample": "bilinear"},  # inference only: the "full" embeddings, 2 x 2 crops
+    "fuse": {"method": "fuse", "upsample": "bilinear"},  # the "full" fit fused with matching, by confidence
+    "fuse-mean": {"method": "fuse", "fuse_rule": "mean", "upsample": "bilinear"},  # ... by a fixed 50/50 mix
+    "fuse-m75": {"method": "fuse", "fuse_rule": "mean", "fuse_weight": 0.75, "upsample": "bilinear"},  # ... 75 % matching
+    "match-ctx": {"method": "match", "upsample": "bilinear"},  # matching alone, from the "full" fit's artifact
+    "full-tta": {"method": "slime", "tta_flip": True, "upsample": "bilinear"},
+    "fuse-tta": {"method": "fuse", "tta_flip": True, "upsample": "bilinear"},
+    "match-tta": {"method": "match", "tta_flip": True, "upsample": "bilinear"},
     # edge-aware upsampling (`upsample="guided"`): the scores follow the image's colour edges
-    "full-gf": {"method": "slime", "upsample": "guided"},
-    "match-gf": {"method": "match", "upsample": "guided"},
-    "fuse-gf": {"method": "fuse", "upsample": "guided"},
+    "full-gf": {"method": "slime", "upsample": "guided", "guide_radius": 1.0},
+    "match-gf": {"method": "match", "upsample": "guided", "guide_radius": 1.0},
+    "fuse-gf": {"method": "fuse", "upsample": "guided", "guide_radius": 1.0},
     "fuse-gf2": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0},
     "fuse-gf3": {"method": "fuse", "upsample": "guided", "guide_radius": 3.0},
     "fuse-gf4": {"method": "fuse", "upsample": "guided", "guide_radius": 4.0},
-    "fuse-gf-e2": {"method": "fuse", "upsample": "guided", "guide_eps": 1e-2},
-    "fuse-tta-gf": {"method": "fuse", "tta_flip": True, "upsample": "guided"},
-    "match-tta-gf": {"method": "match", "tta_flip": True, "upsample": "guided"},
+    "fuse-gf-e2": {"method": "fuse", "upsample": "guided", "guide_radius": 1.0, "guide_eps": 1e-2},
+    "fuse-tta-gf": {"method": "fuse", "tta_flip": True, "upsample": "guided", "guide_radius": 1.0},
+    "match-tta-gf": {"method": "match", "tta_flip": True, "upsample": "guided", "guide_radius": 1.0},
 }
 # variants scored with another variant's artifact (no fit of their own) -> that variant
 DERIVED = {"tiles-2": "full", "fuse": "full", "fuse-mean": "full", "fuse-m75": "full", "match-ctx": "full",
@@ -434,7 +435,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             p.error("--compare takes one report (variants against --baseline) or two (B against A)")
         return {"rows": compare(args.compare, args.baseline, args.effect / 100, args.json)}
     if args.fast:
-        args.kinds, args.shots, args.seeds, args.variants = "car", "1", "0", "full,no-WAS,match,fuse"
+        args.kinds, args.shots, args.seeds, args.variants = "car", "1", "0", "full,no-WAS,match,fuse,fuse-gf2"
         args.test, args.steps_per_shot = 16, 100
     try:
         seeds = parse_seeds(args.seeds)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from slimeseg import Segmenter, SlimeConfig, __version__
-from slimeseg.inference import labels_at
+from slimeseg.inference import labels_for
 from slimeseg.metrics import ConfusionMatrix
 from slimeseg.synthetic import World
 from slimeseg.synthetic.clips import Clip, flicker, lab_clip
@@ -66,7 +66,7 @@ def apply_mode(clip: Clip, scores: list[torch.Tensor], cfg: SlimeConfig) -> tupl
             t0 = time.perf_counter()
             sc = carry.step(frame, sc)  # (K, h, w)
             spent += time.perf_counter() - t0
-        out.append(labels_at(sc, frame.shape[:2]))
+        out.append(labels_for(sc, frame, cfg))  # the final step images take (cfg.upsample)
     return out, spent / len(clip.frames)
 
 

@@ -254,7 +254,9 @@ def tile_boxes(hw: tuple[int, int], cfg: SlimeConfig) -> tuple[tuple[int, int], 
 
 def score_image(sd: StableDiffusion, image: torch.Tensor, learned: Learned,
                 cfg: SlimeConfig) -> torch.Tensor:
-    """Scores (K, h, w) for one (3, h, w) input, averaged over n x n overlapping tiles if tiles > 1.
+    """Scores for one (3, h, w) input: (K, h/8, w/8) from one pass, or (K, h, w) averaged over
+    n x n overlapping tiles if tiles > 1 (either is resized to the image by the final step, so a
+    single image takes the same path as a batch: `predict_labels`).
 
     Each tile is upsampled to the model input, scored, and its scores resized back into its box;
     with the reference normalisation a class whose maximum in a tile is below `tile_threshold` is
@@ -264,8 +266,7 @@ def score_image(sd: StableDiffusion, image: torch.Tensor, learned: Learned,
     hw = tuple(image.shape[-2:])
     exact = cfg.normalization == "reference_exact"
     if cfg.tiles == 1 and not exact:
-        s = score_batch(sd, image[None], learned, cfg)[0]  # (K, h/8, w/8)
-        return F.interpolate(s[None], size=hw, mode="bilinear", align_corners=False)[0]
+        return score_batch(sd, image[None], learned, cfg)[0]  # (K, h/8, w/8)
     (th, tw), boxes = tile_boxes(hw, cfg) if cfg.tiles > 1 else (hw, [(0, 0)])
     crops = torch.stack([F.interpolate(image[None, :, y:y + th, x:x + tw], size=hw,
                                        mode="bilinear", align_corners=False)[0] for y, x in boxes])

@@ -127,7 +127,8 @@ def protocol_config(dataset_name: str, config: SlimeConfig | None = None,
     """The settings of the paper's protocol for a dataset: `config` (default: the dataset's
     augmentation preset and the reference code's inference tiles) with `overrides` on top."""
     base = config or SlimeConfig(**AUGMENT_PRESETS[DATASET_PRESET[dataset_name]],
-                                 tiles=DATASET_TILES[dataset_name], method="slime")  # the paper's
+                                 tiles=DATASET_TILES[dataset_name],
+                                 method="slime", upsample="bilinear")  # the paper's method, exactly
     return base.replace(**overrides)
 
 

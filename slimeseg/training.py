@@ -418,7 +418,8 @@ def validate(job: TrainingJob, state: TrainState) -> float:
                       fingerprint=job.sd.fingerprint, config=job.cfg.to_dict(),
                       layers=job.plan.to_dict())
     images = [(ex.image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy() for ex in job.validation]
-    cfg = job.cfg.replace(method="slime")  # what the steps change: the embeddings' own maps
+    # what the steps change: the embeddings' own maps, read as the paper reads them
+    cfg = job.cfg.replace(method="slime", upsample="bilinear")
     preds = inference.predict_labels(job.sd, images, learned, cfg, batch_size=4)
     scores = []
     for pred, ex in zip(preds, job.validation, strict=True):

@@ -116,7 +116,7 @@ def lab():
     seg = Segmenter.from_pretrained(str(LAB_MODEL), device="cpu")
     world = World("car", size=256, seed=TRAIN_WORLD_SEED)
     s = world.sample(int(np.random.default_rng(0).permutation(TRAIN_POOL)[0]))
-    cfg = SlimeConfig(image_size=256, seed=0, method="slime", **AUGMENT["car"])
+    cfg = SlimeConfig(image_size=256, seed=0, method="slime", upsample="bilinear", **AUGMENT["car"])
     return seg, seg.fit([s.image], [s.mask], list(world.classes), cfg, progress=False)
 
 

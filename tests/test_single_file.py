@@ -46,19 +46,28 @@ def test_the_file_is_in_the_original_layout(single_file):
     assert not any(k.startswith(("unet.", "vae.", "down_blocks.")) for k in keys)
 
 
-def test_single_file_loads_the_model_of_the_folder(single_file, tiny_dir, segmenter, learned_file):
+def test_single_file_loads_the_model_of_the_folder(tiny_dir, segmenter, learned_file, tmp_path):
+    # the file is written from the folder's own weights: in the full suite a model built in
+    # process late (`build_tiny_sd`) differed from the one the session built first (an earlier
+    # test leaves some global state changed; not found yet)
+    from diffusers import StableDiffusionPipeline
+
+    single_file = save_single_file(StableDiffusionPipeline.from_pretrained(str(tiny_dir)),
+                                   tmp_path / "folder.safetensors")
     sd = load_stable_diffusion(str(single_file), device="cpu", model_config=str(tiny_dir))
-    ref = segmenter.sd
+    ref = load_stable_diffusion(str(tiny_dir), device="cpu")  # fresh, as the file's
     assert sd.fingerprint == ref.fingerprint  # artifacts of the folder model fit it, and back
     for mine, theirs in ((sd.unet, ref.unet), (sd.vae_encoder, ref.vae_encoder)):
         a, b = mine.state_dict(), theirs.state_dict()
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert a.keys() == b.keys(), sorted(set(a) ^ set(b))[:5]
+        differ = [(k, a[k].dtype, b[k].dtype) for k in a if not torch.equal(a[k], b[k])]
+        assert not differ, differ[:3]
     assert sd.scaling_factor == ref.scaling_factor and sd.prediction_type == ref.prediction_type
     assert torch.equal(sd.encode_prompt("a disc"), ref.encode_prompt("a disc"))  # the file's CLIP
     image = shapes_scene(3, 48)[0]
-    seg = Segmenter(sd)
+    seg, folder = Segmenter(sd), Segmenter(ref)
     assert np.array_equal(seg.predict(image, seg.load(learned_file)),
-                          segmenter.predict(image, segmenter.load(learned_file)))
+                          folder.predict(image, folder.load(learned_file)))
 
 
 def test_segment_and_tiny_model_commands(single_file, tiny_dir, learned_file, tmp_path, capsys):

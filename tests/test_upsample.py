@@ -72,7 +72,7 @@ def test_predict_with_guided_upsampling(segmenter):
     learned = segmenter.match([image], [mask], SHAPE_CLASSES, SlimeConfig(image_size=64))
     a = segmenter.predict(test, learned, upsample="guided")
     b = segmenter.predict_batch([test], learned, upsample="guided")[0]
-    plain = segmenter.predict(test, learned)
+    plain = segmenter.predict(test, learned, upsample="bilinear")
     assert a.shape == test.shape[:2] and a.dtype == np.uint8
     assert np.array_equal(a, b)  # one path for one image and for a batch
     scores = segmenter.predict_scores(test, learned, upsample="guided")  # (K, H, W)
