@@ -193,7 +193,7 @@ class Segmenter:
 
         The scores are upsampled and argmax-ed in bands of rows (`inference.labels_for`), so the
         full (K, H, W) scores of a large image are never held (guided upsampling holds them at
-        up to ~1 M pixels).
+        up to `upsample.WORK_PIXELS`, ~0.5 M pixels).
         """
         learned, cfg, arr = self._one_image(image, learned, config, overrides)
         return inference.labels_for(inference.low_res_scores(self.sd, arr, learned, cfg), arr, cfg)
