@@ -78,7 +78,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full-gf": {"method": "slime", "upsample": "guided", "guide_radius": 1.0},
     "match-gf": {"method": "match", "upsample": "guided", "guide_radius": 1.0},
     "fuse-gf": {"method": "fuse", "upsample": "guided", "guide_radius": 1.0},
-    "fuse-gf2": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0},
+    "fuse-gf2": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0},  # today's default
+    "match-gf2": {"method": "match", "upsample": "guided", "guide_radius": 2.0},
+    "full-gf2": {"method": "slime", "upsample": "guided", "guide_radius": 2.0},
     "fuse-gf3": {"method": "fuse", "upsample": "guided", "guide_radius": 3.0},
     "fuse-gf4": {"method": "fuse", "upsample": "guided", "guide_radius": 4.0},
     "fuse-gf-e2": {"method": "fuse", "upsample": "guided", "guide_radius": 1.0, "guide_eps": 1e-2},
@@ -88,7 +90,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # variants scored with another variant's artifact (no fit of their own) -> that variant
 DERIVED = {"tiles-2": "full", "fuse": "full", "fuse-mean": "full", "fuse-m75": "full", "match-ctx": "full",
            "full-tta": "full", "fuse-tta": "full", "match-tta": "match",
-           "full-gf": "full", "match-gf": "match", "fuse-gf": "full", "fuse-gf2": "full", "fuse-gf3": "full", "fuse-gf4": "full",
+           "full-gf": "full", "match-gf": "match", "fuse-gf": "full", "fuse-gf2": "full", "match-gf2": "match", "full-gf2": "full", "fuse-gf3": "full", "fuse-gf4": "full",
            "fuse-gf-e2": "full", "fuse-tta-gf": "full", "match-tta-gf": "match"}
 PREDICT_ONLY = set(DERIVED)
 NO_FIT = {"match"}  # artifacts made without training (`Segmenter.match`)
