@@ -81,22 +81,22 @@ def rss_mb() -> float:
 
 
 def score(seg: Segmenter, learned: Learned, test: list[Any], scales: list[str],
-          classes: list[str]) -> dict[str, dict[str, Any]]:
+          classes: list[str], **settings: Any) -> dict[str, dict[str, Any]]:
     """mIoU, per-class IoU and median seconds per image of every mode. The window modes of one
     scale share one windows pass and one whole-image pass per image (the rules only combine them);
-    each mode's seconds are what it alone would take."""
-    base = SlimeConfig.from_dict(learned.config)
+    each mode's seconds are what it alone would take. `settings`: inference settings over the
+    fit's own (method, upsample)."""
+    base = SlimeConfig.from_dict(learned.config).replace(**settings)
     names = list(modes(scales))
     cms = {m: ConfusionMatrix(len(classes)) for m in names}
     secs: dict[str, list[float]] = {m: [] for m in names}
     for s in test:
-        hw = s.image.shape[:2]
         whole = {}
         for m in ("squash", "keep"):
             cfg = base.replace(aspect=m)
             t0 = time.perf_counter()
             whole[m] = inference.score_batch(seg.sd, inference.model_input(s.image, cfg)[None], learned, cfg)[0]
-            pred = inference.labels_at(whole[m], hw)
+            pred = inference.labels_for(whole[m], s.image, cfg)
             secs[m].append(time.perf_counter() - t0)
             cms[m].update(pred, s.mask)
         for scale in scales:
@@ -107,7 +107,7 @@ def score(seg: Segmenter, learned: Learned, test: list[Any], scales: list[str],
             for rule in ("none", "mean", "gate"):
                 name = f"win-{scale}" + ("" if rule == "none" else f"+{rule}")
                 t0 = time.perf_counter()
-                pred = inference.labels_at(inference.combine(windows, whole["keep"], rule), hw)
+                pred = inference.labels_for(inference.combine(windows, whole["keep"], rule), s.image, cfg)
                 extra = secs["keep"][-1] if rule != "none" else 0.0  # the whole-image pass
                 secs[name].append(t_win + extra + time.perf_counter() - t0)
                 cms[name].update(pred, s.mask)
@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--size", type=int, default=256, help="image_size (the lab SD's)")
     p.add_argument("--scales", default="0.5,1", help="window scales (1 = native)")
     p.add_argument("--modes", default=None, help="comma list of modes (default: all)")
+    p.add_argument("--method", default="slime", help="slime (the paper's, as the fits are made), "
+                   "match or fuse: the same fits' artifacts")
+    p.add_argument("--upsample", default="bilinear", help="bilinear or guided")
     p.add_argument("--cache", default="/tmp/slimeseg-native-fits")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--merge", nargs="+", metavar="JSON", help="join reports of runs per kind")
@@ -232,9 +235,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in map(int, a.seeds.split(",")):  # seeds outermost: an interrupted run is balanced
             for shots in map(int, a.shots.split(",")):
                 learned = fitted(seg, kind, shots, seed, a.size, Path(a.cache))
-                scored = score(seg, learned, test, scales, classes)
+                scored = score(seg, learned, test, scales, classes, method=a.method, upsample=a.upsample)
                 for mode in chosen:
-                    r = {**scored[mode], "kind": kind, "shots": shots, "seed": seed, "mode": mode}
+                    r = {**scored[mode], "kind": kind, "shots": shots, "seed": seed, "mode": mode,
+                         "method": a.method, "upsample": a.upsample}
                     runs.append(r)
                     small = statistics.mean(r["per_class"][c] for c in SMALL_PARTS[kind])
                     print(f"{kind} {shots}-shot seed {seed} {mode:<14} mIoU {100 * r['miou']:5.1f} "

@@ -81,6 +81,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fuse-gf2": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0},  # today's default
     "match-gf2": {"method": "match", "upsample": "guided", "guide_radius": 2.0},
     "full-gf2": {"method": "slime", "upsample": "guided", "guide_radius": 2.0},
+    # the matching bank with rescaled copies of the examples (`match_views`), with hue rotation
+    "fuse-v4": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0, "match_views": 4},
+    "fuse-v4h": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0, "match_views": 4, "match_hue": True},
+    "match-v4": {"method": "match", "upsample": "guided", "guide_radius": 2.0, "match_views": 4},
+    "match-v4h": {"method": "match", "upsample": "guided", "guide_radius": 2.0, "match_views": 4, "match_hue": True},
+    "fuse-w75": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0, "fuse_weight": 0.75},  # matching trusted more
+    # fusion (b): matching's votes spread by the UNet's own self-attention, half or whole
+    "fuse-s5": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0, "match_spread": 0.5},
+    "fuse-s10": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0, "match_spread": 1.0},
+    "match-s5": {"method": "match", "upsample": "guided", "guide_radius": 2.0, "match_spread": 0.5},
     "fuse-gf3": {"method": "fuse", "upsample": "guided", "guide_radius": 3.0},
     "fuse-gf4": {"method": "fuse", "upsample": "guided", "guide_radius": 4.0},
     "fuse-gf-e2": {"method": "fuse", "upsample": "guided", "guide_radius": 1.0, "guide_eps": 1e-2},
@@ -90,7 +100,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # variants scored with another variant's artifact (no fit of their own) -> that variant
 DERIVED = {"tiles-2": "full", "fuse": "full", "fuse-mean": "full", "fuse-m75": "full", "match-ctx": "full",
            "full-tta": "full", "fuse-tta": "full", "match-tta": "match",
-           "full-gf": "full", "match-gf": "match", "fuse-gf": "full", "fuse-gf2": "full", "match-gf2": "match", "full-gf2": "full", "fuse-gf3": "full", "fuse-gf4": "full",
+           "full-gf": "full", "match-gf": "match", "fuse-gf": "full", "fuse-gf2": "full", "match-gf2": "match", "full-gf2": "full",
+           "fuse-v4": "full", "fuse-v4h": "full", "match-v4": "match", "match-v4h": "match",
+           "fuse-w75": "full", "fuse-s5": "full", "fuse-s10": "full", "match-s5": "match", "fuse-gf3": "full", "fuse-gf4": "full",
            "fuse-gf-e2": "full", "fuse-tta-gf": "full", "match-tta-gf": "match"}
 PREDICT_ONLY = set(DERIVED)
 NO_FIT = {"match"}  # artifacts made without training (`Segmenter.match`)
@@ -112,13 +124,15 @@ class Run:
 def run_one(seg: Segmenter, kind: str, shots: int, variant: str, seed: int, size: int,
             steps_per_shot: int, test_images: list, test_masks: list,
             also: tuple[str, ...] = (), examples_seed: int | None = None,
-            train_world: int = TRAIN_WORLD_SEED, artifacts: str | Path | None = None) -> list[Run]:
+            train_world: int = TRAIN_WORLD_SEED, artifacts: str | Path | None = None,
+            score_own: bool = True) -> list[Run]:
     """Fit on `shots` seeded training examples (or, for NO_FIT variants, make the matching
     artifact), score on the held-out split; `also`: predict-only variants scored with the same
     artifact; `examples_seed`: draw the examples with it instead of `seed`, so that runs differ
     only in the fit's own noise; `artifacts`: a folder where each artifact is kept, and taken
     from if there (so new inference-only variants are scored without refitting). A run's
-    `fit_seconds` is the artifact's making, `predict_seconds` the held-out images' inference, per image."""
+    `fit_seconds` is the artifact's making, `predict_seconds` the held-out images' inference, per image;
+    `score_own=False`: only `also` is scored (the artifact's own variant was not asked for)."""
     world = World(kind, size=size, seed=train_world)
     pick = np.random.default_rng(seed if examples_seed is None else examples_seed).permutation(TRAIN_POOL)[:shots]
     train = [world.sample(int(i)) for i in pick]
@@ -138,11 +152,12 @@ def run_one(seg: Segmenter, kind: str, shots: int, variant: str, seed: int, size
             learned.history["fit_seconds"] = fit_s
             learned.save(kept)
     runs = []
-    for name in (variant, *also):
+    for name in ((variant,) if score_own else ()) + tuple(also):
         cm = ConfusionMatrix(len(world.classes))
         t1 = time.perf_counter()
-        preds = seg.predict_batch(test_images, learned, batch_size=8,
-                                  **(VARIANTS[name] if name in PREDICT_ONLY else {}))
+        # every variant's inference settings explicitly, its own too: an artifact kept from an
+        # older run lacks settings added since, which would otherwise take today's defaults
+        preds = seg.predict_batch(test_images, learned, batch_size=8, **VARIANTS[name])
         per_image = (time.perf_counter() - t1) / len(test_images)
         for pred, mask in zip(preds, test_masks, strict=True):
             cm.update(pred, mask)
@@ -486,7 +501,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     if all((kind, shots, v, seed) in have for v in (variant, *also) if v in wanted):
                         continue  # --resume: measured by the run that wrote --json
                     done = run_one(seg, kind, shots, variant, seed, args.size, args.steps_per_shot, images,
-                                   masks, also, args.examples_seed, train_world, args.keep_artifacts)
+                                   masks, also, args.examples_seed, train_world, args.keep_artifacts,
+                                   score_own=variant in wanted)
                     fresh = {(r.kind, r.shots, r.variant, r.seed) for r in done}
                     runs = [r for r in runs if (r.kind, r.shots, r.variant, r.seed) not in fresh]  # re-scored
                     runs += [r for r in done if r.variant in wanted]

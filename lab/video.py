@@ -46,6 +46,7 @@ MODES: dict[str, dict[str, Any]] = {
     "flow-w0.2": {"temporal": "flow", "temporal_weight": 0.2},
     "flow-w0.1": {"temporal": "flow", "temporal_weight": 0.1},  # the default (chosen here)
     "flow-m0.1": {"temporal": "flow", "temporal_weight": 0.2, "temporal_margin": 0.1},
+    "flow-w0.05": {"temporal": "flow", "temporal_weight": 0.05},
 }
 
 def examples(kind: str, shots: int, seed: int, size: int, world: int) -> tuple[list, list, list[str]]:

@@ -28,6 +28,7 @@ class AttentionStore:
         self.latent_hw = latent_hw
         self.want_was = want_was
         self.want_probs = want_probs  # also keep softmax-over-77 probabilities (reference variant)
+        self.keep_self = False  # also keep the self-attention layers' queries and keys (`self_qk`)
         self.values_fn = values_fn  # (store, (h, w)) -> R (B, K, h*w): what the WAS map spreads
         self.reset()
 
@@ -38,6 +39,9 @@ class AttentionStore:
         self.was_sum: torch.Tensor | None = None  # (B, K, N)
         self.was_count = 0
         self._values: dict[int, torch.Tensor] = {}
+        # with keep_self: each self-attention layer's (q, k, scale), q and k (B, H, N, d), so that
+        # maps known only after the pass (matching's votes) can be spread the way WAS spreads R
+        self.self_qk: list[tuple[torch.Tensor, torch.Tensor, float]] = []
 
     def hw_for(self, n: int) -> tuple[int, int]:
         """Spatial size of a layer with `n` positions, from the latent's aspect ratio."""
@@ -136,6 +140,8 @@ class CaptureProcessor:
         b, heads, n, d = q.shape
         store = self.store
         kk = store.num_classes
+        if self.role == "self" and store.keep_self:
+            store.self_qk.append((q.detach(), k.detach(), attn.scale))
 
         if self.role == "cross":
             # 1. class-token scores QK^T/sqrt(d), mean over heads: (B, K, h, w), in float32 even

@@ -135,3 +135,37 @@ def augment(image: torch.Tensor, mask: torch.Tensor, cfg: SlimeConfig, gen: torc
     if _uniform(gen) < cfg.blur_p:
         image = _blur(image, _uniform(gen, 0.1, 2.0) * cfg.image_size / 512)
     return image.clamp(0, 1), mask
+
+
+def hue_rotation(image: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate a (3, H, W) image's colours about the grey axis by `degrees` (greys stay grey,
+    brightness roughly kept), clamped to [0, 1]."""
+    a = math.radians(degrees)
+    u = torch.full((3,), 1 / math.sqrt(3), dtype=image.dtype)
+    cross = torch.tensor([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]], dtype=image.dtype)
+    rot = math.cos(a) * torch.eye(3, dtype=image.dtype) + (1 - math.cos(a)) * torch.outer(u, u) + math.sin(a) * cross
+    return torch.einsum("ij,jhw->ihw", rot, image).clamp(0, 1)
+
+
+def bank_view(image: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, zoom: tuple[float, float],
+              hue: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A rescaled copy of an example for the matching bank: zoomed by a log-uniform factor in
+    `zoom` (above 1: a random crop resized to the original's size; below 1: the whole example at
+    a smaller input size, a multiple of 64), mirrored half the time, with `hue` a random hue
+    rotation. Image (3, H, W) in [0, 1], mask (H, W); the view's size may differ."""
+    h, w = mask.shape
+    s = math.exp(_uniform(gen, math.log(zoom[0]), math.log(zoom[1])))
+    if s >= 1:  # 1. zoom in: a crop of 1/s of each side, back to the original's size
+        ch, cw = max(8, round(h / s)), max(8, round(w / s))
+        y = int(torch.randint(0, h - ch + 1, (), generator=gen))
+        x = int(torch.randint(0, w - cw + 1, (), generator=gen))
+        image, mask, out = image[:, y:y + ch, x:x + cw], mask[y:y + ch, x:x + cw], (h, w)
+    else:  # 2. zoom out: the whole example, smaller
+        out = (max(64, round(h * s / 64) * 64), max(64, round(w * s / 64) * 64))
+    image = F.interpolate(image[None], size=out, mode="bilinear", align_corners=False, antialias=True)[0]
+    mask = F.interpolate(mask[None, None].float(), size=out, mode="nearest")[0, 0].long()
+    if _uniform(gen) < 0.5:
+        image, mask = image.flip(-1), mask.flip(-1)
+    if hue:
+        image = hue_rotation(image, _uniform(gen, -180.0, 180.0))
+    return image.clamp(0, 1), mask

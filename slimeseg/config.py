@@ -134,6 +134,13 @@ class SlimeConfig:
     match_mirror: bool = _setting(True, "matching: the examples' mirror images vote too", BOTH)
     match_cells: int = _setting(0, "matching: keep at most this many example cells, class-balanced "
                                    "(0: all)", BOTH)
+    match_views: int = _setting(0, "matching: also this many rescaled copies of each example vote "
+                                   "(zoomed in and out, mirrored at random)", BOTH)
+    match_hue: bool = _setting(False, "matching: the rescaled copies also get a random hue rotation",
+                               BOTH)
+    match_spread: float = _setting(0.0, "matching: share of the votes spread by the UNet's own "
+                                        "self-attention (the WAS step with the votes as values; "
+                                        "0: off, 1: spread only)", BOTH)
     fuse_rule: Literal["confidence", "mean"] = _setting(
         "confidence", "fuse: confidence = each source weighted per pixel by its certainty there; "
                       "mean = a fixed mix", BOTH)
@@ -189,8 +196,11 @@ class SlimeConfig:
         if self.window_batch < 1:
             raise ValueError(f"window_batch must be >= 1, got {self.window_batch}")
         self.window_scale()  # checks resolution
-        if self.match_k < 1 or self.match_temperature <= 0 or self.match_cells < 0:
-            raise ValueError("need match_k >= 1, match_temperature > 0 and match_cells >= 0")
+        if not 0 <= self.match_spread <= 1:
+            raise ValueError(f"match_spread must be in [0, 1], got {self.match_spread}")
+        if self.match_k < 1 or self.match_temperature <= 0 or self.match_cells < 0 or self.match_views < 0:
+            raise ValueError("need match_k >= 1, match_temperature > 0, match_cells >= 0 and "
+                             "match_views >= 0")
         if not 0 <= self.fuse_weight <= 1:
             raise ValueError(f"fuse_weight must be in [0, 1], got {self.fuse_weight}")
         if self.guide_radius <= 0 or self.guide_eps <= 0:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from . import maps, matching, upsample
 from .artifact import Learned
 from .attention import AttentionStore, capture
+from .augment import bank_view
 from .config import SlimeConfig
 from .errors import InputError
 from .examples import Example, image_tensor
@@ -105,20 +106,25 @@ def _slime_scores(store: AttentionStore, cfg: SlimeConfig, hw: tuple[int, int]) 
 
 
 def _one_pass(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: SlimeConfig
-              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+              ) -> tuple[torch.Tensor | None, torch.Tensor | None, AttentionStore | None]:
     """One UNet pass of a (B, 3, h, w) batch: SLiMe's scores (B, K, h/8, w/8) unless the method is
     matching alone (the learned context), and the up blocks' features (B, C, h/8, w/8) unless it
     is SLiMe alone (the empty prompt: `match_context`). Fused, the batch runs twice in one UNet
-    batch (2B), once under each context."""
+    batch (2B), once under each context. With `match_spread` the store keeping the self-attention
+    layers' queries and keys comes back too (`maps.self_spread`), else None."""
     b, hw = batch.shape[0], (batch.shape[-2] // 8, batch.shape[-1] // 8)
     slime, matched = cfg.method != "match", cfg.method != "slime"
+    spread = matched and cfg.match_spread > 0
     contexts = ([learned.context] * b if slime else []) + ([match_context(sd, learned)] * b if matched else [])
-    store = _slime_store(learned, cfg, hw) if slime else None
+    store = (_slime_store(learned, cfg, hw) if slime
+             else AttentionStore(learned.num_classes, hw, want_was=False) if spread else None)
+    if store is not None:
+        store.keep_self = spread
     feats = FeatureCapture() if matched else None
     _capture(sd, torch.cat([batch] * (slime + matched)), learned, cfg, store, feats,
              torch.stack(contexts))  # (B or 2B, 77, D)
-    return (None if store is None else _slime_scores(store, cfg, hw)[:b],
-            None if feats is None else feats.features(hw)[-b:])
+    return (_slime_scores(store, cfg, hw)[:b] if slime else None,
+            None if feats is None else feats.features(hw)[-b:], store if spread else None)
 
 
 def match_bank(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig) -> MatchBank:
@@ -126,21 +132,30 @@ def match_bank(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig) -> Match
     images with `match_mirror`), through the matching pass (the empty prompt) as the images to
     segment. Built once per model and setting, and kept with the artifact in memory."""
     key = (sd.fingerprint, str(sd.device), str(sd.dtype), cfg.t_test, cfg.seed, cfg.match_mirror,
-           cfg.match_cells)
+           cfg.match_cells, cfg.match_views, cfg.match_hue)
     cache = learned.__dict__.setdefault("_match_banks", {})
     if key not in cache:
         if not learned.examples:
             raise InputError("these embeddings hold no examples to match (made by an older "
                              "slimeseg); use --method slime, or train them again")
         feats, targets = [], []
+        gen = torch.Generator().manual_seed(cfg.seed)
         for image, mask in learned.examples:  # (3, h, w) and (h, w) uint8, the model input's size
+            image = image.float().div(255)
             views = [(image, mask), (image.flip(-1), mask.flip(-1))][:2 if cfg.match_mirror else 1]
-            x = torch.stack([v[0] for v in views]).float().div(255).to(sd.device)  # (V, 3, h, w)
-            _, f = _one_pass(sd, x, learned, cfg.replace(method="match"))  # (V, C, h/8, w/8)
-            feats += list(f.cpu())
-            targets += [soft_targets(m, learned.num_classes, f.shape[-2:]) for _, m in views]
+            views += [bank_view(image, mask, gen, BANK_ZOOM, cfg.match_hue) for _ in range(cfg.match_views)]
+            for size in dict.fromkeys(tuple(v[1].shape) for v in views):  # one UNet batch per size
+                group = [v for v in views if tuple(v[1].shape) == size]
+                x = torch.stack([v[0] for v in group]).to(sd.device)  # (V, 3, h, w)
+                _, f, _ = _one_pass(sd, x, learned, cfg.replace(method="match", match_spread=0.0))  # (V, C, h/8, w/8)
+                feats += list(f.cpu())
+                targets += [soft_targets(m, learned.num_classes, f.shape[-2:]) for _, m in group]
         cache[key] = MatchBank.build(feats, targets, cfg.match_cells, cfg.seed)
     return cache[key]
+
+
+# the zoom range of the examples' rescaled copies in the matching bank (`match_views`)
+BANK_ZOOM = (0.5, 2.0)
 
 
 def example_views(examples: Sequence[Example], cfg: SlimeConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -171,7 +186,7 @@ def example_check(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig, views
     from .augment import augment
     from .metrics import image_confusion, iou_from_confusion
 
-    check = cfg.replace(method="match", tta_flip=False, match_mirror=False)
+    check = cfg.replace(method="match", tta_flip=False, match_mirror=False, match_spread=0.0)
     k = learned.num_classes
     bank = match_bank(sd, learned, check)  # the examples alone: their mirror images are tested
     aug_cfg = check.replace(flip_p=1.0, crop_p=1.0, rotate_p=1.0, blur_p=0.0)
@@ -181,7 +196,7 @@ def example_check(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig, views
         for _ in range(views):
             side = max(64, min(image.shape[-2:]) // 64 * 64)
             x, m = augment(image.float().div(255), mask, aug_cfg.replace(image_size=side), gen)
-            _, f = _one_pass(sd, x[None].to(sd.device), learned, check)
+            _, f, _ = _one_pass(sd, x[None].to(sd.device), learned, check)
             votes = matching.vote(bank, f.cpu(), check.match_k, check.match_temperature)[0]
             matrix = image_confusion(labels_at(votes, tuple(m.shape)), m.numpy().astype(np.uint8), k, None)
             present = matrix.sum(axis=1) > 0
@@ -216,11 +231,13 @@ def score_batch(sd: StableDiffusion, batch: torch.Tensor, learned: Learned,
     b = batch.shape[0]
     if cfg.tta_flip:
         batch = torch.cat([batch, batch.flip(-1)])  # (2B, 3, h, w)
-    slime, feats = _one_pass(sd, batch, learned, cfg)
+    slime, feats, store = _one_pass(sd, batch, learned, cfg)
     if feats is None:
         scores = slime
     else:
         votes = matching.vote(match_bank(sd, learned, cfg), feats, cfg.match_k, cfg.match_temperature)
+        if store is not None:  # (b): the votes spread by the pass's own self-attention, mixed in
+            votes = (1 - cfg.match_spread) * votes + cfg.match_spread * maps.self_spread(votes.to(feats.device), store).to(votes.device)
         scores = votes if slime is None else fuse(slime.float(), votes.to(slime.device), cfg)
     if cfg.tta_flip:
         scores = (scores[:b] + scores[b:].flip(-1)) / 2

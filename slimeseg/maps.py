@@ -75,3 +75,27 @@ def reference_rescale(was: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     coef = (s_max - s_min) / (p_max - p_min)
     coef = torch.where(torch.isfinite(coef) & (coef != 0), coef, torch.full_like(coef, 1e-7))
     return (s / coef + (p_min - s_min / coef)).view_as(was)
+
+
+def self_spread(values: torch.Tensor, store: AttentionStore) -> torch.Tensor:
+    """Maps known only after the pass (matching's votes, (B, K, h, w) on the latent grid) spread
+    the way WAS spreads the class maps: through each kept self-attention layer (`keep_self`),
+    resized to the layer's grid and back, averaged over layers and heads: (B, K, h, w). The
+    store's last B rows are used (in a fused pass, the matching half)."""
+    b, k, h, w = values.shape
+    total = torch.zeros_like(values, dtype=torch.float32)
+    for q, key, scale in store.self_qk:
+        q, key = q[-b:], key[-b:]  # (B, H, n, d)
+        heads, n, d = q.shape[1:]
+        hw = store.hw_for(n)
+        v = F.interpolate(values.float(), size=hw, mode="bilinear", align_corners=False)  # (B, K, *hw)
+        v = v.flatten(2).transpose(1, 2)[:, None].expand(b, heads, n, k).to(q.dtype)  # (B, H, n, K)
+        # one head dim, a multiple of 8, for q, k and v: the fused kernel (no (n, n) matrix)
+        dim = -(-max(d, k) // 8) * 8
+        out = F.scaled_dot_product_attention(F.pad(q, (0, dim - d)), F.pad(key, (0, dim - d)),
+                                             F.pad(v, (0, dim - k)), scale=scale)[..., :k]  # (B, H, n, K)
+        out = out.float().mean(1).transpose(1, 2).reshape(b, k, *hw)  # (B, K, *hw)
+        total += F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+    if not store.self_qk:
+        raise RuntimeError("no self-attention layer was kept (AttentionStore.keep_self)")
+    return total / len(store.self_qk)

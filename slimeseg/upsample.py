@@ -19,6 +19,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .examples import image_tensor
 
@@ -74,14 +75,14 @@ def work_size(hw: tuple[int, int]) -> tuple[int, int]:
 
 def guided_scores(scores: torch.Tensor, image: np.ndarray, radius: float, eps: float) -> torch.Tensor:
     """(K, h, w) scores of an (H, W, 3) uint8 image, bilinearly upsampled to the working size and
-    guided-filtered by the image there: (K, H', W') float32 on the CPU. `radius` is in the
-    image's pixels (scaled with it to the working size)."""
-    size = work_size(image.shape[:2])
-    guide = image_tensor(image)  # (3, H, W) in [0, 1]
-    if tuple(guide.shape[-2:]) != size:
-        guide = F.interpolate(guide[None], size=size, mode="bilinear", align_corners=False,
-                              antialias=True)[0].clamp(0, 1)
-    up = F.interpolate(scores[None].float().cpu(), size=size, mode="bilinear",
-                       align_corners=False)[0]  # (K, H', W')
-    r = max(1, round(radius * size[1] / image.shape[1]))
+    guided-filtered by the image there: (K, H', W') float32 on the scores' device (the GPU's when
+    the UNet ran there). The image is reduced to the working size while still uint8 (PIL's
+    antialiased bilinear), so a 12 MP photo never exists as floats. `radius` is in the image's
+    pixels (scaled with it to the working size)."""
+    size, width = work_size(image.shape[:2]), image.shape[1]
+    r = max(1, round(radius * size[1] / width))
+    if tuple(image.shape[:2]) != size:
+        image = np.array(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    guide = image_tensor(image).to(scores.device)  # (3, H', W') in [0, 1]
+    up = F.interpolate(scores[None].float(), size=size, mode="bilinear", align_corners=False)[0]  # (K, H', W')
     return guided_filter(guide, up, r, eps)

@@ -153,3 +153,69 @@ def test_cli_train_method_match_and_segment_fused(tiny_dir, tmp_path, capsys):
     code = main(["train", *common, "--method", "match", "--resume", str(tmp_path / "s.safetensors"),
                  "--out", str(tmp_path / "x.safetensors")])
     assert code == 2 and "trains nothing" in capsys.readouterr().err
+
+
+def test_rescaled_example_views_zoom_in_and_out():
+    from slimeseg.augment import bank_view, hue_rotation
+
+    image, mask = torch.rand(3, 128, 192), torch.randint(0, 3, (128, 192))
+    sizes = set()
+    for seed in range(12):
+        a, m = bank_view(image, mask, torch.Generator().manual_seed(seed), (0.5, 2.0))
+        b, n = bank_view(image, mask, torch.Generator().manual_seed(seed), (0.5, 2.0))
+        assert torch.equal(a, b) and torch.equal(m, n)  # seeded: the bank repeats
+        assert a.shape[0] == 3 and a.shape[1:] == m.shape and set(m.unique().tolist()) <= {0, 1, 2}
+        assert m.shape == (128, 192) or (m.shape[0] % 64 == 0 and m.shape[1] % 64 == 0 and m.shape[1] < 192)
+        sizes.add(tuple(m.shape))
+    assert len(sizes) > 1  # some copies are smaller inputs (zoomed out), some crops (zoomed in)
+    red = torch.zeros(3, 2, 2)
+    red[0] = 1
+    assert torch.allclose(hue_rotation(red, 120.0), red.roll(1, 0), atol=1e-5)  # red -> green
+    grey = torch.full((3, 2, 2), 0.4)
+    assert torch.allclose(hue_rotation(grey, 73.0), grey, atol=1e-6)
+
+
+def test_match_views_grow_the_bank_and_repeat(segmenter):
+    image, mask = shapes_scene(0, 64)
+    learned = segmenter.match([image], [mask], SHAPE_CLASSES, **FAST)
+    cfg = SlimeConfig.from_dict(learned.config)
+    plain = inference.match_bank(segmenter.sd, learned, cfg)
+    more = inference.match_bank(segmenter.sd, learned, cfg.replace(match_views=3, match_hue=True))
+    assert len(more.features) > len(plain.features) == 2 * 8 * 8  # the example and its mirror: 8 x 8 cells each
+    test = shapes_scene(3, 64)[0]
+    a = segmenter.predict(test, learned, match_views=3, match_hue=True)
+    learned.__dict__.pop("_match_banks")  # built again from scratch: the same copies
+    np.testing.assert_array_equal(segmenter.predict(test, learned, match_views=3, match_hue=True), a)
+    with pytest.raises(ValueError, match="match_views"):
+        SlimeConfig(match_views=-1)
+
+
+def test_votes_spread_by_self_attention(segmenter, fitted):
+    from slimeseg import maps
+    from slimeseg.attention import AttentionStore, capture
+
+    test = shapes_scene(4, 64)[0]
+    for method in ("match", "fuse"):
+        a = segmenter.predict_scores(test, fitted, method=method, match_spread=0.5)  # (K, H, W)
+        assert a.shape == (len(SHAPE_CLASSES), 64, 64) and torch.allclose(a.sum(0), torch.ones(64, 64), atol=1e-3)
+        assert torch.equal(a, segmenter.predict_scores(test, fitted, method=method, match_spread=0.5))
+        assert not torch.equal(a, segmenter.predict_scores(test, fitted, method=method))
+    # the spread equals the WAS formula written out: R @ A_sa^T per layer, head-averaged
+    sd, hw = segmenter.sd, (8, 8)
+    store = AttentionStore(len(SHAPE_CLASSES), hw, want_was=False)
+    store.keep_self = True
+    x = inference.model_input(test, SlimeConfig.from_dict(fitted.config))[None]
+    with capture(sd.unet, fitted.layer_plan(sd).roles(), store):
+        sd.denoise(sd.encode_image(x), torch.randn(1, 4, *hw), torch.tensor([100]), fitted.context[None])
+    assert store.self_qk and store.cross  # queries and keys kept; the class maps still captured
+    values = torch.rand(1, len(SHAPE_CLASSES), *hw).softmax(1)  # (1, K, h, w)
+    expected = torch.zeros_like(values)
+    for q, k, scale in store.self_qk:
+        n = q.shape[2]
+        attn = ((q.float() @ k.float().transpose(-1, -2)) * scale).softmax(-1).mean(1)  # (1, n, n)
+        v = torch.nn.functional.interpolate(values, size=store.hw_for(n), mode="bilinear", align_corners=False)
+        s = maps.was_direct(v.flatten(2), attn).view(1, -1, *store.hw_for(n))  # (1, K, h', w')
+        expected += torch.nn.functional.interpolate(s, size=hw, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(maps.self_spread(values, store), expected / len(store.self_qk), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="match_spread"):
+        SlimeConfig(match_spread=1.5)

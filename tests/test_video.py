@@ -329,6 +329,19 @@ def test_a_variable_frame_rate_clip_gives_every_frame(learned_file, tmp_path):
     assert sum(1 for _ in read_frames(tmp_path / "out" / "vfr.overlay.mp4")) == 6
 
 
+def test_a_4k_clip_gives_label_maps_at_its_full_size(learned_file, tmp_path):
+    """A 3840 x 2160 clip: each frame is segmented at the model's input size and its labels come
+    back at the frame's own size (the final upsampling bounded by upsample.WORK_PIXELS)."""
+    scene = np.asarray(Image.fromarray(shapes_scene(0, 96)[0]).resize((3840, 2160), Image.NEAREST))
+    path = write_clip(tmp_path / "uhd.mp4", [scene, np.ascontiguousarray(scene[:, ::-1])], codec="libx264")
+    result = segment(learned_file, path, tmp_path / "out", progress=False, echo=None)
+    assert result.frames == 2 and not result.failed
+    maps = labels_of(tmp_path / "out" / "uhd")
+    assert [m.shape for m in maps.values()] == [(2160, 3840)] * 2
+    assert all(len(np.unique(m)) > 1 for m in maps.values())  # parts found, not one flat label
+    assert sum(1 for _ in read_frames(tmp_path / "out" / "uhd.overlay.mp4")) == 2
+
+
 @pytest.mark.slow
 def test_ray_segments_each_clip_whole_as_the_single_process_does(learned_file, clip, tmp_path):
     """`--ray`: a clip is one row, streamed whole by one worker: the same files and label maps
