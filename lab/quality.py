@@ -263,10 +263,13 @@ def format_table(rows: list[dict[str, Any]], all_background: dict[str, float] | 
 
 
 def merge(paths: list[str], out: str | None) -> dict[str, Any]:
-    """One report from several (e.g. one process per kind): runs concatenated, rows recomputed."""
+    """One report from several (e.g. one process per kind): runs concatenated, rows recomputed; a
+    run in more than one report (a baseline re-scored beside new variants) counts once, the last
+    report's."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
     _same_examples(paths, [_draw(rep) for rep in reports])
-    runs = [Run(**r) for rep in reports for r in rep["runs"]]
+    unique = {(r["kind"], r["shots"], r["variant"], r["seed"]): r for rep in reports for r in rep["runs"]}
+    runs = [Run(**r) for r in unique.values()]
     report = {**reports[0], "rows": summarise(runs), "runs": [r.__dict__ for r in runs],
               "seconds": max(r["seconds"] for r in reports), "merged_from": [str(p) for p in paths],
               "all_background": {k: v for rep in reports for k, v in rep.get("all_background", {}).items()},

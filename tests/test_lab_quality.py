@@ -247,3 +247,15 @@ def test_reports_from_other_worlds_are_not_paired(tmp_path: Path) -> None:
     new.write_text(json.dumps({"runs": runs, "train_world_seed": 2, "test_world_seed": 3}))
     with pytest.raises(SystemExit, match=r"old\.json: each seed, worlds 0,1, .*new\.json: each seed, worlds 2,3"):
         quality.main(["--compare", str(old), str(new)])
+
+
+def test_merge_counts_a_run_in_two_reports_once(tmp_path: Path) -> None:
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "m.json"
+    base = [r.__dict__ for r in _runs("full", [0.30, 0.25, 0.40])]
+    a.write_text(json.dumps({"runs": base, "seconds": 1.0}))
+    b.write_text(json.dumps({"runs": base + [r.__dict__ for r in _runs("fuse", [0.35, 0.30, 0.41])],
+                             "seconds": 2.0}))
+    report = quality.main(["--merge", str(a), str(b), "--json", str(out)])
+    assert sorted((r["variant"], r["seed"]) for r in report["runs"]) == sorted(
+        (v, s) for v in ("full", "fuse") for s in range(3))
+    assert [row["seeds"] for row in report["rows"]] == [[0, 1, 2], [0, 1, 2]]
