@@ -78,7 +78,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full-gf": {"method": "slime", "upsample": "guided", "guide_radius": 1.0},
     "match-gf": {"method": "match", "upsample": "guided", "guide_radius": 1.0},
     "fuse-gf": {"method": "fuse", "upsample": "guided", "guide_radius": 1.0},
-    "fuse-gf2": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0},  # today's default
+    "fuse-gf2": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0},  # the default before radius 3
     "match-gf2": {"method": "match", "upsample": "guided", "guide_radius": 2.0},
     "full-gf2": {"method": "slime", "upsample": "guided", "guide_radius": 2.0},
     # the matching bank with rescaled copies of the examples (`match_views`), with hue rotation
@@ -91,7 +91,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fuse-s5": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0, "match_spread": 0.5},
     "fuse-s10": {"method": "fuse", "upsample": "guided", "guide_radius": 2.0, "match_spread": 1.0},
     "match-s5": {"method": "match", "upsample": "guided", "guide_radius": 2.0, "match_spread": 0.5},
-    "fuse-gf3": {"method": "fuse", "upsample": "guided", "guide_radius": 3.0},
+    "fuse-gf3": {"method": "fuse", "upsample": "guided", "guide_radius": 3.0},  # today's default
     "fuse-gf4": {"method": "fuse", "upsample": "guided", "guide_radius": 4.0},
     "fuse-gf-e2": {"method": "fuse", "upsample": "guided", "guide_radius": 1.0, "guide_eps": 1e-2},
     "fuse-tta-gf": {"method": "fuse", "tta_flip": True, "upsample": "guided", "guide_radius": 1.0},
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             p.error("--compare takes one report (variants against --baseline) or two (B against A)")
         return {"rows": compare(args.compare, args.baseline, args.effect / 100, args.json)}
     if args.fast:
-        args.kinds, args.shots, args.seeds, args.variants = "car", "1", "0", "full,no-WAS,match,fuse,fuse-gf2"
+        args.kinds, args.shots, args.seeds, args.variants = "car", "1", "0", "full,no-WAS,match,fuse,fuse-gf3"
         args.test, args.steps_per_shot = 16, 100
     try:
         seeds = parse_seeds(args.seeds)

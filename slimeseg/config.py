@@ -147,13 +147,13 @@ class SlimeConfig:
     fuse_weight: float = _setting(0.5, "fuse: matching's share of the mix (SLiMe's: 1 - it)", BOTH)
     tta_flip: bool = _setting(False, "test-time flip: also segment the mirrored image (same UNet "
                                      "batch) and average", BOTH)
-    # default by measurement (lab SD, unseen worlds, 12 paired 1-shot seeds, docs/methods.md):
-    # guided with radius 2 beats bilinear by +5.8 [4.5, 7.0] (car) / +3.1 [1.9, 4.3] (face)
-    # fused, radius 1 by +3.0 / +1.8
+    # default by measurement (lab SD, unseen worlds, 30 paired 1-shot seeds, docs/methods.md):
+    # fused, guided with radius 2 beats bilinear by +5.7 [5.1, 6.4] (car) / +2.9 [2.3, 3.5] (face);
+    # radius 3 beats radius 2 on cars (+1.3 [0.8, 1.9]) and equals it on faces (+0.0 [-0.3, 0.3])
     upsample: Literal["bilinear", "guided"] = _setting(
         "guided", "scores to pixels: bilinear; guided = along the image's colour edges (a guided "
                   "filter), so the parts' boundaries follow the image's", BOTH)
-    guide_radius: float = _setting(2.0, "guided upsampling: window radius in latent cells (8 px at "
+    guide_radius: float = _setting(3.0, "guided upsampling: window radius in latent cells (8 px at "
                                         "the model input)", BOTH)
     guide_eps: float = _setting(1e-3, "guided upsampling: smoothing (larger: colour edges count less)",
                                 BOTH)
