@@ -176,6 +176,8 @@ class TrainingJob:
     parent: Learned | None = None  # the artifact a warm start continues
     plan: LayerPlan | None = None  # the captured layers: the parent's own, else the model's
     latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    views: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per example: latents (N, 4, h, w)
+    # and low-resolution masks (N, h, w) of its cached views (`view_pool`), made on first use
 
     @classmethod
     def create(cls, sd: StableDiffusion, examples: list[Example], classes: Sequence[str],
@@ -322,19 +324,69 @@ class TrainState:
         self.commit()
 
 
+VIEW_BATCH = 4  # cached views per VAE encode (fixed: the batch size could change the last bits)
+
+
+def _low_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """A mask (S, S) at the latent resolution, nearest: (h, w) long."""
+    return F.interpolate(mask[None, None].float(), size=hw, mode="nearest")[0, 0].long()
+
+
+def _present(ex: Example) -> list[int]:
+    """The foreground classes of an example's mask (what the crops' focus cycles through)."""
+    return [c for c in torch.unique(ex.mask).tolist() if c > 0]
+
+
+def view_pool(job: TrainingJob) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The cached views of every example (`SlimeConfig.view_pool` of each): latents (N, 4, h, w)
+    and masks (N, h, w), made once per job.
+
+    The views are drawn with their own generator seeded by `cfg.seed` (not the fit's), so the
+    pool is a function of the examples and the settings alone: a resumed fit rebuilds the same
+    one, and the fit's random stream stays the per-step picks, noise and timesteps.
+    """
+    if job.views is None:
+        sd, cfg, hw = job.sd, job.cfg, job.latent_hw(job.cfg)
+        gen = torch.Generator().manual_seed(cfg.seed + 0x5EED)
+        job.views = []
+        for ex in job.examples:
+            # 1. draw the views (the crop's focus class cycles, as per step) and their masks
+            present = _present(ex)
+            drawn = [augment(ex.image, ex.mask, cfg, gen, present[j % len(present)] if present else None)
+                     for j in range(cfg.view_pool)]
+            masks = torch.stack([_low_mask(m, hw) for _, m in drawn])  # (N, h, w)
+            # 2. encode them VIEW_BATCH at a time
+            latents = torch.cat([sd.encode_image(torch.stack([img for img, _ in drawn[i:i + VIEW_BATCH]]))
+                                 for i in range(0, len(drawn), VIEW_BATCH)])  # (N, 4, h, w)
+            job.views.append((latents, masks))
+    return job.views
+
+
 def _training_pair(job: TrainingJob, state: TrainState, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents (1, 4, h, w) and mask (S, S) of example `idx` for this step: augmented, or resized
-    once and cached when augmentation is off."""
+    """Latents (1, 4, h, w) and mask (h, w) of example `idx` for this step: augmented (a fresh
+    view, or one of the cached `view_pool` picked by the fit's generator), or resized once and
+    cached when augmentation is off."""
     sd, cfg, ex = job.sd, job.cfg, job.examples[idx]
+    hw = job.latent_hw(cfg)
+    if cfg.augment and cfg.view_pool:
+        latents, masks = view_pool(job)[idx]
+        j = int(torch.randint(cfg.view_pool, (), generator=state.gen))
+        return latents[j:j + 1], masks[j]
     if cfg.augment:
-        present = [c for c in torch.unique(ex.mask).tolist() if c > 0]
+        present = _present(ex)
         focus = present[state.step % len(present)] if present else None
         img, msk = augment(ex.image, ex.mask, cfg, state.gen, focus)
-        return sd.encode_image(img[None]), msk
+        return sd.encode_image(img[None]), _low_mask(msk, hw)
     if idx not in job.latent_cache:
         img, msk = resize_pair(ex.image, ex.mask, cfg.image_size)
-        job.latent_cache[idx] = (sd.encode_image(img[None]), msk)
+        job.latent_cache[idx] = (sd.encode_image(img[None]), _low_mask(msk, hw))
     return job.latent_cache[idx]
+
+
+def full_step(cfg: SlimeConfig, step: int) -> bool:
+    """Whether step `step` (0-based) backpropagates through the whole UNet: always with
+    `gradients` full; with local ones, every `full_every`-th step (the N-th, 2N-th, ...)."""
+    return cfg.gradients == "full" or (cfg.full_every > 0 and (step + 1) % cfg.full_every == 0)
 
 
 def train_step(job: TrainingJob, state: TrainState) -> dict[str, float]:
@@ -349,21 +401,25 @@ def train_step(job: TrainingJob, state: TrainState) -> dict[str, float]:
     if not state.order:
         state.order = torch.randperm(len(job.examples), generator=state.gen).tolist()
     idx = state.order.pop(0)
-    # 2. augment (or just resize) and encode to latents
-    latents, msk = _training_pair(job, state, idx)
-    mask_lo = F.interpolate(msk[None, None].float(), size=hw, mode="nearest")[0, 0].long()
+    # 2. augment (or just resize) and encode to latents (cached views: pick one)
+    latents, mask_lo = _training_pair(job, state, idx)
     mask_lo = mask_lo.to(sd.device)  # (h, w)
-    # 3. noise at a random t in [t_min, t_max] and run the UNet with capture
+    # 3. noise at a random t in [t_min, t_max] and run the UNet with capture (local gradients:
+    # without a graph but for the captured layers' class-token parts; no diffusion loss, so no
+    # unconditional half either)
     t = torch.randint(cfg.t_min, cfg.t_max + 1, (1,), generator=state.gen).to(sd.device)
     noise = torch.randn(latents.shape, generator=state.gen)
-    context = with_classes(state.trainable, job.base)  # (1, 77, D)
+    full = full_step(cfg, state.step)
+    context = with_classes(state.trainable, job.base).to(sd.dtype)  # (1, 77, D)
     store.reset()
-    if job.uncond is not None:  # classifier-free guidance inside L_LDM: uncond + cond in one batch
-        pred = sd.denoise(latents.repeat(2, 1, 1, 1), noise.repeat(2, 1, 1, 1), t.repeat(2),
-                          torch.cat([job.uncond, context]))
-        pred = pred[:1] + cfg.ldm_guidance * (pred[1:] - pred[:1])
-    else:
-        pred = sd.denoise(latents, noise, t, context)
+    store.grad_mode = "full" if full else "local"
+    with contextlib.nullcontext() if full else torch.no_grad():
+        if job.uncond is not None and full:  # guidance inside L_LDM: uncond + cond in one batch
+            pred = sd.denoise(latents.repeat(2, 1, 1, 1), noise.repeat(2, 1, 1, 1), t.repeat(2),
+                              torch.cat([job.uncond.to(sd.dtype), context]))
+            pred = pred[:1] + cfg.ldm_guidance * (pred[1:] - pred[:1])
+        else:
+            pred = sd.denoise(latents, noise, t, context)
     # 4. the three losses on the conditional half
     losses: dict[str, torch.Tensor] = {}
     scores = maps.class_scores(store, hw)[-1]  # (K, h, w)
@@ -371,7 +427,7 @@ def train_step(job: TrainingJob, state: TrainState) -> dict[str, float]:
         losses["ce"] = ce_loss(scores, mask_lo, class_weights(mask_lo, k))
     if store.want_was:
         losses["mse"] = cfg.alpha * mse_loss(store.was()[-1], mask_lo)
-    if cfg.use_ldm and cfg.beta:
+    if cfg.use_ldm and cfg.beta and full:
         target = sd.ldm_target(latents, noise.to(latents), t)
         losses["ldm"] = cfg.beta * ldm_loss(pred, target)
     if not losses:
