@@ -97,7 +97,9 @@ DERIVED = {"tiles-2": "full", "fuse": "full", "fuse-mean": "full", "fuse-m75": "
 FIT_SPEED: dict[str, dict[str, Any]] = {
     "pool16": {"view_pool": 16}, "pool64": {"view_pool": 64}, "pool256": {"view_pool": 256},
     "local": {"gradients": "local"}, "local-m10": {"gradients": "local", "full_every": 10},
-    "fast": {"view_pool": 64, "gradients": "local"},
+    "fast": {"view_pool": 64, "gradients": "local"}, "fast16": {"view_pool": 16, "gradients": "local"},
+    "c2f": {"view_pool": 16, "gradients": "local", "coarse_size": 128},  # 128 then 256 px (75 / 25 %)
+    "c2f-100": {"view_pool": 16, "gradients": "local", "coarse_size": 128, "steps": 100},  # 1-shot: 100 steps
 }
 for _name, _speed in FIT_SPEED.items():
     VARIANTS[f"full-{_name}"] = {**VARIANTS["full"], **_speed}

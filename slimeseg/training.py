@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import signal
 import threading
@@ -175,9 +176,11 @@ class TrainingJob:
     start: torch.Tensor | None = None  # (K-1, D) first embeddings (default: the prompt's rows)
     parent: Learned | None = None  # the artifact a warm start continues
     plan: LayerPlan | None = None  # the captured layers: the parent's own, else the model's
-    latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    views: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per example: latents (N, 4, h, w)
-    # and low-resolution masks (N, h, w) of its cached views (`view_pool`), made on first use
+    # (example, input side) -> latents (1, 4, h, w) and mask (h, w), without augmentation
+    latent_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # input side -> per example: latents (N, 4, h, w) and masks (N, h, w) of its cached views
+    # (`view_pool`), made on first use
+    views: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, sd: StableDiffusion, examples: list[Example], classes: Sequence[str],
@@ -198,8 +201,10 @@ class TrainingJob:
         return cls(sd, examples, list(classes), cfg, base, uncond, store, val, start, init, plan)
 
     @staticmethod
-    def latent_hw(cfg: SlimeConfig) -> tuple[int, int]:
-        return cfg.image_size // 8, cfg.image_size // 8
+    def latent_hw(cfg: SlimeConfig, size: int | None = None) -> tuple[int, int]:
+        """The latent grid (h, w) of an input side `size` (default: image_size)."""
+        size = size or cfg.image_size
+        return size // 8, size // 8
 
     @property
     def num_classes(self) -> int:
@@ -337,18 +342,29 @@ def _present(ex: Example) -> list[int]:
     return [c for c in torch.unique(ex.mask).tolist() if c > 0]
 
 
-def view_pool(job: TrainingJob) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The cached views of every example (`SlimeConfig.view_pool` of each): latents (N, 4, h, w)
-    and masks (N, h, w), made once per job.
+def step_size(cfg: SlimeConfig, step: int, total: int) -> int:
+    """The input side of step `step` (0-based) of `total`: coarse_size for the first
+    round(coarse_share x total) steps when coarse-to-fine is on, image_size otherwise."""
+    if cfg.coarse_size and step < round(cfg.coarse_share * total):
+        return cfg.coarse_size
+    return cfg.image_size
 
-    The views are drawn with their own generator seeded by `cfg.seed` (not the fit's), so the
-    pool is a function of the examples and the settings alone: a resumed fit rebuilds the same
-    one, and the fit's random stream stays the per-step picks, noise and timesteps.
+
+def view_pool(job: TrainingJob, size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The cached views at input side `size` (default: image_size) of every example
+    (`SlimeConfig.view_pool` of each): latents (N, 4, h, w) and masks (N, h, w), made once per job.
+
+    The views are drawn with their own generator seeded by `cfg.seed` and the side (not the
+    fit's), so the pool is a function of the examples and the settings alone: a resumed fit
+    rebuilds the same one, and the fit's random stream stays the per-step picks, noise and
+    timesteps.
     """
-    if job.views is None:
-        sd, cfg, hw = job.sd, job.cfg, job.latent_hw(job.cfg)
-        gen = torch.Generator().manual_seed(cfg.seed + 0x5EED)
-        job.views = []
+    size = size or job.cfg.image_size
+    if size not in job.views:
+        sd, hw = job.sd, job.latent_hw(job.cfg, size)
+        cfg = job.cfg.replace(image_size=size, coarse_size=0)  # augment() draws at image_size
+        gen = torch.Generator().manual_seed(cfg.seed + 0x5EED + size)
+        views = job.views[size] = []
         for ex in job.examples:
             # 1. draw the views (the crop's focus class cycles, as per step) and their masks
             present = _present(ex)
@@ -358,18 +374,20 @@ def view_pool(job: TrainingJob) -> list[tuple[torch.Tensor, torch.Tensor]]:
             # 2. encode them VIEW_BATCH at a time
             latents = torch.cat([sd.encode_image(torch.stack([img for img, _ in drawn[i:i + VIEW_BATCH]]))
                                  for i in range(0, len(drawn), VIEW_BATCH)])  # (N, 4, h, w)
-            job.views.append((latents, masks))
-    return job.views
+            views.append((latents, masks))
+    return job.views[size]
 
 
-def _training_pair(job: TrainingJob, state: TrainState, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents (1, 4, h, w) and mask (h, w) of example `idx` for this step: augmented (a fresh
-    view, or one of the cached `view_pool` picked by the fit's generator), or resized once and
-    cached when augmentation is off."""
-    sd, cfg, ex = job.sd, job.cfg, job.examples[idx]
+def _training_pair(job: TrainingJob, state: TrainState, idx: int, size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents (1, 4, h, w) and mask (h, w) of example `idx` at input side `size` for this step:
+    augmented (a fresh view, or one of the cached `view_pool` picked by the fit's generator), or
+    resized once and cached when augmentation is off."""
+    sd, ex = job.sd, job.examples[idx]
+    cfg = job.cfg if size == job.cfg.image_size else job.cfg.replace(image_size=size, coarse_size=0)
     hw = job.latent_hw(cfg)
     if cfg.augment and cfg.view_pool:
-        latents, masks = view_pool(job)[idx]
+        latents, masks = view_pool(job, size)[idx]
         j = int(torch.randint(cfg.view_pool, (), generator=state.gen))
         return latents[j:j + 1], masks[j]
     if cfg.augment:
@@ -377,10 +395,18 @@ def _training_pair(job: TrainingJob, state: TrainState, idx: int) -> tuple[torch
         focus = present[state.step % len(present)] if present else None
         img, msk = augment(ex.image, ex.mask, cfg, state.gen, focus)
         return sd.encode_image(img[None]), _low_mask(msk, hw)
-    if idx not in job.latent_cache:
-        img, msk = resize_pair(ex.image, ex.mask, cfg.image_size)
-        job.latent_cache[idx] = (sd.encode_image(img[None]), _low_mask(msk, hw))
-    return job.latent_cache[idx]
+    if (idx, size) not in job.latent_cache:
+        img, msk = resize_pair(ex.image, ex.mask, size)
+        job.latent_cache[idx, size] = (sd.encode_image(img[None]), _low_mask(msk, hw))
+    return job.latent_cache[idx, size]
+
+
+def step_lr(cfg: SlimeConfig, step: int, total: int) -> float:
+    """The learning rate of step `step` (0-based) of `total` (`lr_schedule`; a function of the
+    step alone, so a resumed fit continues the schedule exactly)."""
+    if cfg.lr_schedule == "cosine" and total > 0:
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+    return cfg.lr
 
 
 def full_step(cfg: SlimeConfig, step: int) -> bool:
@@ -396,13 +422,14 @@ def train_step(job: TrainingJob, state: TrainState) -> dict[str, float]:
     Raises TrainingError, with the embeddings untouched, if the loss or the update is not finite.
     """
     sd, cfg, store, k = job.sd, job.cfg, job.store, job.num_classes
-    hw = job.latent_hw(cfg)
+    size = step_size(cfg, state.step, job.total)  # coarse-to-fine: the first steps smaller
+    hw = store.latent_hw = job.latent_hw(cfg, size)
     # 1. the next training pair: a fresh seeded permutation every epoch
     if not state.order:
         state.order = torch.randperm(len(job.examples), generator=state.gen).tolist()
     idx = state.order.pop(0)
     # 2. augment (or just resize) and encode to latents (cached views: pick one)
-    latents, mask_lo = _training_pair(job, state, idx)
+    latents, mask_lo = _training_pair(job, state, idx, size)
     mask_lo = mask_lo.to(sd.device)  # (h, w)
     # 3. noise at a random t in [t_min, t_max] and run the UNet with capture (local gradients:
     # without a graph but for the captured layers' class-token parts; no diffusion loss, so no
@@ -448,6 +475,8 @@ def train_step(job: TrainingJob, state: TrainState) -> dict[str, float]:
         update = state.scaler is None or state.scaler.unscale(state.trainable)
         if update:
             before = state.trainable.detach().clone()
+            for group in state.optimizer.param_groups:
+                group["lr"] = step_lr(cfg, state.step, job.total)
             state.optimizer.step()
             if not torch.isfinite(state.trainable).all():
                 with torch.no_grad():

@@ -10,7 +10,7 @@ from slimeseg import Learned, SlimeConfig, maps
 from slimeseg.attention import AttentionStore, capture
 from slimeseg.examples import prepare_examples
 from slimeseg.losses import ce_loss, class_weights, mse_loss
-from slimeseg.training import TrainingJob, full_step, view_pool, with_classes
+from slimeseg.training import TrainingJob, full_step, step_lr, step_size, view_pool, with_classes
 
 FAST = dict(image_size=128, steps=6, progress=False)
 
@@ -81,8 +81,20 @@ def test_full_step_schedule():
     assert [full_step(local, s) for s in range(6)] == [False, False, True, False, False, True]
 
 
+def test_coarse_to_fine_and_cosine_schedules():
+    cfg = SlimeConfig(image_size=256, coarse_size=128, coarse_share=0.75)
+    assert [step_size(cfg, s, 8) for s in range(8)] == [128] * 6 + [256] * 2
+    assert {step_size(SlimeConfig(image_size=256), s, 8) for s in range(8)} == {256}
+    assert step_lr(SlimeConfig(), 5, 10) == 0.1
+    cos = SlimeConfig(lr_schedule="cosine")
+    assert step_lr(cos, 0, 10) == pytest.approx(0.1) and step_lr(cos, 5, 10) == pytest.approx(0.05)
+    assert step_lr(cos, 9, 10) > 0
+
+
 @pytest.mark.parametrize("bad", [dict(view_pool=-1), dict(full_every=-2), dict(gradients="sparse"),
-                                 dict(gradients="local", use_ce=False, use_mse=False)])
+                                 dict(gradients="local", use_ce=False, use_mse=False),
+                                 dict(image_size=256, coarse_size=256), dict(image_size=256, coarse_size=100),
+                                 dict(coarse_share=1.5), dict(lr_schedule="step")])
 def test_bad_speed_settings(bad):
     with pytest.raises(ValueError):
         SlimeConfig(**bad)
@@ -100,10 +112,16 @@ def test_view_pool_shapes_and_seed(segmenter, scene):
     assert torch.equal(lat, b[0][0]) and torch.equal(msk, b[0][1])
     assert not torch.equal(lat, c[0][0])
     assert len({tuple(m.flatten().tolist()) for m in msk}) > 1  # the views differ
+    coarse = TrainingJob.create(segmenter.sd, [ex], classes, cfg.replace(coarse_size=64))
+    (lat64, msk64), = view_pool(coarse, 64)  # coarse-to-fine: a pool per input side
+    assert lat64.shape == (5, 4, 8, 8) and msk64.shape == (5, 8, 8)
+    assert torch.equal(view_pool(coarse)[0][0], lat)  # the full-size pool is the same one
 
 
 @pytest.mark.parametrize("speed", [dict(view_pool=4), dict(gradients="local"),
-                                   dict(view_pool=4, gradients="local", full_every=2)])
+                                   dict(view_pool=4, gradients="local", full_every=2),
+                                   dict(coarse_size=64, view_pool=4, gradients="local", lr_schedule="cosine"),
+                                   dict(coarse_size=64, augment=False)])
 def test_speed_settings_train_repeat_and_predict(segmenter, scene, speed):
     image, mask, classes = scene
     k = len(classes)
@@ -120,7 +138,8 @@ def test_speed_settings_train_repeat_and_predict(segmenter, scene, speed):
     assert segmenter.predict(image, a, image_size=128).shape == image.shape[:2]
 
 
-@pytest.mark.parametrize("speed", [dict(view_pool=4), dict(view_pool=4, gradients="local", full_every=3)])
+@pytest.mark.parametrize("speed", [dict(view_pool=4), dict(view_pool=4, gradients="local", full_every=3),
+                                   dict(view_pool=4, coarse_size=64, lr_schedule="cosine")])
 def test_resume_with_cached_views_matches_uninterrupted_run(segmenter, scene, tmp_path, speed):
     image, mask, classes = scene
     cfg = SlimeConfig(image_size=128, steps=8, seed=5, **speed)

@@ -1,0 +1,98 @@
+"""Fit speed settings (issue 28) timed on the full-size SD (random weights) at 512 px.
+
+    python benchmarks/fit_speed.py --dtype float32,bfloat16 --threads 1 --repeats 3 \
+        --json benchmarks/results-fit-speed.json
+
+For each dtype and each row of --rows (a name -> SlimeConfig settings, see ROWS), a 1-shot fit
+of `warmup + repeats + 1` steps with `Segmenter.fit` (augmentation on, as by default: without
+cached views a fresh view is VAE-encoded every step); a step's time is the gap between two
+per-step callbacks, so the first step (which also builds the view pool) is never timed. The
+pool's cost is timed on its own (`training.view_pool`, `--pool` views of one example, encoded
+VIEW_BATCH at a time) and reported per view. Medians; the "default" row is today's default, the
+in-run baseline of the ratios. Model building is excluded from every timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: lab/, slimeseg/
+
+from lab.fullsize import load_model  # noqa: E402
+from slimeseg import SlimeConfig  # noqa: E402
+from slimeseg.examples import prepare_examples  # noqa: E402
+from slimeseg.models import pick_dtype  # noqa: E402
+from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
+from slimeseg.training import TrainingJob, view_pool  # noqa: E402
+
+# what each row changes from the defaults (the fit reads SLiMe's maps; inference is not timed here)
+ROWS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "pool": {"view_pool": 16},
+    "local": {"gradients": "local"},
+    "pool+local": {"view_pool": 16, "gradients": "local"},
+}
+
+
+def time_fit(seg: Any, image: Any, mask: Any, settings: dict[str, Any], size: int, repeats: int,
+             warmup: int) -> list[float]:
+    """Wall seconds of each timed step of a short fit with `settings`."""
+    stamps: list[float] = []
+    seg.fit([image], [mask], SHAPE_CLASSES, steps=warmup + repeats + 1, image_size=size, progress=False,
+            callback=lambda step, total, losses: stamps.append(time.perf_counter()), **settings)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return gaps[warmup:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dtype", default="float32,bfloat16", help="comma list")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--pool", type=int, default=8, help="views whose encoding is timed (per-view cost)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    image, mask = shapes_scene(0, args.size)
+    out: dict[str, Any] = {"benchmark": "slimeseg fit speed settings, full-size SD (random weights)",
+                           "size": args.size, "threads": args.threads, "torch": torch.__version__,
+                           "repeats": args.repeats, "warmup": args.warmup, "rows": ROWS, "results": []}
+    for dtype_name in args.dtype.split(","):
+        dtype = pick_dtype(dtype_name, torch.device("cpu"))
+        seg = load_model("full", "cpu", dtype, num_classes=len(SHAPE_CLASSES))
+        res: dict[str, Any] = {"dtype": dtype_name, "step_s": {}}
+        # the view pool's encoding, per view
+        cfg = SlimeConfig(image_size=args.size, view_pool=args.pool)
+        job = TrainingJob.create(seg.sd, prepare_examples([image], [mask], SHAPE_CLASSES), SHAPE_CLASSES, cfg)
+        t0 = time.perf_counter()
+        view_pool(job)
+        res["pool_encode_per_view_s"] = (time.perf_counter() - t0) / args.pool
+        print(f"[{dtype_name}] pool: {res['pool_encode_per_view_s']:.2f} s per view", flush=True)
+        for row in args.rows.split(","):
+            times = time_fit(seg, image, mask, ROWS[row], args.size, args.repeats, args.warmup)
+            res["step_s"][row] = {"median": statistics.median(times), "all": times}
+            print(f"[{dtype_name}] {row}: {statistics.median(times):.2f} s per step {times}", flush=True)
+        base = res["step_s"].get("default", {}).get("median")
+        if base:
+            res["ratio_to_default"] = {r: v["median"] / base for r, v in res["step_s"].items()}
+        out["results"].append(res)
+        del seg
+    print(json.dumps(out, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
