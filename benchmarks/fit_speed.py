@@ -26,60 +26,103 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: lab/, slimeseg/
 
+from bench import sync  # noqa: E402
+
 from lab.fullsize import load_model  # noqa: E402
 from slimeseg import SlimeConfig  # noqa: E402
 from slimeseg.examples import prepare_examples  # noqa: E402
-from slimeseg.models import pick_dtype  # noqa: E402
+from slimeseg.models import pick_device, pick_dtype  # noqa: E402
 from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
 from slimeseg.training import TrainingJob, view_pool  # noqa: E402
 
 # what each row changes from the defaults (the fit reads SLiMe's maps; inference is not timed here)
+# (a step's time does not depend on the pool's size: 4 views keep the untimed first step short)
 ROWS: dict[str, dict[str, Any]] = {
     "default": {},
-    "pool": {"view_pool": 16},
+    "pool": {"view_pool": 4},
     "local": {"gradients": "local"},
-    "pool+local": {"view_pool": 16, "gradients": "local"},
+    "pool+local": {"view_pool": 4, "gradients": "local"},
 }
+# whole fits (--whole NAME=SETTINGS, e.g. c2f-200=view_pool:16,gradients:local,coarse_size:256)
+
+
+def parse_settings(text: str) -> dict[str, Any]:
+    """"view_pool:16,gradients:local" -> SlimeConfig settings (ints where they parse)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split(":")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def time_fit(seg: Any, image: Any, mask: Any, settings: dict[str, Any], size: int, repeats: int,
              warmup: int) -> list[float]:
     """Wall seconds of each timed step of a short fit with `settings`."""
     stamps: list[float] = []
+
+    def on_step(step: int, total: int, losses: dict[str, float]) -> None:
+        sync(seg.sd.device)
+        stamps.append(time.perf_counter())
+
     seg.fit([image], [mask], SHAPE_CLASSES, steps=warmup + repeats + 1, image_size=size, progress=False,
-            callback=lambda step, total, losses: stamps.append(time.perf_counter()), **settings)
+            callback=on_step, **settings)
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     return gaps[warmup:]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="full", choices=["tiny", "full"])
+    p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32,bfloat16", help="comma list")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--pool", type=int, default=8, help="views whose encoding is timed (per-view cost)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--pool", type=int, default=4, help="views whose encoding is timed (per-view cost)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
+    p.add_argument("--whole", action="append", default=[], metavar="NAME=SETTINGS",
+                   help="also time a whole fit (pool included) with these settings, e.g. "
+                        "fast=view_pool:16,gradients:local,steps:200 (repeatable)")
+    p.add_argument("--no-rows", action="store_true", help="only the --whole fits")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
     image, mask = shapes_scene(0, args.size)
     out: dict[str, Any] = {"benchmark": "slimeseg fit speed settings, full-size SD (random weights)",
-                           "size": args.size, "threads": args.threads, "torch": torch.__version__,
+                           "model": args.model, "device": str(device), "size": args.size, "threads": args.threads, "torch": torch.__version__,
                            "repeats": args.repeats, "warmup": args.warmup, "rows": ROWS, "results": []}
     for dtype_name in args.dtype.split(","):
-        dtype = pick_dtype(dtype_name, torch.device("cpu"))
-        seg = load_model("full", "cpu", dtype, num_classes=len(SHAPE_CLASSES))
-        res: dict[str, Any] = {"dtype": dtype_name, "step_s": {}}
-        # the view pool's encoding, per view
+        dtype = pick_dtype(dtype_name, device)
+        seg = load_model(args.model, device, dtype, num_classes=len(SHAPE_CLASSES))
+        res: dict[str, Any] = {"dtype": dtype_name, "step_s": {}, "whole_fit_s": {}}
+        for spec in args.whole:  # 1. whole fits, wall seconds (the view pool's encoding included)
+            name, _, text = spec.partition("=")
+            settings = parse_settings(text)
+            t0 = time.perf_counter()
+            learned = seg.fit([image], [mask], SHAPE_CLASSES, image_size=args.size, progress=False, **settings)
+            sync(device)
+            res["whole_fit_s"][name] = {"settings": settings, "wall_s": time.perf_counter() - t0,
+                                        "steps": learned.history["steps_done"]}
+            print(f"[{dtype_name}] whole fit {name} {settings}: {res['whole_fit_s'][name]['wall_s']:.1f} s",
+                  flush=True)
+        if args.no_rows:
+            out["results"].append(res)
+            continue
+        # 2. the view pool's encoding, per view
         cfg = SlimeConfig(image_size=args.size, view_pool=args.pool)
         job = TrainingJob.create(seg.sd, prepare_examples([image], [mask], SHAPE_CLASSES), SHAPE_CLASSES, cfg)
         t0 = time.perf_counter()
         view_pool(job)
+        sync(device)
         res["pool_encode_per_view_s"] = (time.perf_counter() - t0) / args.pool
         print(f"[{dtype_name}] pool: {res['pool_encode_per_view_s']:.2f} s per view", flush=True)
-        for row in args.rows.split(","):
+        for row in args.rows.split(","):  # 3. a step of each row
             times = time_fit(seg, image, mask, ROWS[row], args.size, args.repeats, args.warmup)
             res["step_s"][row] = {"median": statistics.median(times), "all": times}
             print(f"[{dtype_name}] {row}: {statistics.median(times):.2f} s per step {times}", flush=True)
