@@ -8,17 +8,17 @@ of `warmup + repeats + 1` steps with `Segmenter.fit` (augmentation on, as by def
 cached views a fresh view is VAE-encoded every step); a step's time is the gap between two
 per-step callbacks, so the first step (which also builds the view pool) is never timed. The
 pool's cost is timed on its own (`training.view_pool`, `--pool` views of one example, encoded
-VIEW_BATCH at a time) and reported per view. Medians; the "default" row is today's default, the
-in-run baseline of the ratios. Model building is excluded from every timing.
+VIEW_BATCH at a time) and reported per view. Medians of CPU seconds on one thread (as bench.py:
+free of waiting for a core on a shared machine; the JSON also has wall seconds); the "default"
+row is today's default, the in-run baseline of the ratios. --whole times whole fits (the view
+pool included). Model building is excluded from every timing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: lab/, slimeseg/
 
-from bench import sync  # noqa: E402
+import bench  # noqa: E402
+from bench import now, summary, sync  # noqa: E402
 
 from lab.fullsize import load_model  # noqa: E402
 from slimeseg import SlimeConfig  # noqa: E402
@@ -40,7 +41,6 @@ from slimeseg.training import TrainingJob, view_pool  # noqa: E402
 ROWS: dict[str, dict[str, Any]] = {
     "default": {},
     "pool": {"view_pool": 4},
-    "local": {"gradients": "local"},
     "pool+local": {"view_pool": 4, "gradients": "local"},
 }
 # whole fits (--whole NAME=SETTINGS, e.g. c2f-200=view_pool:16,gradients:local,coarse_size:256)
@@ -59,17 +59,17 @@ def parse_settings(text: str) -> dict[str, Any]:
 
 
 def time_fit(seg: Any, image: Any, mask: Any, settings: dict[str, Any], size: int, repeats: int,
-             warmup: int) -> list[float]:
-    """Wall seconds of each timed step of a short fit with `settings`."""
-    stamps: list[float] = []
+             warmup: int) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of each timed step of a short fit with `settings`."""
+    stamps: list[tuple[float, float]] = []
 
     def on_step(step: int, total: int, losses: dict[str, float]) -> None:
         sync(seg.sd.device)
-        stamps.append(time.perf_counter())
+        stamps.append(now())
 
     seg.fit([image], [mask], SHAPE_CLASSES, steps=warmup + repeats + 1, image_size=size, progress=False,
             callback=on_step, **settings)
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:], strict=False)]
     return gaps[warmup:]
 
 
@@ -92,11 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # the table's clock: CPU seconds on one thread (free of waiting for a core on a shared
+    # machine, as bench.py), wall otherwise; the JSON has both
+    bench.CLOCK = "cpu" if args.threads == 1 and args.device == "cpu" else "wall"
     device = pick_device(args.device)
     image, mask = shapes_scene(0, args.size)
     out: dict[str, Any] = {"benchmark": "slimeseg fit speed settings, full-size SD (random weights)",
                            "model": args.model, "device": str(device), "size": args.size, "threads": args.threads, "torch": torch.__version__,
-                           "repeats": args.repeats, "warmup": args.warmup, "rows": ROWS, "results": []}
+                           "repeats": args.repeats, "warmup": args.warmup, "clock": bench.CLOCK, "rows": ROWS,
+                           "results": []}
     for dtype_name in args.dtype.split(","):
         dtype = pick_dtype(dtype_name, device)
         seg = load_model(args.model, device, dtype, num_classes=len(SHAPE_CLASSES))
@@ -104,12 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.whole:  # 1. whole fits, wall seconds (the view pool's encoding included)
             name, _, text = spec.partition("=")
             settings = parse_settings(text)
-            t0 = time.perf_counter()
+            w0, c0 = now()
             learned = seg.fit([image], [mask], SHAPE_CLASSES, image_size=args.size, progress=False, **settings)
             sync(device)
-            res["whole_fit_s"][name] = {"settings": settings, "wall_s": time.perf_counter() - t0,
+            w1, c1 = now()
+            res["whole_fit_s"][name] = {"settings": settings, "wall_s": w1 - w0, "cpu_s": c1 - c0,
                                         "steps": learned.history["steps_done"]}
-            print(f"[{dtype_name}] whole fit {name} {settings}: {res['whole_fit_s'][name]['wall_s']:.1f} s",
+            print(f"[{dtype_name}] whole fit {name} {settings}: wall {w1 - w0:.1f} s, CPU {c1 - c0:.1f} s",
                   flush=True)
         if args.no_rows:
             out["results"].append(res)
@@ -117,15 +122,17 @@ def main(argv: list[str] | None = None) -> int:
         # 2. the view pool's encoding, per view
         cfg = SlimeConfig(image_size=args.size, view_pool=args.pool)
         job = TrainingJob.create(seg.sd, prepare_examples([image], [mask], SHAPE_CLASSES), SHAPE_CLASSES, cfg)
-        t0 = time.perf_counter()
+        w0, c0 = now()
         view_pool(job)
         sync(device)
-        res["pool_encode_per_view_s"] = (time.perf_counter() - t0) / args.pool
-        print(f"[{dtype_name}] pool: {res['pool_encode_per_view_s']:.2f} s per view", flush=True)
+        w1, c1 = now()
+        res["pool_encode_per_view_s"] = {"wall": (w1 - w0) / args.pool, "cpu": (c1 - c0) / args.pool}
+        print(f"[{dtype_name}] pool: {res['pool_encode_per_view_s']} s per view", flush=True)
         for row in args.rows.split(","):  # 3. a step of each row
-            times = time_fit(seg, image, mask, ROWS[row], args.size, args.repeats, args.warmup)
-            res["step_s"][row] = {"median": statistics.median(times), "all": times}
-            print(f"[{dtype_name}] {row}: {statistics.median(times):.2f} s per step {times}", flush=True)
+            res["step_s"][row] = summary(time_fit(seg, image, mask, ROWS[row], args.size, args.repeats,
+                                                  args.warmup))
+            print(f"[{dtype_name}] {row}: {res['step_s'][row]['median']:.2f} s per step "
+                  f"({bench.CLOCK}; {res['step_s'][row]})", flush=True)
         base = res["step_s"].get("default", {}).get("median")
         if base:
             res["ratio_to_default"] = {r: v["median"] / base for r, v in res["step_s"].items()}

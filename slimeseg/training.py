@@ -6,7 +6,9 @@
   scale, best validated embeddings), with `commit` / `rewind` (the RNG and order as of the last
   whole step), `snapshot` (an artifact), `save` and `restore` (resumable checkpoints, whose
   resume state `resume.ResumeState` captures, stores, checks and applies).
-- `train_step`: one optimisation step; `validate`: the validation mIoU with the inference path;
+- `train_step`: one optimisation step (its speed settings, docs/speed.md: `view_pool` cached
+  views, `gradients` local, `coarse_size` coarse-to-fine, `lr_schedule`); `validate`: the
+  validation mIoU with the inference path;
   `fit`: the loop around them, with progress, checkpoints, Ctrl-C, best-step selection, early
   stopping, and the last good embeddings kept when the loss turns non-finite.
 """
