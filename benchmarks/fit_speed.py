@@ -31,6 +31,7 @@ from bench import now, summary, sync  # noqa: E402
 
 from lab.fullsize import load_model  # noqa: E402
 from slimeseg import SlimeConfig  # noqa: E402
+from slimeseg.errors import TrainingError  # noqa: E402
 from slimeseg.examples import prepare_examples  # noqa: E402
 from slimeseg.models import pick_device, pick_dtype  # noqa: E402
 from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
@@ -129,13 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         res["pool_encode_per_view_s"] = {"wall": (w1 - w0) / args.pool, "cpu": (c1 - c0) / args.pool}
         print(f"[{dtype_name}] pool: {res['pool_encode_per_view_s']} s per view", flush=True)
         for row in args.rows.split(","):  # 3. a step of each row
-            res["step_s"][row] = summary(time_fit(seg, image, mask, ROWS[row], args.size, args.repeats,
-                                                  args.warmup))
+            try:
+                times = time_fit(seg, image, mask, ROWS[row], args.size, args.repeats, args.warmup)
+            except TrainingError as exc:  # random weights in float16 may overflow: say so, go on
+                res["step_s"][row] = {"error": str(exc)}
+                print(f"[{dtype_name}] {row}: fit stopped: {exc}", file=sys.stderr, flush=True)
+                continue
+            res["step_s"][row] = summary(times)
             print(f"[{dtype_name}] {row}: {res['step_s'][row]['median']:.2f} s per step "
                   f"({bench.CLOCK}; {res['step_s'][row]})", flush=True)
         base = res["step_s"].get("default", {}).get("median")
         if base:
-            res["ratio_to_default"] = {r: v["median"] / base for r, v in res["step_s"].items()}
+            res["ratio_to_default"] = {r: v["median"] / base for r, v in res["step_s"].items() if "median" in v}
         out["results"].append(res)
         del seg
     print(json.dumps(out, indent=1))
