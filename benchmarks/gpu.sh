@@ -12,7 +12,8 @@
 #    and the bare-UNet floor), then ours in fp32 (the dtype lever on its own);
 # 3. a 200-step 1-shot fit of the full-size random-weight UNet (model building excluded) and
 #    batched inference throughput at 512x512 (images/s);
-# 4. precision.py: one fit step's embedding gradient in bf16 and (loss-scaled) fp16 vs fp32.
+# 4. fit_speed.py: a fit step with each speed setting (cached views, local gradients) vs the default;
+# 5. precision.py: one fit step's embedding gradient in bf16 and (loss-scaled) fp16 vs fp32.
 # Each step has its own timeout so a hang cannot eat the budget; results go to $OUT as JSON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +58,11 @@ stamp "$STEPS-step 1-shot fit + batched inference throughput at $SIZE"
 timeout 150 "$PY" benchmarks/fit_throughput.py --model "$FIT_MODEL" --device "$DEVICE" --size "$SIZE" \
     --steps "$STEPS" --images "$IMAGES" --batch "$BATCH" --json "$OUT/fit-$DEVICE-$SIZE.json" \
     || echo "fit_throughput.py failed or timed out (rc $?)"
+
+stamp "fit speed settings (cached views, local gradients): step times at $SIZE"
+timeout 120 "$PY" benchmarks/fit_speed.py --model "$FIT_MODEL" --device "$DEVICE" --size "$SIZE" \
+    --dtype "${FIT_DTYPES:-float16,float32}" --threads 0 --repeats "$REPEATS" --json "$OUT/fit-speed-$DEVICE-$SIZE.json" \
+    || echo "fit_speed.py failed or timed out (rc $?)"
 
 stamp "precision: one step's embedding gradient in bf16 / fp16 (+ loss scale) vs fp32 at $SIZE"
 timeout 120 "$PY" benchmarks/precision.py --device "$DEVICE" --size "$SIZE" \

@@ -104,6 +104,19 @@ DERIVED = {"tiles-2": "full", "fuse": "full", "fuse-mean": "full", "fuse-m75": "
            "fuse-v4": "full", "fuse-v4h": "full", "match-v4": "match", "match-v4h": "match",
            "fuse-w75": "full", "fuse-s5": "full", "fuse-s10": "full", "match-s5": "match", "fuse-gf3": "full", "fuse-gf4": "full",
            "fuse-gf-e2": "full", "fuse-tta-gf": "full", "match-tta-gf": "match"}
+# issue 28, fit speed: each setting's fit read as "full" (SLiMe, bilinear) and, derived from the
+# same fit, as today's default ("fuse-gf2"): full-NAME and fuse-gf2-NAME
+FIT_SPEED: dict[str, dict[str, Any]] = {
+    "pool16": {"view_pool": 16}, "pool64": {"view_pool": 64}, "pool256": {"view_pool": 256},
+    "local": {"gradients": "local"}, "local-m10": {"gradients": "local", "full_every": 10},
+    "fast": {"view_pool": 64, "gradients": "local"}, "fast16": {"view_pool": 16, "gradients": "local"},
+    "c2f": {"view_pool": 16, "gradients": "local", "coarse_size": 128},  # 128 then 256 px (75 / 25 %)
+    "c2f-100": {"view_pool": 16, "gradients": "local", "coarse_size": 128, "steps": 100},  # 1-shot: 100 steps
+}
+for _name, _speed in FIT_SPEED.items():
+    VARIANTS[f"full-{_name}"] = {**VARIANTS["full"], **_speed}
+    VARIANTS[f"fuse-gf2-{_name}"] = dict(VARIANTS["fuse-gf2"])
+    DERIVED[f"fuse-gf2-{_name}"] = f"full-{_name}"
 PREDICT_ONLY = set(DERIVED)
 NO_FIT = {"match"}  # artifacts made without training (`Segmenter.match`)
 

@@ -4,6 +4,13 @@ Cross-attention layers record the scores QK^T/sqrt(d) of the K class tokens only
 product beside the fused attention). Self-attention layers never materialise their (N, N)
 matrix: the WAS map S = R @ A_sa^T equals attention with the class maps R as extra value
 channels, so one fused scaled-dot-product call gives both the layer output and its WAS map.
+
+`AttentionStore.grad_mode` says how gradients reach the class tokens (`SlimeConfig.gradients`):
+"full" through the whole UNet; "detached": the hidden states entering each captured layer are
+detached, autograd records the rest (the reference the local mode is checked against); "local":
+the UNet runs without a graph (the caller's `torch.no_grad()`) and only the captured layers'
+class keys (cross) and WAS products (self) are recorded, which gives "detached"'s gradient of the
+CE and MSE losses at a fraction of the backward's cost.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import contextlib
 import math
 import weakref
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +38,7 @@ class AttentionStore:
         self.want_probs = want_probs  # also keep softmax-over-77 probabilities (reference variant)
         self.keep_self = False  # also keep the self-attention layers' queries and keys (`self_qk`)
         self.values_fn = values_fn  # (store, (h, w)) -> R (B, K, h*w): what the WAS map spreads
+        self.grad_mode: Literal["full", "detached", "local"] = "full"  # see the module docstring
         self.reset()
 
     def reset(self) -> None:
@@ -100,6 +109,16 @@ def project(attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states:
     return q, k, v
 
 
+def class_keys(attn: nn.Module, encoder_hidden_states: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """k (B, H, K, d) of the first K context tokens alone, as `project` forms them (the norms and
+    the key projection act token by token, so these are `project`'s k[:, :, :K])."""
+    context = encoder_hidden_states[:, :num_classes]
+    if attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    k = _split_heads(attn.to_k(context), attn.heads)  # (B, H, K, d)
+    return attn.norm_k(k) if attn.norm_k is not None else k
+
+
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention with its probabilities materialised: output (B, H, N, d), probs (B, H, N, M)."""
@@ -135,46 +154,60 @@ class CaptureProcessor:
                  *args, **kwargs) -> torch.Tensor:
         if attention_mask is not None:
             raise NotImplementedError("attention capture supports SD 1.x/2.x transformer blocks only")
-        residual = hidden_states
-        q, k, v = project(attn, hidden_states, encoder_hidden_states)
-        b, heads, n, d = q.shape
         store = self.store
-        kk = store.num_classes
+        if store.grad_mode == "detached":
+            hidden_states = hidden_states.detach()
+        local = store.grad_mode == "local"
+        residual = hidden_states
+        with torch.no_grad() if local else contextlib.nullcontext():
+            q, k, v = project(attn, hidden_states, encoder_hidden_states)
         if self.role == "self" and store.keep_self:
             store.self_qk.append((q.detach(), k.detach(), attn.scale))
+        # local: record what reaches the losses (the class keys, R and the WAS product) although
+        # the UNet around this layer runs without a graph; nothing else here carries a gradient
+        with torch.enable_grad() if local else contextlib.nullcontext():
+            out = self._attend(attn, q, k, v, encoder_hidden_states, local)
+        return finish(attn, out.to(q.dtype), residual)
 
+    def _attend(self, attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                encoder_hidden_states: torch.Tensor | None, local: bool) -> torch.Tensor:
+        """The attention output (B, H, N, d); feeds the store on the way."""
+        store, kk = self.store, self.store.num_classes
+        b, heads, n, d = q.shape
         if self.role == "cross":
             # 1. class-token scores QK^T/sqrt(d), mean over heads: (B, K, h, w), in float32 even
-            # in a half-precision UNet (they are the CE loss's logits, and its gradient's path)
+            # in a half-precision UNet (they are the CE loss's logits, and its gradient's path);
+            # local: the class keys formed again from the context, recorded
+            keys = class_keys(attn, encoder_hidden_states, kk) if local else k[:, :, :kk]
             qf = q.float()
-            scores = (qf @ k[:, :, :kk].float().transpose(-1, -2)) * attn.scale  # (B, H, N, K)
+            scores = (qf @ keys.float().transpose(-1, -2)) * attn.scale  # (B, H, N, K)
             h, w = store.hw_for(n)
             store.cross.append(scores.mean(1).transpose(1, 2).reshape(b, kk, h, w))
             if store.want_probs:
                 probs = ((qf @ k.float().transpose(-1, -2)) * attn.scale).softmax(-1)[..., :kk]
                 store.cross_probs.append(probs.mean(1).transpose(1, 2).reshape(b, kk, h, w))
-            out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-        elif store.want_was:
-            # 2. WAS: attention with R^T as extra value channels gives S^T = A_sa @ R^T
-            r = store.values(n).to(v.dtype)  # (B, K, N)
-            extra = r.transpose(1, 2)[:, None].expand(b, heads, n, kk)  # (B, H, N, K)
-            # Fused kernels (CPU and CUDA flash attention) need ONE head dim, a multiple of 8, for
-            # q, k and v; otherwise SDPA silently falls back to its math path, which materialises
-            # the (N, N) matrix (measured: 2.3x slower fwd+bwd per 64x64 layer on CPU). So q and k
-            # are zero-padded too: QK^T is unchanged and the scale is passed explicitly.
-            pad = (-(d + kk)) % 8
-            zeros = q.new_zeros(b, heads, n, kk + pad)
-            both = F.scaled_dot_product_attention(
-                torch.cat([q, zeros], -1), torch.cat([k, zeros], -1),
-                torch.cat([v, extra, zeros[..., kk:]], -1), scale=attn.scale)
-            out = both[..., :d]
-            was = both[..., d:d + kk].float().mean(1).transpose(1, 2)  # (B, K, N)
-            store.was_sum = was if store.was_sum is None else store.was_sum + was
-            store.was_count += 1
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+            return F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        if not store.want_was:
+            return F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        # 2. WAS: attention with R^T as extra value channels gives S^T = A_sa @ R^T
+        r = store.values(n).to(v.dtype)  # (B, K, N)
+        extra = r.transpose(1, 2)[:, None].expand(b, heads, n, kk)  # (B, H, N, K)
+        # Fused kernels (CPU and CUDA flash attention) need ONE head dim, a multiple of 8, for
+        # q, k and v; otherwise SDPA silently falls back to its math path, which materialises
+        # the (N, N) matrix (measured: 2.3x slower fwd+bwd per 64x64 layer on CPU). So q and k
+        # are zero-padded too: QK^T is unchanged and the scale is passed explicitly.
+        pad = (-(d + kk)) % 8
+        zeros = q.new_zeros(b, heads, n, kk + pad)
+        both = F.scaled_dot_product_attention(
+            torch.cat([q, zeros], -1), torch.cat([k, zeros], -1),
+            torch.cat([v, extra, zeros[..., kk:]], -1), scale=attn.scale)
+        was = both[..., d:d + kk].float().mean(1).transpose(1, 2)  # (B, K, N)
+        store.was_sum = was if store.was_sum is None else store.was_sum + was
+        store.was_count += 1
+        # local: only R carried a gradient into that call; the layer output leaves it detached,
+        # so the UNet after this layer stays without a graph
+        return both[..., :d].detach() if local else both[..., :d]
 
-        return finish(attn, out.to(q.dtype), residual)
 
 
 _LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[str, nn.Module]] = weakref.WeakKeyDictionary()

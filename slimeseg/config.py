@@ -59,6 +59,8 @@ class SlimeConfig:
     refine_steps: int = _setting(50, "steps of a warm start from learned embeddings (--init) when "
                                      "--steps is not given")
     lr: float = _setting(0.1, "Adam learning rate")
+    lr_schedule: Literal["constant", "cosine"] = _setting(
+        "constant", "learning rate over the steps: constant; cosine = from lr down to 0 at the last step")
     alpha: float = _setting(1.0, "weight of the WAS-map MSE loss")
     beta: float = _setting(0.005, "weight of the diffusion (LDM) loss")
     use_ce: bool = _setting(True, "ablation: the cross-entropy loss on cross-attention maps")
@@ -71,6 +73,22 @@ class SlimeConfig:
     loss_scale: Literal["auto", "dynamic", "static", "off"] = _setting(
         "auto", "loss scaling of the backward pass (auto: dynamic in float16, off otherwise)")
     loss_scale_init: float = _setting(2.0**16, "first (or, static, the fixed) loss scale")
+    # -- fit speed (docs/speed.md): less work per step --
+    view_pool: int = _setting(
+        0, "cached views: draw this many augmented views of each example once, encode them with "
+           "the VAE in batches, and let each step pick one (0: a fresh view, and a VAE encode, "
+           "every step); with --no-augment the one resized view is cached anyway")
+    gradients: Literal["full", "local"] = _setting(
+        "full", "full: backward through the whole UNet; local: the CE and MSE losses reach the "
+                "class embeddings only through the captured layers' class keys (their input "
+                "hidden states detached), so the UNet runs forward without a graph and only "
+                "those layers run backward; the diffusion loss only on --full-every steps")
+    full_every: int = _setting(0, "local gradients: every N-th step is a full one (all losses, "
+                                  "backward through the whole UNet); 0: never (no diffusion loss)")
+    coarse_size: int = _setting(0, "coarse-to-fine: the first steps at this input side (a multiple of "
+                                   "64 below image_size; 0: every step at image_size)")
+    coarse_share: float = _setting(0.75, "coarse-to-fine: the share of the steps at coarse_size (the "
+                                         "first ones)")
     # -- choosing the embeddings: validation, best step, early stopping (the reference's protocol) --
     select_best: bool = _setting(False, "keep the embeddings of the best validation mIoU, not the last")
     validation: Literal["auto", "train", "holdout"] = _setting(
@@ -193,6 +211,15 @@ class SlimeConfig:
             raise ValueError(f"loss_scale_init must be > 0, got {self.loss_scale_init}")
         if not 0 <= self.window_overlap < 1:
             raise ValueError(f"window_overlap must be in [0, 1), got {self.window_overlap}")
+        if self.view_pool < 0 or self.full_every < 0:
+            raise ValueError("need view_pool >= 0 and full_every >= 0")
+        if self.coarse_size and (self.coarse_size % 64 or not 0 < self.coarse_size < self.image_size):
+            raise ValueError(f"coarse_size must be 0 or a multiple of 64 below image_size "
+                             f"({self.image_size}), got {self.coarse_size}")
+        if not 0 <= self.coarse_share <= 1:
+            raise ValueError(f"coarse_share must be in [0, 1], got {self.coarse_share}")
+        if self.gradients == "local" and not (self.use_ce or (self.use_mse and self.use_was)):
+            raise ValueError("local gradients carry the CE and MSE losses only: keep one of them on")
         if self.window_batch < 1:
             raise ValueError(f"window_batch must be >= 1, got {self.window_batch}")
         self.window_scale()  # checks resolution
@@ -212,7 +239,7 @@ class SlimeConfig:
                              f"for SLiMe alone: it goes with method 'slime', not {self.method!r}")
         for name in ("loss_scale", "validation", "augment_order", "aspect", "context", "normalization",
                      "method", "fuse_rule", "upsample",
-                     "temporal"):
+                     "temporal", "gradients", "lr_schedule"):
             allowed = typing.get_args(setting_types()[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -6,7 +6,9 @@
   scale, best validated embeddings), with `commit` / `rewind` (the RNG and order as of the last
   whole step), `snapshot` (an artifact), `save` and `restore` (resumable checkpoints, whose
   resume state `resume.ResumeState` captures, stores, checks and applies).
-- `train_step`: one optimisation step; `validate`: the validation mIoU with the inference path;
+- `train_step`: one optimisation step (its speed settings, docs/speed.md: `view_pool` cached
+  views, `gradients` local, `coarse_size` coarse-to-fine, `lr_schedule`); `validate`: the
+  validation mIoU with the inference path;
   `fit`: the loop around them, with progress, checkpoints, Ctrl-C, best-step selection, early
   stopping, and the last good embeddings kept when the loss turns non-finite.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import signal
 import threading
@@ -175,7 +178,11 @@ class TrainingJob:
     start: torch.Tensor | None = None  # (K-1, D) first embeddings (default: the prompt's rows)
     parent: Learned | None = None  # the artifact a warm start continues
     plan: LayerPlan | None = None  # the captured layers: the parent's own, else the model's
-    latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # (example, input side) -> latents (1, 4, h, w) and mask (h, w), without augmentation
+    latent_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # input side -> per example: latents (N, 4, h, w) and masks (N, h, w) of its cached views
+    # (`view_pool`), made on first use
+    views: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, sd: StableDiffusion, examples: list[Example], classes: Sequence[str],
@@ -196,8 +203,10 @@ class TrainingJob:
         return cls(sd, examples, list(classes), cfg, base, uncond, store, val, start, init, plan)
 
     @staticmethod
-    def latent_hw(cfg: SlimeConfig) -> tuple[int, int]:
-        return cfg.image_size // 8, cfg.image_size // 8
+    def latent_hw(cfg: SlimeConfig, size: int | None = None) -> tuple[int, int]:
+        """The latent grid (h, w) of an input side `size` (default: image_size)."""
+        size = size or cfg.image_size
+        return size // 8, size // 8
 
     @property
     def num_classes(self) -> int:
@@ -322,19 +331,90 @@ class TrainState:
         self.commit()
 
 
-def _training_pair(job: TrainingJob, state: TrainState, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents (1, 4, h, w) and mask (S, S) of example `idx` for this step: augmented, or resized
-    once and cached when augmentation is off."""
-    sd, cfg, ex = job.sd, job.cfg, job.examples[idx]
+VIEW_BATCH = 4  # cached views per VAE encode (fixed: the batch size could change the last bits)
+
+
+def _low_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """A mask (S, S) at the latent resolution, nearest: (h, w) long."""
+    return F.interpolate(mask[None, None].float(), size=hw, mode="nearest")[0, 0].long()
+
+
+def _present(ex: Example) -> list[int]:
+    """The foreground classes of an example's mask (what the crops' focus cycles through)."""
+    return [c for c in torch.unique(ex.mask).tolist() if c > 0]
+
+
+def step_size(cfg: SlimeConfig, step: int, total: int) -> int:
+    """The input side of step `step` (0-based) of `total`: coarse_size for the first
+    round(coarse_share x total) steps when coarse-to-fine is on, image_size otherwise."""
+    if cfg.coarse_size and step < round(cfg.coarse_share * total):
+        return cfg.coarse_size
+    return cfg.image_size
+
+
+def view_pool(job: TrainingJob, size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The cached views at input side `size` (default: image_size) of every example
+    (`SlimeConfig.view_pool` of each): latents (N, 4, h, w) and masks (N, h, w), made once per job.
+
+    The views are drawn with their own generator seeded by `cfg.seed` and the side (not the
+    fit's), so the pool is a function of the examples and the settings alone: a resumed fit
+    rebuilds the same one, and the fit's random stream stays the per-step picks, noise and
+    timesteps.
+    """
+    size = size or job.cfg.image_size
+    if size not in job.views:
+        sd, hw = job.sd, job.latent_hw(job.cfg, size)
+        cfg = job.cfg.replace(image_size=size, coarse_size=0)  # augment() draws at image_size
+        gen = torch.Generator().manual_seed(cfg.seed + 0x5EED + size)
+        views = job.views[size] = []
+        for ex in job.examples:
+            # 1. draw the views (the crop's focus class cycles, as per step) and their masks
+            present = _present(ex)
+            drawn = [augment(ex.image, ex.mask, cfg, gen, present[j % len(present)] if present else None)
+                     for j in range(cfg.view_pool)]
+            masks = torch.stack([_low_mask(m, hw) for _, m in drawn])  # (N, h, w)
+            # 2. encode them VIEW_BATCH at a time
+            latents = torch.cat([sd.encode_image(torch.stack([img for img, _ in drawn[i:i + VIEW_BATCH]]))
+                                 for i in range(0, len(drawn), VIEW_BATCH)])  # (N, 4, h, w)
+            views.append((latents, masks))
+    return job.views[size]
+
+
+def _training_pair(job: TrainingJob, state: TrainState, idx: int, size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents (1, 4, h, w) and mask (h, w) of example `idx` at input side `size` for this step:
+    augmented (a fresh view, or one of the cached `view_pool` picked by the fit's generator), or
+    resized once and cached when augmentation is off."""
+    sd, ex = job.sd, job.examples[idx]
+    cfg = job.cfg if size == job.cfg.image_size else job.cfg.replace(image_size=size, coarse_size=0)
+    hw = job.latent_hw(cfg)
+    if cfg.augment and cfg.view_pool:
+        latents, masks = view_pool(job, size)[idx]
+        j = int(torch.randint(cfg.view_pool, (), generator=state.gen))
+        return latents[j:j + 1], masks[j]
     if cfg.augment:
-        present = [c for c in torch.unique(ex.mask).tolist() if c > 0]
+        present = _present(ex)
         focus = present[state.step % len(present)] if present else None
         img, msk = augment(ex.image, ex.mask, cfg, state.gen, focus)
-        return sd.encode_image(img[None]), msk
-    if idx not in job.latent_cache:
-        img, msk = resize_pair(ex.image, ex.mask, cfg.image_size)
-        job.latent_cache[idx] = (sd.encode_image(img[None]), msk)
-    return job.latent_cache[idx]
+        return sd.encode_image(img[None]), _low_mask(msk, hw)
+    if (idx, size) not in job.latent_cache:
+        img, msk = resize_pair(ex.image, ex.mask, size)
+        job.latent_cache[idx, size] = (sd.encode_image(img[None]), _low_mask(msk, hw))
+    return job.latent_cache[idx, size]
+
+
+def step_lr(cfg: SlimeConfig, step: int, total: int) -> float:
+    """The learning rate of step `step` (0-based) of `total` (`lr_schedule`; a function of the
+    step alone, so a resumed fit continues the schedule exactly)."""
+    if cfg.lr_schedule == "cosine" and total > 0:
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+    return cfg.lr
+
+
+def full_step(cfg: SlimeConfig, step: int) -> bool:
+    """Whether step `step` (0-based) backpropagates through the whole UNet: always with
+    `gradients` full; with local ones, every `full_every`-th step (the N-th, 2N-th, ...)."""
+    return cfg.gradients == "full" or (cfg.full_every > 0 and (step + 1) % cfg.full_every == 0)
 
 
 def train_step(job: TrainingJob, state: TrainState) -> dict[str, float]:
@@ -344,26 +424,31 @@ def train_step(job: TrainingJob, state: TrainState) -> dict[str, float]:
     Raises TrainingError, with the embeddings untouched, if the loss or the update is not finite.
     """
     sd, cfg, store, k = job.sd, job.cfg, job.store, job.num_classes
-    hw = job.latent_hw(cfg)
+    size = step_size(cfg, state.step, job.total)  # coarse-to-fine: the first steps smaller
+    hw = store.latent_hw = job.latent_hw(cfg, size)
     # 1. the next training pair: a fresh seeded permutation every epoch
     if not state.order:
         state.order = torch.randperm(len(job.examples), generator=state.gen).tolist()
     idx = state.order.pop(0)
-    # 2. augment (or just resize) and encode to latents
-    latents, msk = _training_pair(job, state, idx)
-    mask_lo = F.interpolate(msk[None, None].float(), size=hw, mode="nearest")[0, 0].long()
+    # 2. augment (or just resize) and encode to latents (cached views: pick one)
+    latents, mask_lo = _training_pair(job, state, idx, size)
     mask_lo = mask_lo.to(sd.device)  # (h, w)
-    # 3. noise at a random t in [t_min, t_max] and run the UNet with capture
+    # 3. noise at a random t in [t_min, t_max] and run the UNet with capture (local gradients:
+    # without a graph but for the captured layers' class-token parts; no diffusion loss, so no
+    # unconditional half either)
     t = torch.randint(cfg.t_min, cfg.t_max + 1, (1,), generator=state.gen).to(sd.device)
     noise = torch.randn(latents.shape, generator=state.gen)
-    context = with_classes(state.trainable, job.base)  # (1, 77, D)
+    full = full_step(cfg, state.step)
+    context = with_classes(state.trainable, job.base).to(sd.dtype)  # (1, 77, D)
     store.reset()
-    if job.uncond is not None:  # classifier-free guidance inside L_LDM: uncond + cond in one batch
-        pred = sd.denoise(latents.repeat(2, 1, 1, 1), noise.repeat(2, 1, 1, 1), t.repeat(2),
-                          torch.cat([job.uncond, context]))
-        pred = pred[:1] + cfg.ldm_guidance * (pred[1:] - pred[:1])
-    else:
-        pred = sd.denoise(latents, noise, t, context)
+    store.grad_mode = "full" if full else "local"
+    with contextlib.nullcontext() if full else torch.no_grad():
+        if job.uncond is not None and full:  # guidance inside L_LDM: uncond + cond in one batch
+            pred = sd.denoise(latents.repeat(2, 1, 1, 1), noise.repeat(2, 1, 1, 1), t.repeat(2),
+                              torch.cat([job.uncond.to(sd.dtype), context]))
+            pred = pred[:1] + cfg.ldm_guidance * (pred[1:] - pred[:1])
+        else:
+            pred = sd.denoise(latents, noise, t, context)
     # 4. the three losses on the conditional half
     losses: dict[str, torch.Tensor] = {}
     scores = maps.class_scores(store, hw)[-1]  # (K, h, w)
@@ -371,7 +456,7 @@ def train_step(job: TrainingJob, state: TrainState) -> dict[str, float]:
         losses["ce"] = ce_loss(scores, mask_lo, class_weights(mask_lo, k))
     if store.want_was:
         losses["mse"] = cfg.alpha * mse_loss(store.was()[-1], mask_lo)
-    if cfg.use_ldm and cfg.beta:
+    if cfg.use_ldm and cfg.beta and full:
         target = sd.ldm_target(latents, noise.to(latents), t)
         losses["ldm"] = cfg.beta * ldm_loss(pred, target)
     if not losses:
@@ -392,6 +477,8 @@ def train_step(job: TrainingJob, state: TrainState) -> dict[str, float]:
         update = state.scaler is None or state.scaler.unscale(state.trainable)
         if update:
             before = state.trainable.detach().clone()
+            for group in state.optimizer.param_groups:
+                group["lr"] = step_lr(cfg, state.step, job.total)
             state.optimizer.step()
             if not torch.isfinite(state.trainable).all():
                 with torch.no_grad():
