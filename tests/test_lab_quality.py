@@ -166,7 +166,8 @@ def test_examples_seed_fixes_the_examples_and_leaves_the_fit_seed_to_vary() -> N
         def fit(self, images, masks, classes, cfg, progress):  # noqa: ANN001, ANN201
             self.fits.append((b"".join(np.asarray(im).tobytes() for im in images), cfg.seed))
 
-        def predict_batch(self, images, learned, batch_size):  # noqa: ANN001, ANN201
+        def predict_batch(self, images, learned, batch_size, **settings):  # noqa: ANN001, ANN003, ANN201
+            assert settings == quality.VARIANTS["full"]  # each variant's own settings, explicitly
             return [np.zeros(m.shape, np.int64) for m in masks]
 
     test = [World("car", 64, 1).sample(0)]

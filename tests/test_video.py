@@ -331,14 +331,18 @@ def test_a_variable_frame_rate_clip_gives_every_frame(learned_file, tmp_path):
 
 def test_a_4k_clip_gives_label_maps_at_its_full_size(learned_file, tmp_path):
     """A 3840 x 2160 clip: each frame is segmented at the model's input size and its labels come
-    back at the frame's own size (the final upsampling bounded by upsample.WORK_PIXELS)."""
+    back at the frame's own size (the final upsampling bounded by upsample.WORK_PIXELS); the first
+    frame (nothing carried yet) is labelled exactly as the still image would be."""
     scene = np.asarray(Image.fromarray(shapes_scene(0, 96)[0]).resize((3840, 2160), Image.NEAREST))
-    path = write_clip(tmp_path / "uhd.mp4", [scene, np.ascontiguousarray(scene[:, ::-1])], codec="libx264")
+    path = write_clip(tmp_path / "uhd.mov", [scene, np.ascontiguousarray(scene[:, ::-1])])
     result = segment(learned_file, path, tmp_path / "out", progress=False, echo=None)
     assert result.frames == 2 and not result.failed
     maps = labels_of(tmp_path / "out" / "uhd")
     assert [m.shape for m in maps.values()] == [(2160, 3840)] * 2
-    assert all(len(np.unique(m)) > 1 for m in maps.values())  # parts found, not one flat label
+    _, first = next(iter(read_frames(path)))  # the decoded frame, as the job saw it, as a still image
+    Image.fromarray(first).save(tmp_path / "still.png")
+    segment(learned_file, tmp_path / "still.png", tmp_path / "still", progress=False, echo=None)
+    np.testing.assert_array_equal(maps["000000.png"], np.asarray(Image.open(tmp_path / "still" / "still.png")))
     assert sum(1 for _ in read_frames(tmp_path / "out" / "uhd.overlay.mp4")) == 2
 
 
