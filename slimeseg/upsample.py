@@ -38,7 +38,7 @@ def box(x: torch.Tensor, r: int) -> torch.Tensor:
 
 def _window_means(x: torch.Tensor, dim: int, n: int, r: int) -> torch.Tensor:
     sums = F.pad(x.cumsum(dim), (1, 0) if dim == 2 else (0, 0, 1, 0))  # a leading 0 along dim
-    idx = torch.arange(n)
+    idx = torch.arange(n, device=x.device)
     hi, lo = (idx + r + 1).clamp(max=n), (idx - r).clamp(min=0)
     count = (hi - lo).to(x.dtype)
     diff = sums.index_select(dim, hi) - sums.index_select(dim, lo)
@@ -53,7 +53,7 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     _, h, w = guide.shape
     mean_i = box(guide, radius)  # (3, H, W)
     corr_ii = box((guide[:, None] * guide[None]).flatten(0, 1), radius).view(3, 3, h, w)
-    var = corr_ii - mean_i[:, None] * mean_i[None] + eps * torch.eye(3)[:, :, None, None]
+    var = corr_ii - mean_i[:, None] * mean_i[None] + eps * torch.eye(3, device=guide.device)[:, :, None, None]
     inv = torch.linalg.inv(var.permute(2, 3, 0, 1))  # (H, W, 3, 3)
     out = []
     for p in src.split(CLASS_CHUNK):  # (k, H, W)

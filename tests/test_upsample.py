@@ -59,6 +59,14 @@ def test_large_images_are_filtered_at_the_working_size(monkeypatch):
     assert labels.shape == (480, 640) and labels.max() < 3
 
 
+def test_the_filter_stays_on_the_scores_device():
+    """Everything the filter makes lives on the scores' device (the GPU's after a GPU pass): run
+    on the meta device, a tensor made on the CPU anywhere in it would raise."""
+    image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    out = upsample.guided_scores(torch.rand(4, 5, 6, device="meta"), image, radius=8.0, eps=1e-3)
+    assert out.device.type == "meta" and out.shape == (4, 40, 48)
+
+
 def test_setting_is_checked():
     with pytest.raises(ValueError, match="upsample"):
         SlimeConfig(upsample="bicubic")
