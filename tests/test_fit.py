@@ -41,11 +41,17 @@ def test_seed_makes_runs_repeatable(segmenter, scene):
     assert not torch.equal(a.context, c.context)
 
 
-def test_resume_matches_uninterrupted_run(segmenter, scene, tmp_path):
+@pytest.mark.parametrize("speed", [{}, dict(view_pool=4), dict(view_pool=4, gradients="local", full_every=3),
+                                   dict(view_pool=4, coarse_size=64, lr_schedule="cosine")],
+                         ids=["plain", "cached-views", "local", "coarse-cosine"])
+def test_resume_matches_uninterrupted_run(segmenter, scene, tmp_path, speed):
+    """Interrupted at step 5 and resumed from the step-3 checkpoint: the same embeddings and
+    losses as one run, also with the fit-speed settings (cached views, local gradients with full
+    steps, coarse-to-fine across its switch with a cosine schedule)."""
     from slimeseg import Learned
 
     image, mask, classes = scene
-    cfg = SlimeConfig(image_size=128, steps=8, seed=5)
+    cfg = SlimeConfig(image_size=128, steps=8, seed=5, **speed)
     full = segmenter.fit([image], [mask], classes, cfg, progress=False)
     ckpt = tmp_path / "run.ckpt"
 

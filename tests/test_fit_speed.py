@@ -1,12 +1,13 @@
 """Fit speed settings (issue 28): cached views and local gradients train, predict, repeat with a
-seed, resume exactly, and local gradients are autograd's gradient of the detached graph."""
+seed, and local gradients are autograd's gradient of the detached graph (resuming exactly with
+each setting: test_fit.test_resume_matches_uninterrupted_run)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from slimeseg import Learned, SlimeConfig, maps
+from slimeseg import SlimeConfig, maps
 from slimeseg.attention import AttentionStore, capture
 from slimeseg.examples import prepare_examples
 from slimeseg.losses import ce_loss, class_weights, mse_loss
@@ -136,25 +137,3 @@ def test_speed_settings_train_repeat_and_predict(segmenter, scene, speed):
     assert all(p.grad is None for p in segmenter.sd.unet.parameters())
     assert a.config["view_pool"] == speed.get("view_pool", 0)
     assert segmenter.predict(image, a, image_size=128).shape == image.shape[:2]
-
-
-@pytest.mark.parametrize("speed", [dict(view_pool=4), dict(view_pool=4, gradients="local", full_every=3),
-                                   dict(view_pool=4, coarse_size=64, lr_schedule="cosine")])
-def test_resume_with_cached_views_matches_uninterrupted_run(segmenter, scene, tmp_path, speed):
-    image, mask, classes = scene
-    cfg = SlimeConfig(image_size=128, steps=8, seed=5, **speed)
-    whole = segmenter.fit([image], [mask], classes, cfg, progress=False)
-    ckpt = tmp_path / "run.ckpt"
-
-    def interrupt(step, total, losses):
-        if step == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        segmenter.fit([image], [mask], classes, cfg, progress=False, callback=interrupt,
-                      checkpoint_path=ckpt, checkpoint_every=3)
-    partial = Learned.load(ckpt)
-    assert partial.history["steps_done"] == 5 and partial.state
-    resumed = segmenter.fit([image], [mask], classes, cfg, progress=False, resume=partial)
-    assert torch.equal(resumed.context, whole.context)
-    assert resumed.history["loss"] == whole.history["loss"]
