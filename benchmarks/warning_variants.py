@@ -16,6 +16,7 @@ measured here (confidence, 30 images of world 3).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: la
 from lab.quality import LAB_MODEL, TRAIN_POOL, UNSEEN_WORLDS  # noqa: E402
 from slimeseg import Segmenter, SlimeConfig, inference, matching  # noqa: E402
 from slimeseg.augment import bank_view  # noqa: E402
-from slimeseg.metrics import ConfusionMatrix, image_confusion, iou_from_confusion  # noqa: E402
+from slimeseg.metrics import ConfusionMatrix  # noqa: E402
 from slimeseg.synthetic import World  # noqa: E402
 from slimeseg.writers import write_json  # noqa: E402
 
@@ -36,20 +37,16 @@ HELD_OUT = Path(__file__).with_name("results-warning-lab-v3.json")
 
 
 def copies_check(seg: Segmenter, learned, mode: str, n: int = 6) -> float:
-    """mIoU with which the example's matching bank re-finds its parts in n rescaled / hue-rotated copies."""
-    cfg = SlimeConfig.from_dict(learned.config)
-    bank = inference.match_bank(seg.sd, learned, cfg)
-    image, mask = learned.examples[0]
-    gen, scores = torch.Generator().manual_seed(0), []
-    for _ in range(n):
-        zoom = (1.0, 1.0) if mode == "hue" else (0.5, 2.0)
-        x, m = bank_view(image.float().div(255), mask.long(), gen, zoom, hue=mode != "zoom")
-        _, f, _ = inference._one_pass(seg.sd, x[None], learned, cfg)
-        votes = matching.vote(bank, f, cfg.match_k, cfg.match_temperature)[0]  # (K, h, w)
-        mat = image_confusion(inference.labels_at(votes, tuple(m.shape)), m.numpy().astype(np.uint8),
-                              learned.num_classes, None)
-        scores.append(float(iou_from_confusion(mat)[mat.sum(axis=1) > 0].mean()))
-    return float(np.mean(scores))
+    """The example check (`inference.example_check`) with n rescaled / hue-rotated copies instead
+    of the training augmentation's."""
+    zoom = (1.0, 1.0) if mode == "hue" else (0.5, 2.0)
+    copy = functools.partial(_copy, zoom=zoom, hue=mode != "zoom")
+    return inference.example_check(seg.sd, learned, SlimeConfig.from_dict(learned.config), n, copy)
+
+
+def _copy(image: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, zoom: tuple[float, float],
+          hue: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return bank_view(image, mask.long(), gen, zoom, hue)
 
 
 def main(argv: list[str] | None = None) -> dict:

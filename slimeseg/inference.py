@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -178,11 +178,15 @@ POOR_EXAMPLE = 0.47
 
 
 @torch.no_grad()
-def example_check(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig, views: int = 4) -> float:
+def example_check(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig, views: int = 4,
+                  copy: Callable[[torch.Tensor, torch.Tensor, torch.Generator],
+                                 tuple[torch.Tensor, torch.Tensor]] | None = None) -> float:
     """How well the examples' own features re-find their parts: matching with the stored
     examples as the bank labels `views` augmented (mirrored, cropped, rotated) copies of each
     example, scored by mIoU over the classes in their masks. Computed from the examples alone,
-    in `views` x examples UNet passes: a low value warns that new images may segment poorly."""
+    in `views` x examples UNet passes: a low value warns that new images may segment poorly.
+    `copy(image (3, h, w) in [0, 1], mask (h, w), generator) -> (image, mask)` makes the copies
+    another way (benchmarks/warning_variants.py ranks other kinds of copies)."""
     from .augment import augment
     from .metrics import image_confusion, iou_from_confusion
 
@@ -190,12 +194,17 @@ def example_check(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig, views
     k = learned.num_classes
     bank = match_bank(sd, learned, check)  # the examples alone: their mirror images are tested
     aug_cfg = check.replace(flip_p=1.0, crop_p=1.0, rotate_p=1.0, blur_p=0.0)
+
+    def augmented(image: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        side = max(64, min(image.shape[-2:]) // 64 * 64)
+        return augment(image, mask, aug_cfg.replace(image_size=side), gen)
+
+    copy = copy or augmented
     gen = torch.Generator().manual_seed(cfg.seed)
     scores = []
     for image, mask in learned.examples:
         for _ in range(views):
-            side = max(64, min(image.shape[-2:]) // 64 * 64)
-            x, m = augment(image.float().div(255), mask, aug_cfg.replace(image_size=side), gen)
+            x, m = copy(image.float().div(255), mask, gen)
             _, f, _ = _one_pass(sd, x[None].to(sd.device), learned, check)
             votes = matching.vote(bank, f.cpu(), check.match_k, check.match_temperature)[0]
             matrix = image_confusion(labels_at(votes, tuple(m.shape)), m.numpy().astype(np.uint8), k, None)
@@ -237,7 +246,7 @@ def score_batch(sd: StableDiffusion, batch: torch.Tensor, learned: Learned,
     else:
         votes = matching.vote(match_bank(sd, learned, cfg), feats, cfg.match_k, cfg.match_temperature)
         if store is not None:  # (b): the votes spread by the pass's own self-attention, mixed in
-            votes = (1 - cfg.match_spread) * votes + cfg.match_spread * maps.self_spread(votes.to(feats.device), store).to(votes.device)
+            votes = (1 - cfg.match_spread) * votes + cfg.match_spread * maps.self_spread(votes, store)
         scores = votes if slime is None else fuse(slime.float(), votes.to(slime.device), cfg)
     if cfg.tta_flip:
         scores = (scores[:b] + scores[b:].flip(-1)) / 2

@@ -82,6 +82,8 @@ def self_spread(values: torch.Tensor, store: AttentionStore) -> torch.Tensor:
     the way WAS spreads the class maps: through each kept self-attention layer (`keep_self`),
     resized to the layer's grid and back, averaged over layers and heads: (B, K, h, w). The
     store's last B rows are used (in a fused pass, the matching half)."""
+    if not store.self_qk:
+        raise RuntimeError("no self-attention layer was kept (AttentionStore.keep_self)")
     b, k, h, w = values.shape
     total = torch.zeros_like(values, dtype=torch.float32)
     for q, key, scale in store.self_qk:
@@ -96,6 +98,4 @@ def self_spread(values: torch.Tensor, store: AttentionStore) -> torch.Tensor:
                                              F.pad(v, (0, dim - k)), scale=scale)[..., :k]  # (B, H, n, K)
         out = out.float().mean(1).transpose(1, 2).reshape(b, k, *hw)  # (B, K, *hw)
         total += F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
-    if not store.self_qk:
-        raise RuntimeError("no self-attention layer was kept (AttentionStore.keep_self)")
     return total / len(store.self_qk)
