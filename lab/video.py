@@ -28,12 +28,11 @@ import numpy as np
 import torch
 
 from slimeseg import Segmenter, SlimeConfig, __version__
-from slimeseg.inference import labels_for
 from slimeseg.metrics import ConfusionMatrix
 from slimeseg.synthetic import World
 from slimeseg.synthetic.clips import Clip, flicker, lab_clip
 from slimeseg.temporal import FlowCarry
-from slimeseg.video import VideoWriter, frame_scores
+from slimeseg.video import VideoWriter, frame_labels, frame_scores
 from slimeseg.writers import colour_labels, write_json
 
 from .quality import LAB_MODEL, TRAIN_POOL, UNSEEN_WORLDS, mean_std, parse_seeds
@@ -47,6 +46,9 @@ MODES: dict[str, dict[str, Any]] = {
     "flow-w0.1": {"temporal": "flow", "temporal_weight": 0.1},  # the default (chosen here)
     "flow-m0.1": {"temporal": "flow", "temporal_weight": 0.2, "temporal_margin": 0.1},
     "flow-w0.05": {"temporal": "flow", "temporal_weight": 0.05},
+    # the guided filter on each frame's own scores, then the carry (`temporal_filter`)
+    "flow-w0.1-fb": {"temporal": "flow", "temporal_weight": 0.1, "temporal_filter": "before"},
+    "flow-w0.2-fb": {"temporal": "flow", "temporal_weight": 0.2, "temporal_filter": "before"},
 }
 
 def examples(kind: str, shots: int, seed: int, size: int, world: int) -> tuple[list, list, list[str]]:
@@ -59,15 +61,14 @@ def examples(kind: str, shots: int, seed: int, size: int, world: int) -> tuple[l
 
 def apply_mode(clip: Clip, scores: list[torch.Tensor], cfg: SlimeConfig) -> tuple[list[np.ndarray], float]:
     """Label maps of a clip's frames from their scores under one temporal setting, and the
-    seconds the temporal step took per frame."""
+    seconds labelling a frame from its scores took (the temporal step and the final upsampling,
+    as `video.frame_labels` does them; reports before 2026-12-05 timed the temporal step alone)."""
     carry = FlowCarry(cfg) if cfg.temporal == "flow" else None
     out, spent = [], 0.0
     for frame, sc in zip(clip.frames, scores, strict=True):
-        if carry is not None:
-            t0 = time.perf_counter()
-            sc = carry.step(frame, sc)  # (K, h, w)
-            spent += time.perf_counter() - t0
-        out.append(labels_for(sc, frame, cfg))  # the final step images take (cfg.upsample)
+        t0 = time.perf_counter()
+        out.append(frame_labels(frame, sc, carry, cfg))  # as `slimeseg segment` labels a frame
+        spent += time.perf_counter() - t0
     return out, spent / len(clip.frames)
 
 
@@ -146,7 +147,7 @@ def summarise(units: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| kind | shots | temporal | seeds x clips | per-frame mIoU | flicker | flicker / none | step ms/frame |",
+    lines = ["| kind | shots | temporal | seeds x clips | per-frame mIoU | flicker | flicker / none | label ms/frame |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "-" if r["flicker_ratio"] is None else f"{r['flicker_ratio'][0]:.2f} ± {r['flicker_ratio'][1]:.2f}"

@@ -159,6 +159,13 @@ class SlimeConfig:
     match_spread: float = _setting(0.0, "matching: share of the votes spread by the UNet's own "
                                         "self-attention (the WAS step with the votes as values; "
                                         "0: off, 1: spread only)", BOTH)
+    match_small: float = _setting(0.0, "matching and fusion: a class covering fewer than "
+                                       "match_small_cells latent cells in the examples has its scores "
+                                       "multiplied by (match_small_cells / its cells) ^ match_small, "
+                                       "so a small part can lead the cells it covers (0: off)", BOTH)
+    match_small_cells: float = _setting(32.0, "matching and fusion: the size in latent cells (8 x 8 px "
+                                              "of the model input) under which a class counts as "
+                                              "small (match_small)", BOTH)
     fuse_rule: Literal["confidence", "mean"] = _setting(
         "confidence", "fuse: confidence = each source weighted per pixel by its certainty there; "
                       "mean = a fixed mix", BOTH)
@@ -186,6 +193,10 @@ class SlimeConfig:
                                            "the blend (frame t-n weighs (1 - it)^n)", BOTH)
     temporal_margin: float = _setting(0.0, "clips, temporal flow: a pixel keeps the label carried "
                                            "to it unless another class's score beats it by this", BOTH)
+    temporal_filter: Literal["after", "before"] = _setting(
+        "after", "clips, temporal flow with guided upsampling: after = the carried scores are "
+                 "filtered along the frame's edges; before = each frame's own scores are filtered, "
+                 "then carried", BOTH)
     flow_size: int = _setting(320, "clips, temporal flow: long side in pixels at which flow is "
                                    "computed and scores are carried", BOTH)
     # -- reproducibility --
@@ -228,6 +239,8 @@ class SlimeConfig:
         if self.match_k < 1 or self.match_temperature <= 0 or self.match_cells < 0 or self.match_views < 0:
             raise ValueError("need match_k >= 1, match_temperature > 0, match_cells >= 0 and "
                              "match_views >= 0")
+        if self.match_small < 0 or self.match_small_cells <= 0:
+            raise ValueError("need match_small >= 0 and match_small_cells > 0")
         if not 0 <= self.fuse_weight <= 1:
             raise ValueError(f"fuse_weight must be in [0, 1], got {self.fuse_weight}")
         if self.guide_radius <= 0 or self.guide_eps <= 0:
@@ -239,7 +252,7 @@ class SlimeConfig:
                              f"for SLiMe alone: it goes with method 'slime', not {self.method!r}")
         for name in ("loss_scale", "validation", "augment_order", "aspect", "context", "normalization",
                      "method", "fuse_rule", "upsample",
-                     "temporal", "gradients", "lr_schedule"):
+                     "temporal", "temporal_filter", "gradients", "lr_schedule"):
             allowed = typing.get_args(setting_types()[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

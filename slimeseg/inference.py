@@ -190,7 +190,9 @@ def example_check(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig, views
     from .augment import augment
     from .metrics import image_confusion, iou_from_confusion
 
-    check = cfg.replace(method="match", tta_flip=False, match_mirror=False, match_spread=0.0)
+    # as measured when POOR_EXAMPLE was chosen: plain votes (no spread, no small-part boost)
+    check = cfg.replace(method="match", tta_flip=False, match_mirror=False, match_spread=0.0,
+                        match_small=0.0)
     k = learned.num_classes
     bank = match_bank(sd, learned, check)  # the examples alone: their mirror images are tested
     aug_cfg = check.replace(flip_p=1.0, crop_p=1.0, rotate_p=1.0, blur_p=0.0)
@@ -226,13 +228,42 @@ def fuse(slime: torch.Tensor, votes: torch.Tensor, cfg: SlimeConfig) -> torch.Te
     return (w_m * votes + w_s * slime) / (w_m + w_s)
 
 
+def class_cells(learned: Learned) -> torch.Tensor:
+    """Each class's mean area in the stored examples, in latent cells (8 x 8 px of the model
+    input): (K,) float32 (zeros without stored examples). Kept with the artifact in memory."""
+    cells = learned.__dict__.get("_class_cells")
+    if cells is None:
+        counts = torch.zeros(learned.num_classes)
+        for _, mask in learned.examples:  # (h, w) uint8 at the model input's size
+            counts += torch.bincount(mask.flatten().long(), minlength=learned.num_classes)[:learned.num_classes]
+        cells = counts / 64 / max(len(learned.examples), 1)  # (K,)
+        learned.__dict__["_class_cells"] = cells
+    return cells
+
+
+def small_part_boost(scores: torch.Tensor, learned: Learned, cfg: SlimeConfig) -> torch.Tensor:
+    """(B, K, h, w) class distributions with the small classes' raised (`match_small`): a class of
+    c < match_small_cells cells in the examples is multiplied by (match_small_cells / c) ^
+    match_small, then each cell renormalised. A class absent from the examples is left as it is.
+    Why: a part smaller than a few latent cells never holds most of a cell, so the votes of its
+    cells, class fractions, never make it lead (lab: face eye 0.4 % IoU, car light 0.0)."""
+    if cfg.match_small <= 0:
+        return scores
+    cells = class_cells(learned).to(scores.device)  # (K,)
+    gain = torch.where(cells > 0, (cfg.match_small_cells / cells.clamp_min(1e-6)).clamp_min(1.0),
+                       torch.ones_like(cells)) ** cfg.match_small  # (K,)
+    boosted = scores * gain[None, :, None, None]  # (B, K, h, w)
+    return boosted / boosted.sum(1, keepdim=True).clamp_min(1e-8)
+
+
 @torch.no_grad()
 def score_batch(sd: StableDiffusion, batch: torch.Tensor, learned: Learned,
                 cfg: SlimeConfig) -> torch.Tensor:
     """Per-class scores at the latent resolution for a (B, 3, h, w) batch: (B, K, h/8, w/8).
 
-    By `method`: SLiMe's maps, matching's votes, or the two fused; with `tta_flip` also of the
-    mirrored batch (in the same UNet batch), mirrored back and averaged.
+    By `method`: SLiMe's maps, matching's votes, or the two fused (the last two with the small
+    parts raised: `small_part_boost`); with `tta_flip` also of the mirrored batch (in the same
+    UNet batch), mirrored back and averaged.
     """
     if not learned.trained and cfg.method != "match":
         raise InputError(f"these are matching data without learned embeddings: method "
@@ -248,6 +279,7 @@ def score_batch(sd: StableDiffusion, batch: torch.Tensor, learned: Learned,
         if store is not None:  # (b): the votes spread by the pass's own self-attention, mixed in
             votes = (1 - cfg.match_spread) * votes + cfg.match_spread * maps.self_spread(votes, store)
         scores = votes if slime is None else fuse(slime.float(), votes.to(slime.device), cfg)
+        scores = small_part_boost(scores, learned, cfg)
     if cfg.tta_flip:
         scores = (scores[:b] + scores[b:].flip(-1)) / 2
     return scores

@@ -194,6 +194,21 @@ def frame_scores(sd: Any, frames: list[np.ndarray], learned: Any, cfg: Any) -> l
     return list(inference.score_batch(sd, x, learned, cfg).float().cpu())  # B x (K, h/8, w/8)
 
 
+def frame_labels(frame: np.ndarray, scores: Any, carry: Any, cfg: Any) -> np.ndarray:
+    """A frame's (H, W) uint8 labels from its low-resolution scores (K, h, w): carried along the
+    motion by `carry` (a `temporal.FlowCarry`, or None: the frame alone) and upsampled by
+    `cfg.upsample`, the guided filter after the carry or, with `temporal_filter="before"`, on the
+    frame's own scores before it (then the carried scores are only resized)."""
+    from . import inference
+
+    if carry is None:
+        return inference.labels_for(scores, frame, cfg)
+    if cfg.temporal_filter == "before" and cfg.upsample == "guided":
+        carried = carry.step(frame, inference.upsampled(scores, frame, cfg))  # (K, h', w')
+        return inference.labels_at(carried, frame.shape[:2])
+    return inference.labels_for(carry.step(frame, scores), frame, cfg)
+
+
 def label_frames(sd: Any, clip: str | os.PathLike, learned: Any, cfg: Any,
                  frames: FrameRange = FrameRange(), batch_size: int = 4,
                  done: set[int] | frozenset[int] = frozenset(), warmup: int = 8
@@ -205,7 +220,6 @@ def label_frames(sd: Any, clip: str | os.PathLike, learned: Any, cfg: Any,
     the `warmup` done frames before a frame to do are run again (not yielded) so its carry has a
     past, and a gap in the frames run restarts the carry.
     """
-    from . import inference
     from .temporal import FlowCarry
 
     carry = FlowCarry(cfg) if cfg.temporal == "flow" else None
@@ -222,13 +236,12 @@ def label_frames(sd: Any, clip: str | os.PathLike, learned: Any, cfg: Any,
         nonlocal last
         scores = frame_scores(sd, [f for _, f in batch], learned, cfg)
         for (index, frame), sc in zip(batch, scores, strict=True):
-            if carry is not None:
-                if last is not None and index != last + frames.step:
-                    carry.reset()
-                sc = carry.step(frame, sc)  # (K, h, w) at the working resolution
+            if carry is not None and last is not None and index != last + frames.step:
+                carry.reset()
             last = index
+            labels = frame_labels(frame, sc, carry, cfg)  # (H, W); the carry steps on every frame
             if index not in done:
-                yield index, frame, inference.labels_for(sc, frame, cfg)
+                yield index, frame, labels
         batch.clear()
 
     for index, frame in read_frames(clip, frames):

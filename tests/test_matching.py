@@ -79,6 +79,26 @@ def test_fusion_rules_give_distributions():
     assert inference.fuse(unsure, sure, SlimeConfig(fuse_rule="mean", fuse_weight=0.0)).argmax(1).item() == 0
 
 
+def test_small_parts_are_raised_by_their_size_in_the_examples():
+    mask = torch.zeros(64, 64, dtype=torch.uint8)  # 64 latent cells of 8 x 8 px
+    mask[:, 32:] = 1  # class 1: 32 cells
+    mask[:8, :16] = 2  # class 2: 2 cells; class 3: absent
+    learned = Learned(context=torch.zeros(77, 8), classes=["bg", "a", "b", "c"], model_id="m",
+                      fingerprint="f", config={}, examples=[(torch.zeros(3, 64, 64, dtype=torch.uint8), mask)])
+    assert inference.class_cells(learned).tolist() == [30.0, 32.0, 2.0, 0.0]
+    scores = torch.full((2, 4, 3, 3), 0.25)  # (B, K, h, w)
+    off = SlimeConfig(match_small=0.0)
+    assert torch.equal(inference.small_part_boost(scores, learned, off), scores)
+    cfg = SlimeConfig(match_small=0.5, match_small_cells=32)
+    out = inference.small_part_boost(scores, learned, cfg)  # (B, K, h, w)
+    assert out.shape == scores.shape and torch.allclose(out.sum(1), torch.ones(2, 3, 3))
+    # bg (30 cells) x (32/30)^0.5, a (32) x 1, b (2) x 16^0.5 = 4, c (absent) x 1
+    gain = torch.tensor([(32 / 30) ** 0.5, 1.0, 4.0, 1.0])
+    assert torch.allclose(out[0, :, 0, 0], gain / gain.sum())
+    with pytest.raises(ValueError, match="match_small"):
+        SlimeConfig(match_small=-1.0)
+
+
 @pytest.fixture(scope="module")
 def fitted(segmenter) -> Learned:
     image, mask = shapes_scene(0, 64)
@@ -111,6 +131,8 @@ def test_fit_artifacts_carry_examples_and_fuse_deterministically(segmenter, fitt
         a = segmenter.predict(test, fitted, method=method)
         b = segmenter.predict(test, fitted, method=method)
         assert a.shape == (64, 64) and np.array_equal(a, b), method
+    boosted = segmenter.predict_scores(test, fitted, method="fuse", match_small=0.5)  # (K, H, W)
+    assert boosted.shape == (len(SHAPE_CLASSES), 64, 64) and torch.isfinite(boosted).all()
     scores = segmenter.predict_scores(test, fitted, method="fuse", tta_flip=True)  # (K, H, W)
     assert scores.shape == (len(SHAPE_CLASSES), 64, 64)
     assert torch.allclose(scores.sum(0), torch.ones(64, 64), atol=1e-3)  # a distribution per pixel
