@@ -100,7 +100,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "match-sp5": {"method": "match", "upsample": "guided", "guide_radius": 3.0, "match_small": 0.5},
     "fuse-sp10": {"method": "fuse", "upsample": "guided", "guide_radius": 3.0, "match_small": 1.0},
     "fuse-sp5c64": {"method": "fuse", "upsample": "guided", "guide_radius": 3.0, "match_small": 0.5,
-                    "match_small_cells": 64.0},
+                    "match_small_cells": 64.0},  # today's default
+    "fuse-sp5c128": {"method": "fuse", "upsample": "guided", "guide_radius": 3.0, "match_small": 0.5,
+                     "match_small_cells": 128.0},
+    "match-sp5c64": {"method": "match", "upsample": "guided", "guide_radius": 3.0, "match_small": 0.5,
+                     "match_small_cells": 64.0},
     "fuse-gf-e2": {"method": "fuse", "upsample": "guided", "guide_radius": 1.0, "guide_eps": 1e-2},
     "fuse-tta-gf": {"method": "fuse", "tta_flip": True, "upsample": "guided", "guide_radius": 1.0},
     "match-tta-gf": {"method": "match", "tta_flip": True, "upsample": "guided", "guide_radius": 1.0},
@@ -112,7 +116,7 @@ DERIVED = {"tiles-2": "full", "fuse": "full", "fuse-mean": "full", "fuse-m75": "
            "fuse-v4": "full", "fuse-v4h": "full", "match-v4": "match", "match-v4h": "match",
            "fuse-w75": "full", "fuse-s5": "full", "fuse-s10": "full", "match-s5": "match", "fuse-gf3": "full", "fuse-gf4": "full",
            "match-gf3": "match", "fuse-sp25": "full", "fuse-sp5": "full", "match-sp5": "match",
-           "fuse-sp10": "full", "fuse-sp5c64": "full", "fuse-gf-e2": "full", "fuse-tta-gf": "full", "match-tta-gf": "match"}
+           "fuse-sp10": "full", "fuse-sp5c64": "full", "fuse-sp5c128": "full", "match-sp5c64": "match", "fuse-gf-e2": "full", "fuse-tta-gf": "full", "match-tta-gf": "match"}
 # issue 28, fit speed: each setting's fit read as "full" (SLiMe, bilinear) and, derived from the
 # same fit, as today's default ("fuse-gf2"): full-NAME and fuse-gf2-NAME
 FIT_SPEED: dict[str, dict[str, Any]] = {
@@ -481,7 +485,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             p.error("--compare takes one report (variants against --baseline) or two (B against A)")
         return {"rows": compare(args.compare, args.baseline, args.effect / 100, args.json)}
     if args.fast:
-        args.kinds, args.shots, args.seeds, args.variants = "car", "1", "0", "full,no-WAS,match,fuse,fuse-gf3"
+        args.kinds, args.shots, args.seeds, args.variants = "car", "1", "0", "full,no-WAS,match,fuse,fuse-gf3,fuse-sp5c64"
         args.test, args.steps_per_shot = 16, 100
     try:
         seeds = parse_seeds(args.seeds)
