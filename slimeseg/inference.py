@@ -59,13 +59,25 @@ def model_input(image: np.ndarray, cfg: SlimeConfig) -> torch.Tensor:
     return x[0].clamp(0, 1)
 
 
+def _autocast(sd: StableDiffusion, cfg: SlimeConfig) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for the UNet pass when `cfg.autocast` asks for it and the model is in
+    another dtype; nothing otherwise."""
+    if cfg.autocast == "off" or sd.dtype == torch.bfloat16:
+        return contextlib.nullcontext()
+    return torch.autocast(sd.device.type, dtype=torch.bfloat16)
+
+
 def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: SlimeConfig,
              store: AttentionStore | None, features: FeatureCapture | None = None,
-             context: torch.Tensor | None = None) -> AttentionStore | None:
+             context: torch.Tensor | None = None, repeat: int = 1) -> AttentionStore | None:
     """Encode a (B, 3, h, w) batch, noise it at t_test (one noise for all) and run the UNet once
     with attention capture into `store` and, given `features`, the up blocks' outputs kept.
-    `context`: the text conditioning per image (B, 77, D) (default: the artifact's, for all)."""
-    latents = sd.encode_image(batch)  # (B, 4, h/8, w/8)
+    `repeat`: the UNet runs on the batch `repeat` times over (R*B; each image encoded once).
+    `context`: the text conditioning per image (R*B, 77, D) (default: the artifact's, for all)."""
+    encoder = None if cfg.encoder_dtype == "model" else getattr(torch, cfg.encoder_dtype)
+    latents = sd.encode_image(batch, encoder)  # (B, 4, h/8, w/8)
+    if repeat > 1:
+        latents = latents.repeat(repeat, 1, 1, 1)  # (R*B, 4, h/8, w/8)
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(latents.shape[1:], generator=gen).expand_as(latents)  # one noise for all
     t = torch.full((latents.shape[0],), cfg.t_test, dtype=torch.long, device=sd.device)
@@ -76,6 +88,7 @@ def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: Sl
             stack.enter_context(capture(sd.unet, learned.layer_plan(sd).roles(), store))
         if features is not None:
             stack.enter_context(features.hooked(sd.unet))
+        stack.enter_context(_autocast(sd, cfg))
         sd.denoise(latents, noise, t, context.to(sd.device))
     return store
 
@@ -121,8 +134,8 @@ def _one_pass(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: S
     if store is not None:
         store.keep_self = spread
     feats = FeatureCapture() if matched else None
-    _capture(sd, torch.cat([batch] * (slime + matched)), learned, cfg, store, feats,
-             torch.stack(contexts))  # (B or 2B, 77, D)
+    _capture(sd, batch, learned, cfg, store, feats, torch.stack(contexts),  # (B or 2B, 77, D)
+             repeat=slime + matched)  # fused: the batch is encoded once and runs twice
     return (_slime_scores(store, cfg, hw)[:b] if slime else None,
             None if feats is None else feats.features(hw)[-b:], store if spread else None)
 
@@ -132,7 +145,7 @@ def match_bank(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig) -> Match
     images with `match_mirror`), through the matching pass (the empty prompt) as the images to
     segment. Built once per model and setting, and kept with the artifact in memory."""
     key = (sd.fingerprint, str(sd.device), str(sd.dtype), cfg.t_test, cfg.seed, cfg.match_mirror,
-           cfg.match_cells, cfg.match_views, cfg.match_hue)
+           cfg.match_cells, cfg.match_views, cfg.match_hue, cfg.encoder_dtype, cfg.autocast)
     cache = learned.__dict__.setdefault("_match_banks", {})
     if key not in cache:
         if not learned.examples:
