@@ -49,8 +49,10 @@ from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
 ROWS: dict[str, dict[str, Any]] = {
     "main": {},  # today's main (003eee6): the fused 2B batch VAE-encoded as 2B images
     "default": {},  # this branch's default: each image encoded once (same outputs)
+    "bf16-match": {"match_dtype": "bfloat16"},
     "bf16-encoder": {"encoder_dtype": "bfloat16"},
     "bf16-encoder+autocast": {"encoder_dtype": "bfloat16", "autocast": "bfloat16"},
+    "bf16-all": {"encoder_dtype": "bfloat16", "autocast": "bfloat16", "match_dtype": "bfloat16"},
 }
 LOWER_PRECISION = {"encoder_dtype", "autocast"}  # settings that do nothing on a bfloat16 model
 STAGES = ("encode", "unet", "vote", "guided")

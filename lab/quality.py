@@ -121,6 +121,7 @@ for _name, _speed in FIT_SPEED.items():
 INFER_SPEED: dict[str, dict[str, Any]] = {
     "bf16enc": {"encoder_dtype": "bfloat16"},
     "autocast": {"encoder_dtype": "bfloat16", "autocast": "bfloat16"},
+    "bf16all": {"encoder_dtype": "bfloat16", "autocast": "bfloat16", "match_dtype": "bfloat16"},
 }
 for _name, _speed in INFER_SPEED.items():
     VARIANTS[f"fuse-gf3-{_name}"] = {**VARIANTS["fuse-gf3"], **_speed}

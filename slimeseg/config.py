@@ -172,6 +172,10 @@ class SlimeConfig:
         "off", "inference: run the UNet pass under bfloat16 autocast (a float32 model computes "
                "its products and convolutions in bfloat16; scores, matching and upsampling stay "
                "float32)", BOTH)
+    match_dtype: Literal["float32", "bfloat16"] = _setting(
+        "float32", "inference, matching: the precision of the image's cells' similarities to the "
+                   "bank's (bfloat16: faster on CPUs with bfloat16 units; top-k and weights stay "
+                   "float32)", BOTH)
     tta_flip: bool = _setting(False, "test-time flip: also segment the mirrored image (same UNet "
                                      "batch) and average", BOTH)
     # default by measurement (lab SD, unseen worlds, 30 paired 1-shot seeds, docs/methods.md):
@@ -248,7 +252,8 @@ class SlimeConfig:
                              f"for SLiMe alone: it goes with method 'slime', not {self.method!r}")
         for name in ("loss_scale", "validation", "augment_order", "aspect", "context", "normalization",
                      "method", "fuse_rule", "upsample",
-                     "temporal", "gradients", "lr_schedule", "encoder_dtype", "autocast"):
+                     "temporal", "gradients", "lr_schedule", "encoder_dtype", "autocast",
+                     "match_dtype"):
             allowed = typing.get_args(setting_types()[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -257,7 +257,8 @@ def score_batch(sd: StableDiffusion, batch: torch.Tensor, learned: Learned,
     if feats is None:
         scores = slime
     else:
-        votes = matching.vote(match_bank(sd, learned, cfg), feats, cfg.match_k, cfg.match_temperature)
+        votes = matching.vote(match_bank(sd, learned, cfg), feats, cfg.match_k, cfg.match_temperature,
+                              getattr(torch, cfg.match_dtype))
         if store is not None:  # (b): the votes spread by the pass's own self-attention, mixed in
             votes = (1 - cfg.match_spread) * votes + cfg.match_spread * maps.self_spread(votes, store)
         scores = votes if slime is None else fuse(slime.float(), votes.to(slime.device), cfg)

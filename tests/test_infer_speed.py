@@ -1,5 +1,5 @@
 """Inference speed (issue 28, item 5; docs/speed.md "Inference"): the fused pass encodes each
-image once, and the precision settings (`encoder_dtype`, `autocast`) predict, deterministically,
+image once, and the precision settings (`encoder_dtype`, `autocast`, `match_dtype`) predict, deterministically,
 on the tiny SD; `benchmarks/infer_speed.py --quick` runs."""
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def test_fused_pass_encodes_each_image_once_and_equals_its_halves(segmenter, fit
 
 
 @pytest.mark.parametrize("settings", [{"encoder_dtype": "bfloat16"}, {"autocast": "bfloat16"},
-                                      {"encoder_dtype": "bfloat16", "autocast": "bfloat16"}])
+                                      {"match_dtype": "bfloat16"},
+                                      {"encoder_dtype": "bfloat16", "autocast": "bfloat16",
+                                       "match_dtype": "bfloat16"}])
 def test_precision_settings_predict_deterministically(segmenter, fitted, scene, settings):
     sd, image = segmenter.sd, scene[0]
     ref = segmenter.predict(image, fitted)
@@ -74,7 +76,8 @@ def test_bfloat16_encoder_is_a_copy_made_once(segmenter, scene):
     assert sd.encoder_in(sd.dtype)[0] is sd.vae_encoder
 
 
-@pytest.mark.parametrize("bad", [{"encoder_dtype": "float16"}, {"autocast": "on"}])
+@pytest.mark.parametrize("bad", [{"encoder_dtype": "float16"}, {"autocast": "on"},
+                                 {"match_dtype": "float16"}])
 def test_precision_settings_are_validated(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         SlimeConfig(**bad)
