@@ -2,7 +2,7 @@
 
     python benchmarks/infer_speed.py --dtype float32,bfloat16 --threads 1 --repeats 3 \
         --json benchmarks/results-infer-speed.json
-    python benchmarks/infer_speed.py --agreement 20 --json benchmarks/results-infer-agreement.json
+    python benchmarks/infer_speed.py --agreement 20 --seeds 0,1,2 --json benchmarks/results-infer-agreement.json
     python benchmarks/infer_speed.py --quick --json /tmp/speed.json    # tiny SD, 128 px (tests)
 
 One image's `Segmenter.predict` with today's default method (fused: one 2B UNet batch, the VAE
