@@ -130,6 +130,15 @@ for _name, _speed in FIT_SPEED.items():
     VARIANTS[f"full-{_name}"] = {**VARIANTS["full"], **_speed}
     VARIANTS[f"fuse-gf2-{_name}"] = dict(VARIANTS["fuse-gf2"])
     DERIVED[f"fuse-gf2-{_name}"] = f"full-{_name}"
+# issue 28, inference speed (docs/speed.md "Inference"): today's default read in lower precision
+INFER_SPEED: dict[str, dict[str, Any]] = {
+    "bf16enc": {"encoder_dtype": "bfloat16"},
+    "autocast": {"encoder_dtype": "bfloat16", "autocast": "bfloat16"},
+    "bf16all": {"encoder_dtype": "bfloat16", "autocast": "bfloat16", "match_dtype": "bfloat16"},
+}
+for _name, _speed in INFER_SPEED.items():
+    VARIANTS[f"fuse-gf3-{_name}"] = {**VARIANTS["fuse-gf3"], **_speed}
+    DERIVED[f"fuse-gf3-{_name}"] = "full"
 # rows from before the small-part boost (`match_small`) keep their meaning: off unless they say
 for _settings in VARIANTS.values():
     if _settings.get("method") != "slime":

@@ -173,6 +173,19 @@ class SlimeConfig:
         "confidence", "fuse: confidence = each source weighted per pixel by its certainty there; "
                       "mean = a fixed mix", BOTH)
     fuse_weight: float = _setting(0.5, "fuse: matching's share of the mix (SLiMe's: 1 - it)", BOTH)
+    # inference precision (docs/speed.md "Inference"): the model's dtype by default
+    encoder_dtype: Literal["model", "bfloat16"] = _setting(
+        "model", "inference: the VAE encoder's precision: the model's dtype, or a bfloat16 copy of "
+                 "the encoder (made once; faster on CPUs with bfloat16 units; the latents change "
+                 "slightly)", BOTH)
+    autocast: Literal["off", "bfloat16"] = _setting(
+        "off", "inference: run the UNet pass under bfloat16 autocast (a float32 model computes "
+               "its products and convolutions in bfloat16; scores, matching and upsampling stay "
+               "float32)", BOTH)
+    match_dtype: Literal["float32", "bfloat16"] = _setting(
+        "float32", "inference, matching: the precision of the image's cells' similarities to the "
+                   "bank's (bfloat16: faster on CPUs with bfloat16 units; top-k and weights stay "
+                   "float32)", BOTH)
     tta_flip: bool = _setting(False, "test-time flip: also segment the mirrored image (same UNet "
                                      "batch) and average", BOTH)
     # default by measurement (lab SD, unseen worlds, 30 paired 1-shot seeds, docs/methods.md):
@@ -255,7 +268,8 @@ class SlimeConfig:
                              f"for SLiMe alone: it goes with method 'slime', not {self.method!r}")
         for name in ("loss_scale", "validation", "augment_order", "aspect", "context", "normalization",
                      "method", "fuse_rule", "upsample",
-                     "temporal", "temporal_filter", "gradients", "lr_schedule"):
+                     "temporal", "temporal_filter", "gradients", "lr_schedule", "encoder_dtype",
+                     "autocast", "match_dtype"):
             allowed = typing.get_args(setting_types()[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

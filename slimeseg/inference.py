@@ -59,13 +59,25 @@ def model_input(image: np.ndarray, cfg: SlimeConfig) -> torch.Tensor:
     return x[0].clamp(0, 1)
 
 
+def _autocast(sd: StableDiffusion, cfg: SlimeConfig) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for the UNet pass when `cfg.autocast` asks for it and the model is in
+    another dtype; nothing otherwise."""
+    if cfg.autocast == "off" or sd.dtype == torch.bfloat16:
+        return contextlib.nullcontext()
+    return torch.autocast(sd.device.type, dtype=torch.bfloat16)
+
+
 def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: SlimeConfig,
              store: AttentionStore | None, features: FeatureCapture | None = None,
-             context: torch.Tensor | None = None) -> AttentionStore | None:
+             context: torch.Tensor | None = None, repeat: int = 1) -> AttentionStore | None:
     """Encode a (B, 3, h, w) batch, noise it at t_test (one noise for all) and run the UNet once
     with attention capture into `store` and, given `features`, the up blocks' outputs kept.
-    `context`: the text conditioning per image (B, 77, D) (default: the artifact's, for all)."""
-    latents = sd.encode_image(batch)  # (B, 4, h/8, w/8)
+    `repeat`: the UNet runs on the batch `repeat` times over (R*B; each image encoded once).
+    `context`: the text conditioning per image (R*B, 77, D) (default: the artifact's, for all)."""
+    encoder = None if cfg.encoder_dtype == "model" else getattr(torch, cfg.encoder_dtype)
+    latents = sd.encode_image(batch, encoder)  # (B, 4, h/8, w/8)
+    if repeat > 1:
+        latents = latents.repeat(repeat, 1, 1, 1)  # (R*B, 4, h/8, w/8)
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(latents.shape[1:], generator=gen).expand_as(latents)  # one noise for all
     t = torch.full((latents.shape[0],), cfg.t_test, dtype=torch.long, device=sd.device)
@@ -76,6 +88,7 @@ def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: Sl
             stack.enter_context(capture(sd.unet, learned.layer_plan(sd).roles(), store))
         if features is not None:
             stack.enter_context(features.hooked(sd.unet))
+        stack.enter_context(_autocast(sd, cfg))
         sd.denoise(latents, noise, t, context.to(sd.device))
     return store
 
@@ -121,8 +134,8 @@ def _one_pass(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: S
     if store is not None:
         store.keep_self = spread
     feats = FeatureCapture() if matched else None
-    _capture(sd, torch.cat([batch] * (slime + matched)), learned, cfg, store, feats,
-             torch.stack(contexts))  # (B or 2B, 77, D)
+    _capture(sd, batch, learned, cfg, store, feats, torch.stack(contexts),  # (B or 2B, 77, D)
+             repeat=slime + matched)  # fused: the batch is encoded once and runs twice
     return (_slime_scores(store, cfg, hw)[:b] if slime else None,
             None if feats is None else feats.features(hw)[-b:], store if spread else None)
 
@@ -132,7 +145,7 @@ def match_bank(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig) -> Match
     images with `match_mirror`), through the matching pass (the empty prompt) as the images to
     segment. Built once per model and setting, and kept with the artifact in memory."""
     key = (sd.fingerprint, str(sd.device), str(sd.dtype), cfg.t_test, cfg.seed, cfg.match_mirror,
-           cfg.match_cells, cfg.match_views, cfg.match_hue)
+           cfg.match_cells, cfg.match_views, cfg.match_hue, cfg.encoder_dtype, cfg.autocast)
     cache = learned.__dict__.setdefault("_match_banks", {})
     if key not in cache:
         if not learned.examples:
@@ -275,7 +288,8 @@ def score_batch(sd: StableDiffusion, batch: torch.Tensor, learned: Learned,
     if feats is None:
         scores = slime
     else:
-        votes = matching.vote(match_bank(sd, learned, cfg), feats, cfg.match_k, cfg.match_temperature)
+        votes = matching.vote(match_bank(sd, learned, cfg), feats, cfg.match_k, cfg.match_temperature,
+                              getattr(torch, cfg.match_dtype))
         if store is not None:  # (b): the votes spread by the pass's own self-attention, mixed in
             votes = (1 - cfg.match_spread) * votes + cfg.match_spread * maps.self_spread(votes, store)
         scores = votes if slime is None else fuse(slime.float(), votes.to(slime.device), cfg)
