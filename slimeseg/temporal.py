@@ -99,7 +99,8 @@ class FlowCarry:
 
     def step(self, frame: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
         """The carried scores (K, h, w) at the working resolution for the next frame (H, W, 3)
-        uint8 and its own low-resolution scores (K, h', w')."""
+        uint8 and its own low-resolution scores (K, h', w'); where nothing was carried (the first
+        frame, a cut) the frame's own scores as they came, so it is labelled exactly as a still."""
         cv2 = _cv2()
         hw = working_hw(frame.shape[:2], self.flow_size)
         small = cv2.resize(frame, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
@@ -126,4 +127,6 @@ class FlowCarry:
             else:
                 self.trusted = 0.0
         self.gray, self.carried = gray, now
+        if self.trusted == 0.0:  # nothing carried: the still image's scores, not a resized copy
+            return scores
         return now if shown is None else shown

@@ -413,6 +413,7 @@ def test_frame_labels_filter_before_or_after_the_carry(where):
     first = frame_labels(frame, scores, carry, cfg)
     again = frame_labels(frame, scores, carry, cfg)
     assert first.shape == (96, 96) and first.dtype == np.uint8
-    assert (first == still).mean() > 0.995 and (again == first).mean() > 0.995
+    assert np.array_equal(first, still)  # nothing carried yet: exactly the still image's labels
+    assert (again == first).mean() > 0.995  # carried once, through the working resolution
     with pytest.raises(ValueError, match="temporal_filter"):
         SlimeConfig(temporal_filter="sideways")
