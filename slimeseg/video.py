@@ -194,19 +194,22 @@ def frame_scores(sd: Any, frames: list[np.ndarray], learned: Any, cfg: Any) -> l
     return list(inference.score_batch(sd, x, learned, cfg).float().cpu())  # B x (K, h/8, w/8)
 
 
-def frame_labels(frame: np.ndarray, scores: Any, carry: Any, cfg: Any) -> np.ndarray:
+def frame_labels(frame: np.ndarray, scores: Any, carry: Any, cfg: Any, want: bool = True
+                 ) -> np.ndarray | None:
     """A frame's (H, W) uint8 labels from its low-resolution scores (K, h, w): carried along the
     motion by `carry` (a `temporal.FlowCarry`, or None: the frame alone) and upsampled by
     `cfg.upsample`, the guided filter after the carry or, with `temporal_filter="before"`, on the
-    frame's own scores before it (then the carried scores are only resized)."""
+    frame's own scores before it (then the carried scores are only resized). `want=False` only
+    steps the carry (a warm-up frame whose labels exist) and returns None."""
     from . import inference
 
     if carry is None:
-        return inference.labels_for(scores, frame, cfg)
+        return inference.labels_for(scores, frame, cfg) if want else None
     if cfg.temporal_filter == "before" and cfg.upsample == "guided":
         carried = carry.step(frame, inference.upsampled(scores, frame, cfg))  # (K, h', w')
-        return inference.labels_at(carried, frame.shape[:2])
-    return inference.labels_for(carry.step(frame, scores), frame, cfg)
+        return inference.labels_at(carried, frame.shape[:2]) if want else None
+    carried = carry.step(frame, scores)  # (K, h', w')
+    return inference.labels_for(carried, frame, cfg) if want else None
 
 
 def label_frames(sd: Any, clip: str | os.PathLike, learned: Any, cfg: Any,
@@ -239,8 +242,8 @@ def label_frames(sd: Any, clip: str | os.PathLike, learned: Any, cfg: Any,
             if carry is not None and last is not None and index != last + frames.step:
                 carry.reset()
             last = index
-            labels = frame_labels(frame, sc, carry, cfg)  # (H, W); the carry steps on every frame
-            if index not in done:
+            labels = frame_labels(frame, sc, carry, cfg, want=index not in done)  # (H, W) or None
+            if labels is not None:
                 yield index, frame, labels
         batch.clear()
 
