@@ -29,13 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: la
 import bench  # noqa: E402
 from bench import now, summary, sync  # noqa: E402
 
-from lab.fullsize import load_model  # noqa: E402
+from lab.fullsize import add_timing_arguments, load_model  # noqa: E402
 from slimeseg import SlimeConfig  # noqa: E402
 from slimeseg.errors import TrainingError  # noqa: E402
 from slimeseg.examples import prepare_examples  # noqa: E402
 from slimeseg.models import pick_device, pick_dtype  # noqa: E402
 from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
 from slimeseg.training import TrainingJob, view_pool  # noqa: E402
+from slimeseg.writers import write_json  # noqa: E402
 
 # what each row changes from the defaults (the fit reads SLiMe's maps; inference is not timed here)
 # (a step's time does not depend on the pool's size: 4 views keep the untimed first step short)
@@ -76,15 +77,9 @@ def time_fit(seg: Any, image: Any, mask: Any, settings: dict[str, Any], size: in
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="full", choices=["tiny", "full"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32,bfloat16", help="comma list")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
-    p.add_argument("--repeats", type=int, default=3)
+    add_timing_arguments(p, ROWS)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--pool", type=int, default=4, help="views whose encoding is timed (per-view cost)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
     p.add_argument("--whole", action="append", default=[], metavar="NAME=SETTINGS",
                    help="also time a whole fit (pool included) with these settings, e.g. "
                         "fast=view_pool:16,gradients:local,steps:200 (repeatable)")
@@ -146,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         del seg
     print(json.dumps(out, indent=1))
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        write_json(args.json, out)
     return 0
 
 

@@ -39,11 +39,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: lab/, slimeseg/
 
-from lab.fullsize import load_model  # noqa: E402
+from lab.fullsize import add_timing_arguments, load_model  # noqa: E402
 from slimeseg import Learned, Segmenter, SlimeConfig, inference, matching, upsample  # noqa: E402
 from slimeseg.examples import prepare_examples  # noqa: E402
 from slimeseg.models import pick_dtype  # noqa: E402
 from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
+from slimeseg.writers import write_json  # noqa: E402
 
 # each row: SlimeConfig settings changed from the defaults; "main" also runs main's code path
 ROWS: dict[str, dict[str, Any]] = {
@@ -214,13 +215,7 @@ def agreement(args: argparse.Namespace, out: dict[str, Any], save: Callable[[], 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="full", choices=["tiny", "full"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32,bfloat16", help="comma list")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
+    add_timing_arguments(p, ROWS)
     p.add_argument("--quick", action="store_true", help="the tiny SD at 128 px, 1 repeat, float32 (tests)")
     p.add_argument("--agreement", type=int, default=0, metavar="N",
                    help="instead of timing: label agreement with the default on N lab images")
@@ -249,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         out["loadavg_end"] = os.getloadavg()
         out["table"] = table(out)
         if args.json:
-            Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+            write_json(args.json, out)  # atomic: a killed run leaves the last whole report
 
     if args.agreement:
         agreement(args, out, save)

@@ -10,6 +10,7 @@ of the real model; segmentations are meaningless.
 
 from __future__ import annotations
 
+import argparse
 import math
 import tempfile
 
@@ -110,3 +111,15 @@ def load_model(name: str, device: str | torch.device, dtype: torch.dtype = torch
     else:
         raise ValueError(f"unknown model {name!r}")
     return Segmenter(sd)
+
+
+def add_timing_arguments(p: argparse.ArgumentParser, rows: dict) -> None:
+    """The options the full-size speed benchmarks share (fit_speed.py, infer_speed.py): which
+    model, device, dtypes, image side, rows and repeats, and the torch thread count."""
+    p.add_argument("--model", default="full", choices=["tiny", "full"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32,bfloat16", help="comma list")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--rows", default=",".join(rows), help=f"comma list of {', '.join(rows)}")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
