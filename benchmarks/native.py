@@ -38,6 +38,7 @@ from lab.quality import AUGMENT, LAB_MODEL, TRAIN_POOL, TRAIN_WORLD_SEED, groups
 from slimeseg import Learned, Segmenter, SlimeConfig, __version__, inference  # noqa: E402
 from slimeseg.metrics import ConfusionMatrix  # noqa: E402
 from slimeseg.synthetic import World, compose  # noqa: E402
+from slimeseg.writers import write_json  # noqa: E402
 
 SMALL_PARTS = {"car": ("wheel", "light", "window"), "face": ("eye", "mouth")}
 CANVASES = ((1024, 768), (1536, 1024))  # (width, height), alternated over the test set
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "seconds": sum(rep["seconds"] for rep in reports)}
         print(table(report["rows"]))
         if a.json:
-            Path(a.json).write_text(json.dumps(report, indent=1))
+            write_json(a.json, report)
         return report
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(f"{kind} {shots}-shot seed {seed} {mode:<14} mIoU {100 * r['miou']:5.1f} "
                           f"small {100 * small:5.1f} {r['seconds_per_image']:.2f} s/image", flush=True)
                 if a.json:  # after every fit, so an interrupted run keeps what it measured
-                    Path(a.json + ".partial").write_text(json.dumps({"runs": runs}, indent=1))
+                    write_json(a.json + ".partial", {"runs": runs})
         big = max(test, key=lambda t: t.image.size)
         for mode in chosen:  # peak memory of one large image per mode, each in a fresh child
             rss[f"{kind}/{mode}"] = peak_rss(seg, learned, big.image, all_modes[mode])
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "note": "peak RSS: a forked child (the model already loaded) predicting the largest "
                       "test image of the kind in that mode, with the last fit's embeddings"}
     if a.json:
-        Path(a.json).write_text(json.dumps(report, indent=1))
+        write_json(a.json, report)
     return report
 
 
