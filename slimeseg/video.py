@@ -203,13 +203,14 @@ def frame_labels(frame: np.ndarray, scores: Any, carry: Any, cfg: Any, want: boo
     steps the carry (a warm-up frame whose labels exist) and returns None."""
     from . import inference
 
-    if carry is None:
-        return inference.labels_for(scores, frame, cfg) if want else None
-    if cfg.temporal_filter == "before" and cfg.upsample == "guided":
-        carried = carry.step(frame, inference.upsampled(scores, frame, cfg))  # (K, h', w')
-        return inference.labels_at(carried, frame.shape[:2]) if want else None
-    carried = carry.step(frame, scores)  # (K, h', w')
-    return inference.labels_for(carried, frame, cfg) if want else None
+    filtered = carry is not None and cfg.temporal_filter == "before" and cfg.upsample == "guided"
+    if filtered:
+        scores = inference.upsampled(scores, frame, cfg)  # (K, h', w'): filtered, then carried
+    if carry is not None:
+        scores = carry.step(frame, scores)  # (K, h', w')
+    if not want:
+        return None
+    return inference.labels_at(scores, frame.shape[:2]) if filtered else inference.labels_for(scores, frame, cfg)
 
 
 def label_frames(sd: Any, clip: str | os.PathLike, learned: Any, cfg: Any,
