@@ -13,12 +13,15 @@ drifts hits all rows alike; the table gives medians of CPU seconds on one thread
 waiting for a core on a shared machine, as bench.py; the JSON has wall seconds too) and each
 row's ratio to the in-run "main" row, today's main branch (each image VAE-encoded once per copy
 in the 2B batch). Per row also the medians of its stages: encode, UNet, vote, guided filter.
-The JSON is written after each repeat; --resume continues it. Rows that would equal "default"
-for a dtype (the bfloat16 settings on a bfloat16 model) are skipped.
+The JSON is written after each repeat; --resume continues it. Rows that ask for bfloat16 pieces
+are skipped on a bfloat16 model (they would equal "float32" there). "default" is today's
+default, precision "auto": on a CPU with bfloat16 units it equals "bf16-encoder+autocast", on
+one without it equals "float32".
 
 --agreement N: label maps of N held-out lab images (the lab SD, tests/assets/lab-sd, with kept
 1-shot artifacts as `benchmarks/quality.py --keep-artifacts` writes them, or a short fit when none
-is there) under each row, against "default": the share of equal pixels.
+is there) under each row, against "float32" (the model's own precision): the share of equal
+pixels.
 """
 
 from __future__ import annotations
@@ -47,15 +50,24 @@ from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
 from slimeseg.writers import write_json  # noqa: E402
 
 # each row: SlimeConfig settings changed from the defaults; "main" also runs main's code path
+F32 = {"encoder_dtype": "model", "autocast": "off"}  # the model's own precision throughout
 ROWS: dict[str, dict[str, Any]] = {
-    "main": {},  # today's main (003eee6): the fused 2B batch VAE-encoded as 2B images
-    "default": {},  # this branch's default: each image encoded once (same outputs)
-    "bf16-match": {"match_dtype": "bfloat16"},
-    "bf16-encoder": {"encoder_dtype": "bfloat16"},
+    "main": F32,  # issue 28's starting main (003eee6): the fused 2B batch VAE-encoded as 2B images
+    "float32": F32,  # each image encoded once, the model's precision (the default before "auto")
+    "default": {},  # today's default: precision "auto" (bfloat16 where the device has the units)
+    "bf16-match": {**F32, "match_dtype": "bfloat16"},
+    "bf16-encoder": {"encoder_dtype": "bfloat16", "autocast": "off"},
     "bf16-encoder+autocast": {"encoder_dtype": "bfloat16", "autocast": "bfloat16"},
     "bf16-all": {"encoder_dtype": "bfloat16", "autocast": "bfloat16", "match_dtype": "bfloat16"},
 }
-LOWER_PRECISION = {"encoder_dtype", "autocast"}  # settings that do nothing on a bfloat16 model
+REFERENCE = "float32"  # the label maps every row's agreement is counted against
+
+
+def lower_precision(row: str) -> bool:
+    """Whether a row asks for a bfloat16 encoder or autocast (nothing to time on a bfloat16 model)."""
+    return any(ROWS[row].get(k) == "bfloat16" for k in ("encoder_dtype", "autocast"))
+
+
 STAGES = ("encode", "unet", "vote", "guided")
 
 
@@ -124,7 +136,7 @@ def time_rows(args: argparse.Namespace, out: dict[str, Any], save: Callable[[], 
     for dtype_name in args.dtype.split(","):
         dtype = pick_dtype(dtype_name, device)
         rows = [r for r in args.rows.split(",")
-                if dtype == torch.float32 or not LOWER_PRECISION & set(ROWS[r])]
+                if dtype == torch.float32 or not lower_precision(r)]
         done = {r["row"]: r for r in out["results"] if r["dtype"] == dtype_name}
         if done and all(len(done.get(r, {}).get("cpu_runs", [])) >= args.repeats for r in rows):
             continue
@@ -147,8 +159,8 @@ def time_rows(args: argparse.Namespace, out: dict[str, Any], save: Callable[[], 
             stages.reset()
             print(f"[{dtype_name}] warm-up {r}: {res[r]['warmup_cpu_s']:.1f} s", file=sys.stderr, flush=True)
         for r in rows:  # on random weights the labels mean nothing, but equal rows must agree
-            res[r]["pixels_equal_default"] = float((labels[r] == labels["default"]).mean()) \
-                if "default" in labels else None
+            res[r][f"pixels_equal_{REFERENCE}"] = float((labels[r] == labels[REFERENCE]).mean()) \
+                if REFERENCE in labels else None
         while min(len(res[r]["cpu_runs"]) for r in rows) < args.repeats:
             for r in rows:
                 w0, c0 = time.perf_counter(), time.process_time()
@@ -182,7 +194,7 @@ def table(out: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------- label agreement
 def agreement(args: argparse.Namespace, out: dict[str, Any], save: Callable[[], None]) -> None:
-    """Pixel agreement of each row's label maps with "default" on held-out lab images."""
+    """Pixel agreement of each row's label maps with REFERENCE's on held-out lab images."""
     from lab.quality import AUGMENT, LAB_MODEL, UNSEEN_WORLDS
     from slimeseg.synthetic import World
 
@@ -206,10 +218,10 @@ def agreement(args: argparse.Namespace, out: dict[str, Any], save: Callable[[], 
             images = [test.sample(i).image for i in range(args.agreement)]
             maps = {r: seg.predict_batch(images, learned, batch_size=4, **ROWS[r]) for r in rows}
             entry = {"kind": kind, "seed": seed, "images": len(images), "artifact": kept.name if kept.is_file() else "short fit",
-                     "pixels_equal_default": {r: float(np.mean([(a == b).mean() for a, b in zip(maps[r], maps["default"], strict=True)]))
+                     f"pixels_equal_{REFERENCE}": {r: float(np.mean([(a == b).mean() for a, b in zip(maps[r], maps[REFERENCE], strict=True)]))
                                               for r in rows}}
             out["agreement"].append(entry)
-            print(f"[agreement] {kind} seed {seed}: {entry['pixels_equal_default']}", file=sys.stderr, flush=True)
+            print(f"[agreement] {kind} seed {seed}: {entry[f'pixels_equal_{REFERENCE}']}", file=sys.stderr, flush=True)
             save()
 
 
@@ -254,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     print(out["table"])
     for a in out.get("agreement", []):
         print(f"agreement {a['kind']} seed {a['seed']} ({a['images']} images): "
-              + ", ".join(f"{r} {100 * v:.2f} %" for r, v in a["pixels_equal_default"].items()))
+              + ", ".join(f"{r} {100 * v:.2f} %" for r, v in a.get(f"pixels_equal_{REFERENCE}", a.get("pixels_equal_default", {})).items()))
     return 0
 
 

@@ -118,7 +118,8 @@ DERIVED = {"tiles-2": "full", "fuse": "full", "fuse-mean": "full", "fuse-m75": "
            "match-gf3": "match", "fuse-sp25": "full", "fuse-sp5": "full", "match-sp5": "match",
            "fuse-sp10": "full", "fuse-sp5c64": "full", "fuse-sp5c128": "full", "match-sp5c64": "match", "fuse-gf-e2": "full", "fuse-tta-gf": "full", "match-tta-gf": "match"}
 # issue 28, fit speed: each setting's fit read as "full" (SLiMe, bilinear) and, derived from the
-# same fit, as today's default ("fuse-gf2"): full-NAME and fuse-gf2-NAME
+# same fit, as the default of then ("fuse-gf2") and of now ("fuse-sp5c64"): full-NAME,
+# fuse-gf2-NAME and fuse-sp5c64-NAME
 FIT_SPEED: dict[str, dict[str, Any]] = {
     "pool16": {"view_pool": 16}, "pool64": {"view_pool": 64}, "pool256": {"view_pool": 256},
     "local": {"gradients": "local"}, "local-m10": {"gradients": "local", "full_every": 10},
@@ -130,6 +131,8 @@ for _name, _speed in FIT_SPEED.items():
     VARIANTS[f"full-{_name}"] = {**VARIANTS["full"], **_speed}
     VARIANTS[f"fuse-gf2-{_name}"] = dict(VARIANTS["fuse-gf2"])
     DERIVED[f"fuse-gf2-{_name}"] = f"full-{_name}"
+    VARIANTS[f"fuse-sp5c64-{_name}"] = dict(VARIANTS["fuse-sp5c64"])  # read as today's default
+    DERIVED[f"fuse-sp5c64-{_name}"] = f"full-{_name}"
 # issue 28, inference speed (docs/speed.md "Inference"): today's default read in lower precision
 INFER_SPEED: dict[str, dict[str, Any]] = {
     "bf16enc": {"encoder_dtype": "bfloat16"},
@@ -176,7 +179,7 @@ def run_one(seg: Segmenter, kind: str, shots: int, variant: str, seed: int, size
     pick = np.random.default_rng(seed if examples_seed is None else examples_seed).permutation(TRAIN_POOL)[:shots]
     train = [world.sample(int(i)) for i in pick]
     cfg = SlimeConfig(image_size=size, steps=steps_per_shot * shots, seed=seed,
-                      **AUGMENT[kind]).replace(**VARIANTS[variant])
+                      **AUGMENT[kind]).replace(**{**LAB_PRECISION, **VARIANTS[variant]})
     t0 = time.perf_counter()
     images, masks, classes = [s.image for s in train], [s.mask for s in train], list(world.classes)
     kept = None if artifacts is None else Path(artifacts) / f"{kind}-{shots}shot-{variant}-seed{seed}.safetensors"
@@ -196,7 +199,7 @@ def run_one(seg: Segmenter, kind: str, shots: int, variant: str, seed: int, size
         t1 = time.perf_counter()
         # every variant's inference settings explicitly, its own too: an artifact kept from an
         # older run lacks settings added since, which would otherwise take today's defaults
-        preds = seg.predict_batch(test_images, learned, batch_size=8, **VARIANTS[name])
+        preds = seg.predict_batch(test_images, learned, batch_size=8, **{**LAB_PRECISION, **VARIANTS[name]})
         per_image = (time.perf_counter() - t1) / len(test_images)
         for pred, mask in zip(preds, test_masks, strict=True):
             cm.update(pred, mask)
@@ -205,6 +208,11 @@ def run_one(seg: Segmenter, kind: str, shots: int, variant: str, seed: int, size
                         0 if variant in NO_FIT else cfg.steps, per_image))
     return runs
 
+
+# the lab's inference precision, pinned: float32 on every machine, so a figure does not depend on
+# whether the CPU has bfloat16 units (the default "auto" uses them where it does); the INFER_SPEED
+# variants set their own
+LAB_PRECISION: dict[str, Any] = {"encoder_dtype": "model", "autocast": "off"}
 
 # the paper's crop/rotation presets for the closest real dataset
 AUGMENT = {"car": {"min_crop_ratio": 0.6, "rotate_degrees": 30.0},

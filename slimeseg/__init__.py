@@ -9,8 +9,8 @@
 __version__ = "0.1.0"
 
 from .artifact import Learned  # noqa: E402
-from .config import DEFAULT_MODEL, MODELS, SlimeConfig  # noqa: E402
+from .config import DEFAULT_MODEL, MODELS, SlimeConfig, fast_fit  # noqa: E402
 from .errors import SlimeError  # noqa: E402
 from .segmenter import Segmenter  # noqa: E402
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "Learned", "Segmenter", "SlimeConfig", "SlimeError", "__version__"]
+__all__ = ["DEFAULT_MODEL", "MODELS", "Learned", "Segmenter", "SlimeConfig", "SlimeError", "__version__", "fast_fit"]

@@ -17,7 +17,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import AUGMENT_PRESETS, BOTH, DEFAULT_MODEL, MODELS, TRAIN, SlimeConfig, setting_types
+from .config import (
+    AUGMENT_PRESETS,
+    BOTH,
+    DEFAULT_MODEL,
+    MODELS,
+    TRAIN,
+    SlimeConfig,
+    fast_fit,
+    setting_types,
+)
 from .errors import InputError, SlimeError
 
 EXIT_USAGE_ERROR = 2
@@ -109,6 +118,11 @@ def _add_settings(p: argparse.ArgumentParser, train: bool) -> None:
     if train:
         group.add_argument("--preset", choices=sorted(AUGMENT_PRESETS),
                            help="augmentation preset of the paper for a dataset (crop ratio, rotation)")
+        group.add_argument("--fast-fit", action="store_true",
+                           help="a fit in minutes on a CPU: views encoded once, local gradients, most "
+                                "steps at half the side, 100 epochs (docs/speed.md; about half a lab "
+                                "mIoU point below the default fit with the fused method, not for "
+                                "--method slime); flags you type win over it")
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,6 +131,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
            if getattr(args, f.name, None) is not None}
     if getattr(args, "preset", None):
         out = {**AUGMENT_PRESETS[args.preset], **out}
+    if getattr(args, "fast_fit", False):
+        out = {**fast_fit(out.get("image_size", SlimeConfig().image_size)), **out}
     try:  # a bad value (--resolution huge, --image-size 100) is the user's error, said in one line
         SlimeConfig().replace(**out)
     except ValueError as exc:

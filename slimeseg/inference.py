@@ -34,7 +34,7 @@ from .config import SlimeConfig
 from .errors import InputError
 from .examples import Example, image_tensor
 from .matching import FeatureCapture, MatchBank, soft_targets
-from .models import StableDiffusion
+from .models import StableDiffusion, native_bfloat16
 
 MAX_ASPECT = 4  # the model input's long side is at most 4x its short side (longer strips are squeezed)
 BAND_ELEMENTS = 1 << 24  # the final upsampling + argmax handles at most ~16 M scores (64 MB) at once
@@ -59,10 +59,19 @@ def model_input(image: np.ndarray, cfg: SlimeConfig) -> torch.Tensor:
     return x[0].clamp(0, 1)
 
 
+def precision(sd: StableDiffusion, cfg: SlimeConfig) -> tuple[torch.dtype | None, bool]:
+    """The inference pass's (encoder dtype or None for the model's, UNet under bfloat16 autocast),
+    `cfg.encoder_dtype` and `cfg.autocast` with "auto" resolved: bfloat16 for a float32 model on a
+    device with bfloat16 units (`models.native_bfloat16`), the model's own precision elsewhere."""
+    auto = sd.dtype == torch.float32 and native_bfloat16(sd.device)
+    encoder = cfg.encoder_dtype == "bfloat16" or (cfg.encoder_dtype == "auto" and auto)
+    cast = sd.dtype != torch.bfloat16 and (cfg.autocast == "bfloat16" or (cfg.autocast == "auto" and auto))
+    return (torch.bfloat16 if encoder else None), cast
+
+
 def _autocast(sd: StableDiffusion, cfg: SlimeConfig) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast for the UNet pass when `cfg.autocast` asks for it and the model is in
-    another dtype; nothing otherwise."""
-    if cfg.autocast == "off" or sd.dtype == torch.bfloat16:
+    """bfloat16 autocast for the UNet pass when `precision` says so; nothing otherwise."""
+    if not precision(sd, cfg)[1]:
         return contextlib.nullcontext()
     return torch.autocast(sd.device.type, dtype=torch.bfloat16)
 
@@ -74,8 +83,7 @@ def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: Sl
     with attention capture into `store` and, given `features`, the up blocks' outputs kept.
     `repeat`: the UNet runs on the batch `repeat` times over (R*B; each image encoded once).
     `context`: the text conditioning per image (R*B, 77, D) (default: the artifact's, for all)."""
-    encoder = None if cfg.encoder_dtype == "model" else getattr(torch, cfg.encoder_dtype)
-    latents = sd.encode_image(batch, encoder)  # (B, 4, h/8, w/8)
+    latents = sd.encode_image(batch, precision(sd, cfg)[0])  # (B, 4, h/8, w/8)
     if repeat > 1:
         latents = latents.repeat(repeat, 1, 1, 1)  # (R*B, 4, h/8, w/8)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -145,7 +153,7 @@ def match_bank(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig) -> Match
     images with `match_mirror`), through the matching pass (the empty prompt) as the images to
     segment. Built once per model and setting, and kept with the artifact in memory."""
     key = (sd.fingerprint, str(sd.device), str(sd.dtype), cfg.t_test, cfg.seed, cfg.match_mirror,
-           cfg.match_cells, cfg.match_views, cfg.match_hue, cfg.encoder_dtype, cfg.autocast)
+           cfg.match_cells, cfg.match_views, cfg.match_hue, precision(sd, cfg))
     cache = learned.__dict__.setdefault("_match_banks", {})
     if key not in cache:
         if not learned.examples:

@@ -6,6 +6,7 @@ encoder is loaded on demand to encode a prompt once, then released.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -180,6 +181,29 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype '{dtype}' (choose from {', '.join(sorted(DTYPES))})")
     return DTYPES[dtype]
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere, or where unreadable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 in hardware: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX units. Elsewhere torch emulates bfloat16, many times slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 @dataclass

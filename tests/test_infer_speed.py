@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from slimeseg import SlimeConfig, inference
+from slimeseg import SlimeConfig, inference, models
 
 ROOT = Path(__file__).resolve().parents[1]
+F32 = {"encoder_dtype": "model", "autocast": "off"}  # the model's own precision throughout
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_fused_pass_encodes_each_image_once_and_equals_its_halves(segmenter, fit
                                        "match_dtype": "bfloat16"}])
 def test_precision_settings_predict_deterministically(segmenter, fitted, scene, settings):
     sd, image = segmenter.sd, scene[0]
-    ref = segmenter.predict(image, fitted)
+    ref = segmenter.predict(image, fitted, **F32)
     got = segmenter.predict(image, fitted, **settings)
     again = segmenter.predict(image, fitted, **settings)
     assert got.shape == ref.shape == image.shape[:2] and got.dtype == np.uint8
@@ -76,6 +77,35 @@ def test_bfloat16_encoder_is_a_copy_made_once(segmenter, scene):
     ref = sd.encode_image(x)
     assert float((a - ref).norm() / ref.norm()) < 0.05
     assert sd.encoder_in(sd.dtype)[0] is sd.vae_encoder
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_follows_the_device(segmenter, fitted, scene, monkeypatch, native):
+    """"auto" (the default) is the bfloat16 encoder + autocast for a float32 model on a device with
+    bfloat16 units, the model's own precision elsewhere; explicit settings win either way."""
+    sd, image = segmenter.sd, scene[0]
+    monkeypatch.setattr(inference, "native_bfloat16", lambda device: native)
+    cfg = SlimeConfig()
+    assert (cfg.encoder_dtype, cfg.autocast) == ("auto", "auto")
+    assert inference.precision(sd, cfg) == ((torch.bfloat16, True) if native else (None, False))
+    assert inference.precision(sd, cfg.replace(**F32)) == (None, False)
+    assert inference.precision(sd, cfg.replace(encoder_dtype="bfloat16", autocast="bfloat16")) == (torch.bfloat16, True)
+    same = {"encoder_dtype": "bfloat16", "autocast": "bfloat16"} if native else F32
+    np.testing.assert_array_equal(segmenter.predict(image, fitted), segmenter.predict(image, fitted, **same))
+
+
+def test_auto_precision_keeps_a_bfloat16_model_as_it_is(segmenter, monkeypatch):
+    monkeypatch.setattr(inference, "native_bfloat16", lambda device: True)
+    monkeypatch.setattr(segmenter.sd, "dtype", torch.bfloat16)  # only the dtype is read
+    assert inference.precision(segmenter.sd, SlimeConfig()) == (None, False)
+
+
+@pytest.mark.parametrize("flags, native", [({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True),
+                                           ({"avx2", "avx512f"}, False), (set(), False)])
+def test_native_bfloat16_reads_the_cpu_flags(monkeypatch, flags, native):
+    monkeypatch.setattr(models, "_cpu_flags", lambda: frozenset(flags))
+    assert models.native_bfloat16(torch.device("cpu")) is native
+    assert models.native_bfloat16(torch.device("meta")) is False
 
 
 @pytest.mark.parametrize("bad", [{"encoder_dtype": "float16"}, {"autocast": "on"},

@@ -19,19 +19,10 @@ import torch
 from lab.fullsize import build_full_sd, fake_prompts
 from lab.precision import compare
 from slimeseg import Segmenter
+from slimeseg.models import native_bfloat16
 from slimeseg.synthetic import World
 
 LAB = Path(__file__).parent / "assets" / "lab-sd"
-
-
-def half_precision_units() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AMX or AVX512-BF16); without them torch
-    emulates half precision, ~20x slower (a 256 px full-size step: ~245 s instead of 6-14 s)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 @pytest.mark.slow
@@ -40,7 +31,7 @@ def test_half_precision_step_gradients_match_float32_on_the_full_size_unet():
     bounded on CPUs that emulate it (the same full-size UNet, a 16 x 16 latent)."""
     sd = build_full_sd("cpu", torch.float32)
     fake_prompts(sd, 4)
-    size = 256 if half_precision_units() else 128
+    size = 256 if native_bfloat16(torch.device("cpu")) else 128
     rows = compare(sd, [(torch.bfloat16, "auto"), (torch.float16, "auto")], size=size)
     by = {r.dtype: r for r in rows}
     for name in ("bfloat16", "float16"):

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from slimeseg.cli import build_parser, config_overrides
-from slimeseg.config import BOTH, TRAIN, SlimeConfig
+from slimeseg.config import BOTH, TRAIN, SlimeConfig, fast_fit
 
 
 def _dests(command: str) -> set[str]:
@@ -43,6 +43,19 @@ def test_only_flags_the_user_typed_become_overrides():
                                       "rotate_degrees": 5.0}
     cfg = SlimeConfig().replace(**config_overrides(args))
     assert cfg.min_crop_ratio == 0.8 and cfg.epochs == SlimeConfig().epochs
+
+
+@pytest.mark.parametrize("size, coarse", [(512, 256), (256, 128), (128, 64), (192, 64), (64, 0)])
+def test_fast_fit_is_a_preset_beneath_the_typed_flags(size, coarse):
+    base = ["train", "--image", "a.png", "--mask", "m.png", "--classes", "bg,x", "--out", "o.safetensors",
+            "--fast-fit", "--image-size", str(size)]
+    got = config_overrides(build_parser().parse_args(base))
+    assert got == {"view_pool": 16, "gradients": "local", "coarse_size": coarse, "epochs": 100, "image_size": size}
+    assert got == {**fast_fit(size), "image_size": size}
+    SlimeConfig(**got)  # valid at every side
+    typed = config_overrides(build_parser().parse_args(base + ["--view-pool", "4", "--epochs", "30"]))
+    assert typed["view_pool"] == 4 and typed["epochs"] == 30 and typed["gradients"] == "local"
+    assert "fast_fit" not in _dests("segment")
 
 
 def test_bad_flag_values_are_refused_by_the_parser(capsys):
