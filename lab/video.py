@@ -37,34 +37,47 @@ from slimeseg.writers import colour_labels, write_json
 
 from .quality import LAB_MODEL, TRAIN_POOL, UNSEEN_WORLDS, mean_std, parse_seeds
 
-# mode -> SlimeConfig settings of the temporal step
+
+def flow(weight: float, hysteresis: float = 0.0, **settings: Any) -> dict[str, Any]:
+    """A flow mode's settings: every one names its weight and hysteresis, so a mode measures the
+    same whatever SlimeConfig's defaults become."""
+    return {"temporal": "flow", "temporal_weight": weight, "temporal_hysteresis": hysteresis, **settings}
+
+
+# mode -> SlimeConfig settings of the temporal step (flow-wX: weight X; -hY: hysteresis Y)
 MODES: dict[str, dict[str, Any]] = {
     "none": {"temporal": "none"},
-    "flow-w0.5": {"temporal": "flow", "temporal_weight": 0.5},
-    "flow-w0.3": {"temporal": "flow", "temporal_weight": 0.3},
-    "flow-w0.2": {"temporal": "flow", "temporal_weight": 0.2},
-    "flow-w0.1": {"temporal": "flow", "temporal_weight": 0.1},  # the default (chosen here)
-    "flow-m0.1": {"temporal": "flow", "temporal_weight": 0.2, "temporal_margin": 0.1},
-    "flow-w0.05": {"temporal": "flow", "temporal_weight": 0.05},
+    "flow-w0.5": flow(0.5),
+    "flow-w0.3": flow(0.3),
+    "flow-w0.2": flow(0.2),
+    "flow-w0.1": flow(0.1),  # the default before hysteresis
+    "flow-m0.1": flow(0.2, temporal_margin=0.1),
+    "flow-w0.05": flow(0.05),
     # the guided filter on each frame's own scores, then the carry (`temporal_filter`)
-    "flow-w0.1-fb": {"temporal": "flow", "temporal_weight": 0.1, "temporal_filter": "before"},
-    "flow-w0.2-fb": {"temporal": "flow", "temporal_weight": 0.2, "temporal_filter": "before"},
+    "flow-w0.1-fb": flow(0.1, temporal_filter="before"),
+    "flow-w0.2-fb": flow(0.2, temporal_filter="before"),
     # the filtered scores carried (`temporal_filter="recursive"`)
-    "flow-w0.1-rec": {"temporal": "flow", "temporal_weight": 0.1, "temporal_filter": "recursive"},
-    "flow-w0.2-rec": {"temporal": "flow", "temporal_weight": 0.2, "temporal_filter": "recursive"},
+    "flow-w0.1-rec": flow(0.1, temporal_filter="recursive"),
+    "flow-w0.2-rec": flow(0.2, temporal_filter="recursive"),
     # label hysteresis on the final scores (`temporal_hysteresis`)
-    "flow-w0.1-h0.05": {"temporal": "flow", "temporal_weight": 0.1, "temporal_hysteresis": 0.05},
-    "flow-w0.1-h0.1": {"temporal": "flow", "temporal_weight": 0.1, "temporal_hysteresis": 0.1},
-    "flow-w0.1-h0.2": {"temporal": "flow", "temporal_weight": 0.1, "temporal_hysteresis": 0.2},
-    "flow-w0.1-rec-h0.1": {"temporal": "flow", "temporal_weight": 0.1, "temporal_filter": "recursive",
-                           "temporal_hysteresis": 0.1},
+    "flow-w0.1-h0.05": flow(0.1, 0.05),
+    "flow-w0.1-h0.1": flow(0.1, 0.1),
+    "flow-w0.1-h0.2": flow(0.1, 0.2),  # the default (chosen here: docs/video.md)
+    "flow-w0.1-h0.3": flow(0.1, 0.3),
+    "flow-w0.1-h0.5": flow(0.1, 0.5),
+    "flow-w0.2-h0.2": flow(0.2, 0.2),
+    "flow-w0.2-h0.3": flow(0.2, 0.3),
+    "flow-w0.1-rec-h0.1": flow(0.1, 0.1, temporal_filter="recursive"),
     # other optical flows (`flow_method`)
-    "flow-w0.1-ultrafast": {"temporal": "flow", "temporal_weight": 0.1, "flow_method": "dis-ultrafast"},
-    "flow-w0.1-fast": {"temporal": "flow", "temporal_weight": 0.1, "flow_method": "dis-fast"},
-    "flow-w0.1-fine": {"temporal": "flow", "temporal_weight": 0.1, "flow_method": "dis-fine"},
-    "flow-w0.1-farneback": {"temporal": "flow", "temporal_weight": 0.1, "flow_method": "farneback"},
+    "flow-w0.1-ultrafast": flow(0.1, flow_method="dis-ultrafast"),
+    "flow-w0.1-fast": flow(0.1, flow_method="dis-fast"),
+    "flow-w0.1-fine": flow(0.1, flow_method="dis-fine"),
+    "flow-w0.1-farneback": flow(0.1, flow_method="farneback"),
+    "flow-w0.1-h0.2-fine": flow(0.1, 0.2, flow_method="dis-fine"),
     # a diagnostic, not a setting: the clip's exact motion instead of estimated flow (`TrueMotion`)
-    "flow-w0.1-true": {"temporal": "flow", "temporal_weight": 0.1, "true_motion": True},
+    "flow-w0.1-true": flow(0.1, true_motion=True),
+    "flow-w0.1-h0.2-true": flow(0.1, 0.2, true_motion=True),
+    "flow-w0.1-h0.3-true": flow(0.1, 0.3, true_motion=True),
 }
 LAB_KEYS = ("true_motion",)  # MODES keys that are the lab's, not SlimeConfig's
 

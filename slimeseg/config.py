@@ -202,6 +202,9 @@ class SlimeConfig:
     # defaults by measurement (lab clips, unseen worlds, 3 seeds x 10 clips, car and face, 1- and
     # 5-shot; docs/video.md): flow with weight 0.1 flickers 0.52-0.54x as much as frame by frame
     # at +0.8 to +1.7 per-frame mIoU; 0.2 / 0.3 / 0.5 flicker more (0.58-0.61 / 0.64-0.67 / 0.75-0.78x)
+    # (bilinear upsampling). With guided upsampling, hysteresis 0.2 on the final scores takes it from
+    # 0.61 / 0.58x (car / face, 1-shot) to 0.47 / 0.48x at equal mIoU; 0.3: 0.45 / 0.47x, but it
+    # held more wrong labels where the motion was exact (face -0.5 mIoU against 0.2's -0.3)
     temporal: Literal["none", "flow"] = _setting(
         "flow", "clips: none = each frame on its own; flow = the previous frames' scores carried "
                 "along optical flow and blended with the frame's own", BOTH)
@@ -213,7 +216,7 @@ class SlimeConfig:
         "after", "clips, temporal flow with guided upsampling: after = the carried scores are "
                  "filtered along the frame's edges; before = each frame's own scores are filtered, "
                  "then carried; recursive = the filtered scores are what is carried", BOTH)
-    temporal_hysteresis: float = _setting(0.0, "clips, temporal flow: a pixel keeps its previous "
+    temporal_hysteresis: float = _setting(0.2, "clips, temporal flow: a pixel keeps its previous "
                                                "label (followed along the flow where it is trusted) "
                                                "unless another class beats it by this on the final "
                                                "(filtered) scores", BOTH)

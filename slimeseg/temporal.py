@@ -192,12 +192,17 @@ class FlowCarry:
         if self.hysteresis <= 0:
             return final
         hw = tuple(final.shape[1:])
-        if self.back is not None and self.valid is not None and self.labels is not None \
-                and tuple(self.labels.shape) == hw:
+        if self.back is not None and self.valid is not None and self.labels is not None:
             back = resized_flow(self.back, hw)  # (H', W', 2)
             valid = F.interpolate(self.valid[None, None].float(), size=hw, mode="nearest")[0, 0]  # (H', W')
-            before = warp(self.labels[None].float(), back, mode="nearest")[0].long()  # (H', W')
-            keep = F.one_hot(before, final.shape[0]).permute(2, 0, 1) * valid[None]  # (K, H', W')
+            labels = F.interpolate(self.labels[None, None].float(), size=hw, mode="nearest")[0, 0]  # (H', W')
+            held = F.one_hot(labels.long(), final.shape[0]).permute(2, 0, 1).float()  # (K, H', W')
+            # nearest: a label, not a blend (bilinear sampling measured the same on the lab clips)
+            keep = warp(held, back, mode="nearest") * valid[None]  # (K, H', W')
             final = final + self.hysteresis * keep.to(final.device, final.dtype)  # (K, H', W')
-        self.labels = final.argmax(0).cpu()  # (H', W')
+        at = final  # labels kept at least at the working resolution (a still's scores come coarser)
+        if self.carried is not None and final.shape[1] * final.shape[2] < self.carried[0].numel():
+            at = F.interpolate(final[None].float(), size=self.carried.shape[1:], mode="bilinear",
+                               align_corners=False)[0]  # (K, h, w)
+        self.labels = at.argmax(0).cpu()  # (H', W')
         return final

@@ -398,9 +398,11 @@ def test_video_benchmark_measures_each_mode_on_the_same_scores_and_resumes(tmp_p
 
 
 @pytest.mark.parametrize("where, settings", [
-    ("after", {}), ("before", {}), ("recursive", {}), ("after", {"temporal_hysteresis": 0.1}),
+    ("after", {}), ("before", {}), ("recursive", {}), ("after", {"temporal_hysteresis": 0.0}),
+    ("recursive", {"temporal_hysteresis": 0.0}), ("after", {"temporal_hysteresis": 0.5}),
     ("recursive", {"temporal_hysteresis": 0.1}), ("after", {"flow_method": "dis-fine"}),
-    ("after", {"flow_method": "farneback"}), ("after", {"flow_method": "dis-ultrafast"})])
+    ("after", {"flow_method": "farneback"}), ("after", {"flow_method": "dis-ultrafast"}),
+    ("after", {"upsample": "bilinear", "temporal_hysteresis": 0.1})])
 def test_frame_labels_filter_before_or_after_the_carry(where, settings):
     """Every order (and the hysteresis, and each flow) labels a frame like a still image when
     nothing moves: the first frame has no past, and a repeated frame's carry brings the same
@@ -434,8 +436,9 @@ def test_recursive_carry_and_hysteresis_on_the_final_scores():
     from slimeseg.video import frame_labels
 
     still = np.ascontiguousarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
-    rec = FlowCarry(SlimeConfig(temporal_filter="recursive"))
-    assert rec.wants_final and not FlowCarry(SlimeConfig()).wants_final
+    rec = FlowCarry(SlimeConfig(temporal_filter="recursive", temporal_hysteresis=0.0))
+    assert rec.wants_final and FlowCarry(SlimeConfig()).wants_final  # the default holds labels
+    assert not FlowCarry(SlimeConfig(temporal_hysteresis=0.0)).wants_final
     rec.step(still, torch.rand(2, 8, 8))
     final = torch.rand(2, 64, 64)
     assert rec.finish(final) is final and torch.allclose(rec.carried, final)  # (2, 64, 64) carried
