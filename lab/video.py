@@ -37,19 +37,74 @@ from slimeseg.writers import colour_labels, write_json
 
 from .quality import LAB_MODEL, TRAIN_POOL, UNSEEN_WORLDS, mean_std, parse_seeds
 
-# mode -> SlimeConfig settings of the temporal step
+
+def flow(weight: float, hysteresis: float = 0.0, **settings: Any) -> dict[str, Any]:
+    """A flow mode's settings: every one names its weight and hysteresis, so a mode measures the
+    same whatever SlimeConfig's defaults become."""
+    return {"temporal": "flow", "temporal_weight": weight, "temporal_hysteresis": hysteresis, **settings}
+
+
+# mode -> SlimeConfig settings of the temporal step (flow-wX: weight X; -hY: hysteresis Y)
 MODES: dict[str, dict[str, Any]] = {
     "none": {"temporal": "none"},
-    "flow-w0.5": {"temporal": "flow", "temporal_weight": 0.5},
-    "flow-w0.3": {"temporal": "flow", "temporal_weight": 0.3},
-    "flow-w0.2": {"temporal": "flow", "temporal_weight": 0.2},
-    "flow-w0.1": {"temporal": "flow", "temporal_weight": 0.1},  # the default (chosen here)
-    "flow-m0.1": {"temporal": "flow", "temporal_weight": 0.2, "temporal_margin": 0.1},
-    "flow-w0.05": {"temporal": "flow", "temporal_weight": 0.05},
+    "flow-w0.5": flow(0.5),
+    "flow-w0.3": flow(0.3),
+    "flow-w0.2": flow(0.2),
+    "flow-w0.1": flow(0.1),  # the default before hysteresis
+    "flow-m0.1": flow(0.2, temporal_margin=0.1),
+    "flow-w0.05": flow(0.05),
     # the guided filter on each frame's own scores, then the carry (`temporal_filter`)
-    "flow-w0.1-fb": {"temporal": "flow", "temporal_weight": 0.1, "temporal_filter": "before"},
-    "flow-w0.2-fb": {"temporal": "flow", "temporal_weight": 0.2, "temporal_filter": "before"},
+    "flow-w0.1-fb": flow(0.1, temporal_filter="before"),
+    "flow-w0.2-fb": flow(0.2, temporal_filter="before"),
+    # the filtered scores carried (`temporal_filter="recursive"`)
+    "flow-w0.1-rec": flow(0.1, temporal_filter="recursive"),
+    "flow-w0.2-rec": flow(0.2, temporal_filter="recursive"),
+    # label hysteresis on the final scores (`temporal_hysteresis`)
+    "flow-w0.1-h0.05": flow(0.1, 0.05),
+    "flow-w0.1-h0.1": flow(0.1, 0.1),
+    "flow-w0.1-h0.2": flow(0.1, 0.2),  # the default (chosen here: docs/video.md)
+    "flow-w0.1-h0.3": flow(0.1, 0.3),
+    "flow-w0.1-h0.5": flow(0.1, 0.5),
+    "flow-w0.2-h0.2": flow(0.2, 0.2),
+    "flow-w0.2-h0.3": flow(0.2, 0.3),
+    "flow-w0.1-rec-h0.1": flow(0.1, 0.1, temporal_filter="recursive"),
+    # other optical flows (`flow_method`)
+    "flow-w0.1-ultrafast": flow(0.1, flow_method="dis-ultrafast"),
+    "flow-w0.1-fast": flow(0.1, flow_method="dis-fast"),
+    "flow-w0.1-fine": flow(0.1, flow_method="dis-fine"),
+    "flow-w0.1-farneback": flow(0.1, flow_method="farneback"),
+    "flow-w0.1-h0.2-fine": flow(0.1, 0.2, flow_method="dis-fine"),
+    # a diagnostic, not a setting: the clip's exact motion instead of estimated flow (`TrueMotion`)
+    "flow-w0.1-true": flow(0.1, true_motion=True),
+    "flow-w0.1-h0.2-true": flow(0.1, 0.2, true_motion=True),
+    "flow-w0.1-h0.3-true": flow(0.1, 0.3, true_motion=True),
 }
+LAB_KEYS = ("true_motion",)  # MODES keys that are the lab's, not SlimeConfig's
+
+
+class TrueMotion(FlowCarry):
+    """A carry that follows a lab clip's exact motion (`Clip.motion`) instead of estimated flow,
+    trusted where the source is inside the frame and looks the same: what flow errors cost."""
+
+    def __init__(self, cfg: SlimeConfig, motion: list[np.ndarray | None]) -> None:
+        self.truth, self.t = motion, -1
+        super().__init__(cfg)
+
+    def step(self, frame: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
+        self.t += 1
+        return super().step(frame, scores)
+
+    def motion(self, gray: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = gray.shape
+        source = self.truth[self.t]  # (h, w, 2) where each pixel was in the frame before, or None
+        if source is None or source.shape[:2] != (h, w):  # a cut (or a resized working frame)
+            return torch.zeros(h, w, 2), torch.zeros(h, w, dtype=torch.bool)
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        back = torch.from_numpy(source - np.stack([xs, ys], -1)).float()  # (h, w, 2)
+        sx, sy = source[..., 0], source[..., 1]
+        inside = torch.from_numpy((sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5))
+        return back, inside & self.looks_same(gray, back)
+
 
 def examples(kind: str, shots: int, seed: int, size: int, world: int) -> tuple[list, list, list[str]]:
     """The k-shot examples of a seed, drawn as `lab.quality` draws them."""
@@ -59,11 +114,21 @@ def examples(kind: str, shots: int, seed: int, size: int, world: int) -> tuple[l
     return [s.image for s in samples], [s.mask for s in samples], list(w.classes)
 
 
-def apply_mode(clip: Clip, scores: list[torch.Tensor], cfg: SlimeConfig) -> tuple[list[np.ndarray], float]:
+def mode_config(base: SlimeConfig, mode: str) -> tuple[SlimeConfig, dict[str, Any]]:
+    """A mode's settings on `base`, and its lab-only keys (LAB_KEYS) apart."""
+    settings = {k: v for k, v in MODES[mode].items() if k not in LAB_KEYS}
+    return base.replace(**settings), {k: v for k, v in MODES[mode].items() if k in LAB_KEYS}
+
+
+def apply_mode(clip: Clip, scores: list[torch.Tensor], cfg: SlimeConfig, true_motion: bool = False
+               ) -> tuple[list[np.ndarray], float]:
     """Label maps of a clip's frames from their scores under one temporal setting, and the
     seconds labelling a frame from its scores took (the temporal step and the final upsampling,
-    as `video.frame_labels` does them; reports before 2026-12-05 timed the temporal step alone)."""
-    carry = FlowCarry(cfg) if cfg.temporal == "flow" else None
+    as `video.frame_labels` does them; reports before 2026-12-05 timed the temporal step alone).
+    `true_motion`: the carry follows the clip's exact motion (`TrueMotion`), a diagnostic."""
+    carry = None
+    if cfg.temporal == "flow":
+        carry = TrueMotion(cfg, clip.motion) if true_motion else FlowCarry(cfg)
     out, spent = [], 0.0
     for frame, sc in zip(clip.frames, scores, strict=True):
         t0 = time.perf_counter()
@@ -82,6 +147,7 @@ def score_clip(seg: Segmenter, clip: Clip, learned: Any, cfg: SlimeConfig, batch
 
 def measure(seg: Segmenter, args: argparse.Namespace, units: dict[str, Any], save: Any) -> None:
     """Fill `units` (key 'kind/shots/seed/clip' -> per-mode confusion and flicker counts)."""
+    modes = args.modes.split(",") if args.modes else list(MODES)
     for kind in args.kinds.split(","):
         for shots in map(int, args.shots.split(",")):
             for seed in parse_seeds(args.seeds):
@@ -95,8 +161,9 @@ def measure(seg: Segmenter, args: argparse.Namespace, units: dict[str, Any], sav
                     clip = lab_clip(kind, index, args.size, args.frames, seed=args.worlds[1])
                     scores = score_clip(seg, clip, learned, base, args.batch)
                     unit: dict[str, Any] = {}
-                    for mode in args.modes.split(","):
-                        preds, step_s = apply_mode(clip, scores, base.replace(**MODES[mode]))
+                    for mode in modes:
+                        cfg, lab = mode_config(base, mode)
+                        preds, step_s = apply_mode(clip, scores, cfg, **lab)
                         cm = ConfusionMatrix(len(classes))
                         for p, m in zip(preds, clip.masks, strict=True):
                             cm.update(p, m)
@@ -220,8 +287,9 @@ def memory(args: argparse.Namespace, lengths: list[int], side: tuple[int, int] =
 
 
 def strip(seg: Segmenter, args: argparse.Namespace, path: str) -> None:
-    """A picture of one lab clip's first shot: frames, truth, frame by frame, temporal flow
-    (rows), each followed by the pixels whose label flickered (white) under it."""
+    """A picture of one lab clip's first shot: frames, truth, then each of `--modes` (frame by
+    frame and the default temporal setting unless given) followed by the pixels whose label
+    flickered (white) under it (rows)."""
     kind, index = args.strip_clip.split(":")
     images, masks, classes = examples(kind, 1, 0, args.size, args.worlds[0])
     base = SlimeConfig(image_size=args.size, method="match")
@@ -230,8 +298,10 @@ def strip(seg: Segmenter, args: argparse.Namespace, path: str) -> None:
     scores = score_clip(seg, clip, learned, base, args.batch)
     k = len(classes)
     rows = [clip.frames, [colour_labels(m, k) for m in clip.masks]]
-    for mode in ("none", "flow"):  # frame by frame; the default temporal setting
-        preds, _ = apply_mode(clip, scores, base.replace(temporal=mode))
+    named = args.modes.split(",") if args.modes else ["none", "default"]
+    for mode in named:  # "default": the default temporal setting
+        cfg, lab = (base.replace(temporal="flow"), {}) if mode == "default" else mode_config(base, mode)
+        preds, _ = apply_mode(clip, scores, cfg, **lab)
         rows.append([colour_labels(p, k) for p in preds])
         flick = [np.zeros_like(clip.frames[0])]
         for t in range(1, len(preds)):
@@ -246,8 +316,8 @@ def strip(seg: Segmenter, args: argparse.Namespace, path: str) -> None:
 
     grid = np.concatenate([np.concatenate(r[:clip.cut], 1) for r in rows], 0)  # the first shot
     Image.fromarray(grid).save(path)
-    print(f"strip: {path} (the first shot of {kind} clip {index}; rows: frames, truth, frame by "
-          "frame, its flicker (white), temporal flow, its flicker)")
+    print(f"strip: {path} (the first shot of {kind} clip {index}; rows: frames, truth, then "
+          f"{', '.join(named)}, each followed by its flicker (white))")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -258,7 +328,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seeds", default="0-2")
     p.add_argument("--clips", type=int, default=10, help="lab clips per kind")
     p.add_argument("--frames", type=int, default=16, help="frames per clip (two shots, one cut)")
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--modes", help="comma-separated MODES (default: all; the strip: none and "
+                                   "the default temporal setting)")
     p.add_argument("--batch", type=int, default=4, help="frames per UNet batch")
     p.add_argument("--size", type=int, default=None, help="frame side (default: the lab SD's size)")
     p.add_argument("--worlds", default=",".join(map(str, UNSEEN_WORLDS)))

@@ -214,6 +214,9 @@ class SlimeConfig:
     # defaults by measurement (lab clips, unseen worlds, 3 seeds x 10 clips, car and face, 1- and
     # 5-shot; docs/video.md): flow with weight 0.1 flickers 0.52-0.54x as much as frame by frame
     # at +0.8 to +1.7 per-frame mIoU; 0.2 / 0.3 / 0.5 flicker more (0.58-0.61 / 0.64-0.67 / 0.75-0.78x)
+    # (bilinear upsampling). With guided upsampling, hysteresis 0.2 on the final scores takes it from
+    # 0.61 / 0.58x (car / face, 1-shot) to 0.47 / 0.48x at equal mIoU; 0.3: 0.45 / 0.47x, but it
+    # held more wrong labels where the motion was exact (face -0.5 mIoU against 0.2's -0.3)
     temporal: Literal["none", "flow"] = _setting(
         "flow", "clips: none = each frame on its own; flow = the previous frames' scores carried "
                 "along optical flow and blended with the frame's own", BOTH)
@@ -221,10 +224,17 @@ class SlimeConfig:
                                            "the blend (frame t-n weighs (1 - it)^n)", BOTH)
     temporal_margin: float = _setting(0.0, "clips, temporal flow: a pixel keeps the label carried "
                                            "to it unless another class's score beats it by this", BOTH)
-    temporal_filter: Literal["after", "before"] = _setting(
+    temporal_filter: Literal["after", "before", "recursive"] = _setting(
         "after", "clips, temporal flow with guided upsampling: after = the carried scores are "
                  "filtered along the frame's edges; before = each frame's own scores are filtered, "
-                 "then carried", BOTH)
+                 "then carried; recursive = the filtered scores are what is carried", BOTH)
+    temporal_hysteresis: float = _setting(0.2, "clips, temporal flow: a pixel keeps its previous "
+                                               "label (followed along the flow where it is trusted) "
+                                               "unless another class beats it by this on the final "
+                                               "(filtered) scores", BOTH)
+    flow_method: Literal["dis-ultrafast", "dis-fast", "dis-medium", "dis-fine", "farneback"] = _setting(
+        "dis-medium", "clips, temporal flow: OpenCV's optical flow (DIS presets; dis-fine = medium "
+                      "down to full resolution; farneback)", BOTH)
     flow_size: int = _setting(320, "clips, temporal flow: long side in pixels at which flow is "
                                    "computed and scores are carried", BOTH)
     # -- reproducibility --
@@ -273,14 +283,16 @@ class SlimeConfig:
             raise ValueError(f"fuse_weight must be in [0, 1], got {self.fuse_weight}")
         if self.guide_radius <= 0 or self.guide_eps <= 0:
             raise ValueError("need guide_radius > 0 and guide_eps > 0")
-        if not 0 < self.temporal_weight <= 1 or self.flow_size < 16 or self.temporal_margin < 0:
-            raise ValueError("need temporal_weight in (0, 1], temporal_margin >= 0 and flow_size >= 16")
+        if (not 0 < self.temporal_weight <= 1 or self.flow_size < 16 or self.temporal_margin < 0
+                or self.temporal_hysteresis < 0):
+            raise ValueError("need temporal_weight in (0, 1], temporal_margin >= 0, "
+                             "temporal_hysteresis >= 0 and flow_size >= 16")
         if self.method != "slime" and self.normalization == "reference_exact":
             raise ValueError(f"normalization 'reference_exact' is the reference code's test step "
                              f"for SLiMe alone: it goes with method 'slime', not {self.method!r}")
         for name in ("loss_scale", "validation", "augment_order", "aspect", "context", "normalization",
                      "method", "fuse_rule", "upsample",
-                     "temporal", "temporal_filter", "gradients", "lr_schedule", "encoder_dtype",
+                     "temporal", "temporal_filter", "flow_method", "gradients", "lr_schedule", "encoder_dtype",
                      "autocast", "match_dtype"):
             allowed = typing.get_args(setting_types()[name])
             if getattr(self, name) not in allowed:

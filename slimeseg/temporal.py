@@ -14,6 +14,11 @@ holds (following the flow back and then forward returns near the start) and the 
 like the one the flow says it came from; where most of the frame fails (a cut), the carry
 starts afresh. Flow and carried scores live at a working resolution (the frame's long side at
 most `flow_size`), finer than the UNet's latent cells, so motion of a pixel or two is followed.
+
+After the final upsampling (`video.frame_labels`), `finish` takes the frame's final scores: with
+`temporal_filter="recursive"` they become the carry (the edge refinement itself is then smoothed
+over time), and with `temporal_hysteresis` a pixel keeps the label it had (followed along the
+trusted flow) unless another class beats it by that much there.
 """
 
 from __future__ import annotations
@@ -57,10 +62,34 @@ def _grid(flow: torch.Tensor) -> torch.Tensor:
     return torch.stack([gx, gy], -1)[None]
 
 
-def warp(values: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+def warp(values: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """values (C, h, w) sampled at each pixel + flow (h, w, 2): (C, h, w) (border-clamped)."""
-    return F.grid_sample(values[None], _grid(flow), mode="bilinear", padding_mode="border",
+    return F.grid_sample(values[None], _grid(flow), mode=mode, padding_mode="border",
                          align_corners=False)[0]
+
+
+def optical_flow(a: np.ndarray, b: np.ndarray, method: str = "dis-medium") -> np.ndarray:
+    """Dense flow a -> b of two (h, w) uint8 grey frames by `method` (`SlimeConfig.flow_method`):
+    (h, w, 2) float32 pixel offsets (x, y)."""
+    cv2 = _cv2()
+    if method == "farneback":
+        return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 4, 15, 3, 5, 1.2, 0)
+    preset = {"dis-ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+              "dis-fast": cv2.DISOPTICAL_FLOW_PRESET_FAST}.get(method, cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis = cv2.DISOpticalFlow_create(preset)
+    if method == "dis-fine":  # patches matched down to full resolution (medium stops at half)
+        dis.setFinestScale(0)
+    return dis.calc(a, b, None)
+
+
+def resized_flow(flow: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """A (h, w, 2) pixel flow at another (H, W): (H, W, 2), its vectors scaled with the grid."""
+    h, w = flow.shape[:2]
+    if (h, w) == tuple(hw):
+        return flow
+    out = F.interpolate(flow.permute(2, 0, 1)[None], size=hw, mode="bilinear", align_corners=False)[0]  # (2, H, W)
+    scale = torch.tensor([hw[1] / w, hw[0] / h])[:, None, None]  # (2, 1, 1)
+    return (out * scale).permute(1, 2, 0)
 
 
 def consistent(back: torch.Tensor, fwd: torch.Tensor, tolerance: float = FB_TOLERANCE) -> torch.Tensor:
@@ -80,22 +109,46 @@ def consistent(back: torch.Tensor, fwd: torch.Tensor, tolerance: float = FB_TOLE
 
 class FlowCarry:
     """Scores carried along optical flow over a clip (see the module doc); feed it the frames in
-    order with `step`, call `reset` at a gap (skipped frames)."""
+    order with `step` (and, when `wants_final`, their final scores with `finish`), call `reset`
+    at a gap (skipped frames)."""
 
     def __init__(self, cfg: SlimeConfig) -> None:
         self.weight, self.flow_size = cfg.temporal_weight, cfg.flow_size
-        self.margin = cfg.temporal_margin
+        self.margin, self.hysteresis = cfg.temporal_margin, cfg.temporal_hysteresis
+        self.method = cfg.flow_method
+        self.recursive = cfg.temporal_filter == "recursive" and cfg.upsample == "guided"
         self.reset()
+
+    @property
+    def wants_final(self) -> bool:
+        """Whether `finish` must see every frame's final scores (warm-up frames' too)."""
+        return self.recursive or self.hysteresis > 0
 
     def reset(self) -> None:
         self.gray: np.ndarray | None = None  # (h, w) uint8, the previous frame
         self.carried: torch.Tensor | None = None  # (K, h, w) float32
         self.trusted = 0.0  # share of the last frame's pixels that took the carry
+        self.back: torch.Tensor | None = None  # (h, w, 2) the last step's flow t -> t-1, if carried
+        self.valid: torch.Tensor | None = None  # (h, w) bool, where it was trusted
+        self.labels: torch.Tensor | None = None  # (H', W') int64, the last frame's final labels
 
     def _flow(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        cv2 = _cv2()
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-        return dis.calc(a, b, None)  # (h, w, 2) float32, a -> b
+        return optical_flow(a, b, self.method)  # (h, w, 2) float32, a -> b
+
+    def motion(self, gray: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The flow from this (h, w) grey frame back to the previous one, (h, w, 2), and where it
+        is trusted, (h, w) bool: the forward-backward check holds and the pixel looks like its
+        source."""
+        assert self.gray is not None
+        back = torch.from_numpy(self._flow(gray, self.gray))  # (h, w, 2) t -> t-1
+        fwd = torch.from_numpy(self._flow(self.gray, gray))  # (h, w, 2) t-1 -> t
+        return back, consistent(back, fwd) & self.looks_same(gray, back)
+
+    def looks_same(self, gray: np.ndarray, back: torch.Tensor) -> torch.Tensor:
+        """Where a pixel of this frame is within PHOTO_TOLERANCE of its source: (h, w) bool."""
+        assert self.gray is not None
+        before = warp(torch.from_numpy(self.gray).float()[None], back)[0]  # (h, w)
+        return (before - torch.from_numpy(gray).float()).abs() < PHOTO_TOLERANCE
 
     def step(self, frame: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
         """The carried scores (K, h, w) at the working resolution for the next frame (H, W, 3)
@@ -108,16 +161,14 @@ class FlowCarry:
         now = F.interpolate(scores[None].float().cpu(), size=hw, mode="bilinear",
                             align_corners=False)[0]  # (K, h, w)
         shown = None  # what labels this frame, when it differs from the carry (the margin)
+        self.back = self.valid = None
         if self.gray is None or self.carried is None or self.gray.shape != gray.shape:
             self.trusted = 0.0
         else:
-            back = torch.from_numpy(self._flow(gray, self.gray))  # (h, w, 2) t -> t-1
-            fwd = torch.from_numpy(self._flow(self.gray, gray))  # (h, w, 2) t-1 -> t
-            before = warp(torch.from_numpy(self.gray).float()[None], back)[0]  # (h, w)
-            same = (before - torch.from_numpy(gray).float()).abs() < PHOTO_TOLERANCE  # (h, w)
-            valid = consistent(back, fwd) & same  # (h, w)
+            back, valid = self.motion(gray)  # (h, w, 2), (h, w)
             self.trusted = float(valid.float().mean())
             if self.trusted >= CUT_VALID_SHARE:
+                self.back, self.valid = back, valid
                 moved = warp(self.carried, back)  # (K, h, w)
                 blend = self.weight * now + (1 - self.weight) * moved  # (K, h, w)
                 now = torch.where(valid[None], blend, now)
@@ -130,3 +181,28 @@ class FlowCarry:
         if self.trusted == 0.0:  # nothing carried: the still image's scores, not a resized copy
             return scores
         return now if shown is None else shown
+
+    def finish(self, final: torch.Tensor) -> torch.Tensor:
+        """The frame's final scores (K, H', W') (after the upsampling `step`'s output went
+        through), as they should label it: with `recursive` they also become the carry, and with
+        `hysteresis` the label each pixel had, followed along the trusted flow, is raised by it."""
+        if self.recursive and self.carried is not None:
+            self.carried = F.interpolate(final[None].float().cpu(), size=self.carried.shape[1:],
+                                         mode="bilinear", align_corners=False, antialias=True)[0]  # (K, h, w)
+        if self.hysteresis <= 0:
+            return final
+        hw = tuple(final.shape[1:])
+        if self.back is not None and self.valid is not None and self.labels is not None:
+            back = resized_flow(self.back, hw)  # (H', W', 2)
+            valid = F.interpolate(self.valid[None, None].float(), size=hw, mode="nearest")[0, 0]  # (H', W')
+            labels = F.interpolate(self.labels[None, None].float(), size=hw, mode="nearest")[0, 0]  # (H', W')
+            held = F.one_hot(labels.long(), final.shape[0]).permute(2, 0, 1).float()  # (K, H', W')
+            # nearest: a label, not a blend (bilinear sampling measured the same on the lab clips)
+            keep = warp(held, back, mode="nearest") * valid[None]  # (K, H', W')
+            final = final + self.hysteresis * keep.to(final.device, final.dtype)  # (K, H', W')
+        at = final  # labels kept at least at the working resolution (a still's scores come coarser)
+        if self.carried is not None and final.shape[1] * final.shape[2] < self.carried[0].numel():
+            at = F.interpolate(final[None].float(), size=self.carried.shape[1:], mode="bilinear",
+                               align_corners=False)[0]  # (K, h, w)
+        self.labels = at.argmax(0).cpu()  # (H', W')
+        return final

@@ -199,18 +199,22 @@ def frame_labels(frame: np.ndarray, scores: Any, carry: Any, cfg: Any, want: boo
     """A frame's (H, W) uint8 labels from its low-resolution scores (K, h, w): carried along the
     motion by `carry` (a `temporal.FlowCarry`, or None: the frame alone) and upsampled by
     `cfg.upsample`, the guided filter after the carry or, with `temporal_filter="before"`, on the
-    frame's own scores before it (then the carried scores are only resized). `want=False` only
-    steps the carry (a warm-up frame whose labels exist) and returns None."""
+    frame's own scores before it (then the carried scores are only resized); the final scores
+    then go back to the carry (`FlowCarry.finish`: the recursive carry, the label hysteresis).
+    `want=False` only steps the carry (a warm-up frame whose labels exist) and returns None."""
     from . import inference
 
-    filtered = carry is not None and cfg.temporal_filter == "before" and cfg.upsample == "guided"
-    if filtered:
+    before = carry is not None and cfg.temporal_filter == "before" and cfg.upsample == "guided"
+    if before:
         scores = inference.upsampled(scores, frame, cfg)  # (K, h', w'): filtered, then carried
     if carry is not None:
         scores = carry.step(frame, scores)  # (K, h', w')
-    if not want:
+    if not want and (carry is None or not carry.wants_final):
         return None
-    return inference.labels_at(scores, frame.shape[:2]) if filtered else inference.labels_for(scores, frame, cfg)
+    final = scores if before else inference.upsampled(scores, frame, cfg)  # (K, h'', w'')
+    if carry is not None:
+        final = carry.finish(final)  # (K, h'', w'')
+    return inference.labels_at(final, frame.shape[:2]) if want else None
 
 
 def label_frames(sd: Any, clip: str | os.PathLike, learned: Any, cfg: Any,

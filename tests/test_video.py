@@ -397,16 +397,22 @@ def test_video_benchmark_measures_each_mode_on_the_same_scores_and_resumes(tmp_p
     assert again["units"] == report["units"]  # read back, not measured again
 
 
-@pytest.mark.parametrize("where", ["after", "before"])
-def test_frame_labels_filter_before_or_after_the_carry(where):
-    """Both orders label a frame like a still image when nothing moves: the first frame has no
-    past, and a repeated frame's carry brings the same scores back."""
+@pytest.mark.parametrize("where, settings", [
+    ("after", {}), ("before", {}), ("recursive", {}), ("after", {"temporal_hysteresis": 0.0}),
+    ("recursive", {"temporal_hysteresis": 0.0}), ("after", {"temporal_hysteresis": 0.5}),
+    ("recursive", {"temporal_hysteresis": 0.1}), ("after", {"flow_method": "dis-fine"}),
+    ("after", {"flow_method": "farneback"}), ("after", {"flow_method": "dis-ultrafast"}),
+    ("after", {"upsample": "bilinear", "temporal_hysteresis": 0.1})])
+def test_frame_labels_filter_before_or_after_the_carry(where, settings):
+    """Every order (and the hysteresis, and each flow) labels a frame like a still image when
+    nothing moves: the first frame has no past, and a repeated frame's carry brings the same
+    scores back (recursive: filtered again each time, its labels settle to a fixed point)."""
     from slimeseg import inference
     from slimeseg.video import frame_labels
 
     frame = shapes_scene(2, 96)[0]  # (96, 96, 3) uint8, below flow_size: no resizing
     scores = torch.rand(len(SHAPE_CLASSES), 12, 12, generator=torch.Generator().manual_seed(0)).softmax(0)
-    cfg = SlimeConfig(image_size=64, temporal_filter=where)  # guided upsampling (the default)
+    cfg = SlimeConfig(image_size=64, temporal_filter=where, **settings)  # guided upsampling (the default)
     still = inference.labels_for(scores, frame, cfg)  # (96, 96)
     assert np.array_equal(frame_labels(frame, scores, None, cfg), still)
     carry = FlowCarry(cfg)
@@ -414,6 +420,59 @@ def test_frame_labels_filter_before_or_after_the_carry(where):
     again = frame_labels(frame, scores, carry, cfg)
     assert first.shape == (96, 96) and first.dtype == np.uint8
     assert np.array_equal(first, still)  # nothing carried yet: exactly the still image's labels
-    assert (again == first).mean() > 0.995  # carried once, through the working resolution
+    if where == "recursive":  # the filter runs again on what it made: the labels settle
+        for _ in range(5):
+            again, before = frame_labels(frame, scores, carry, cfg), again
+        assert (again == before).mean() > 0.995 and (again == first).mean() > 0.9
+    else:
+        assert (again == first).mean() > 0.995  # carried once, through the working resolution
     with pytest.raises(ValueError, match="temporal_filter"):
         SlimeConfig(temporal_filter="sideways")
+
+
+def test_recursive_carry_and_hysteresis_on_the_final_scores():
+    """`recursive` carries the final (filtered) scores; the hysteresis keeps a pixel's label
+    unless another class beats it by its margin on them, and the warm-up frames feed both."""
+    from slimeseg.video import frame_labels
+
+    still = np.ascontiguousarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    rec = FlowCarry(SlimeConfig(temporal_filter="recursive", temporal_hysteresis=0.0))
+    assert rec.wants_final and FlowCarry(SlimeConfig()).wants_final  # the default holds labels
+    assert not FlowCarry(SlimeConfig(temporal_hysteresis=0.0)).wants_final
+    rec.step(still, torch.rand(2, 8, 8))
+    final = torch.rand(2, 64, 64)
+    assert rec.finish(final) is final and torch.allclose(rec.carried, final)  # (2, 64, 64) carried
+    held = FlowCarry(SlimeConfig(temporal_weight=1.0, temporal_hysteresis=0.3))
+    first, second = torch.tensor([0.2, 0.8]), torch.tensor([0.6, 0.4])  # class 0 leads by 0.2 < 0.3
+    held.step(still, first[:, None, None].expand(2, 8, 8))
+    assert (held.finish(first[:, None, None].expand(2, 64, 64)).argmax(0) == 1).all()
+    held.step(still, second[:, None, None].expand(2, 8, 8))
+    out = held.finish(second[:, None, None].expand(2, 64, 64))  # (2, 64, 64)
+    assert (out.argmax(0) == 1).all() and held.trusted > 0.9
+    held.step(still, torch.tensor([0.9, 0.1])[:, None, None].expand(2, 8, 8))  # beaten by 0.8
+    assert (held.finish(torch.tensor([0.9, 0.1])[:, None, None].expand(2, 64, 64)).argmax(0) == 0).all()
+    # a warm-up frame (want=False) still sets the label the next frame holds
+    cfg = SlimeConfig(image_size=64, temporal_weight=1.0, temporal_hysteresis=0.3)
+    warm = FlowCarry(cfg)
+    assert frame_labels(still, first[:, None, None].expand(2, 8, 8), warm, cfg, want=False) is None
+    assert (frame_labels(still, second[:, None, None].expand(2, 8, 8), warm, cfg) == 1).all()
+    for bad in ({"temporal_hysteresis": -0.1}, {"flow_method": "lucas-kanade"},
+                {"temporal_filter": "sideways"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SlimeConfig(**bad)
+
+
+@pytest.mark.parametrize("method", ["dis-ultrafast", "dis-fast", "dis-medium", "dis-fine", "farneback"])
+def test_each_optical_flow_follows_a_pan(method):
+    from slimeseg.temporal import optical_flow
+
+    texture = np.random.default_rng(1).random((48, 80)).astype(np.float32)
+    smooth = (255 * np.clip(texture, 0, 1)).astype(np.uint8)
+    import cv2
+
+    smooth = cv2.GaussianBlur(smooth, (5, 5), 1.5)
+    a, b = np.ascontiguousarray(smooth[:, 4:68]), np.ascontiguousarray(smooth[:, 6:70])  # b: 2 px left
+    flow = optical_flow(a, b, method)  # (48, 64, 2)
+    assert flow.shape == (48, 64, 2) and flow.dtype == np.float32
+    inner = flow[8:-8, 8:-8]
+    assert abs(np.median(inner[..., 0]) + 2) < 0.3 and abs(np.median(inner[..., 1])) < 0.3
