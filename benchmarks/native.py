@@ -34,7 +34,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: lab/, slimeseg/
 
-from lab.quality import AUGMENT, LAB_MODEL, TRAIN_POOL, TRAIN_WORLD_SEED, groups, mean_std  # noqa: E402
+from lab.quality import (  # noqa: E402
+    AUGMENT,
+    LAB_MODEL,
+    LAB_PRECISION,
+    TRAIN_POOL,
+    TRAIN_WORLD_SEED,
+    groups,
+    mean_std,
+)
 from slimeseg import Learned, Segmenter, SlimeConfig, __version__, inference  # noqa: E402
 from slimeseg.metrics import ConfusionMatrix  # noqa: E402
 from slimeseg.synthetic import World, compose  # noqa: E402
@@ -68,7 +76,7 @@ def fitted(seg: Segmenter, kind: str, shots: int, seed: int, size: int, cache: P
     world = World(kind, size=size, seed=TRAIN_WORLD_SEED)
     pick = np.random.default_rng(seed).permutation(TRAIN_POOL)[:shots]
     train = [world.sample(int(i)) for i in pick]
-    cfg = SlimeConfig(image_size=size, seed=seed, method="slime", upsample="bilinear", **AUGMENT[kind])
+    cfg = SlimeConfig(image_size=size, seed=seed, method="slime", upsample="bilinear", **AUGMENT[kind], **LAB_PRECISION)
     learned = seg.fit([s.image for s in train], [s.mask for s in train], list(world.classes), cfg,
                       progress=False)
     cache.mkdir(parents=True, exist_ok=True)
@@ -87,7 +95,7 @@ def score(seg: Segmenter, learned: Learned, test: list[Any], scales: list[str],
     scale share one windows pass and one whole-image pass per image (the rules only combine them);
     each mode's seconds are what it alone would take. `settings`: inference settings over the
     fit's own (method, upsample)."""
-    base = SlimeConfig.from_dict(learned.config).replace(**settings)
+    base = SlimeConfig.from_dict(learned.config).replace(**{**LAB_PRECISION, **settings})
     names = list(modes(scales))
     cms = {m: ConfusionMatrix(len(classes)) for m in names}
     secs: dict[str, list[float]] = {m: [] for m in names}

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: lab/, slimeseg/
 
-from lab.quality import AUGMENT, LAB_MODEL, TRAIN_POOL, UNSEEN_WORLDS  # noqa: E402
+from lab.quality import AUGMENT, LAB_MODEL, LAB_PRECISION, TRAIN_POOL, UNSEEN_WORLDS  # noqa: E402
 from slimeseg import Segmenter, SlimeConfig, inference  # noqa: E402
 from slimeseg.metrics import ConfusionMatrix  # noqa: E402
 from slimeseg.synthetic import World  # noqa: E402
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
             if key in examples:
                 continue
             ex = world.sample(i)
-            cfg = SlimeConfig(image_size=size, **AUGMENT[kind])
+            cfg = SlimeConfig(image_size=size, **AUGMENT[kind], **LAB_PRECISION)
             learned = seg.match([ex.image], [ex.mask], classes, cfg)
             t1 = time.perf_counter()
             check = inference.example_check(seg.sd, learned, SlimeConfig.from_dict(learned.config), a.views)

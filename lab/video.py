@@ -35,7 +35,7 @@ from slimeseg.temporal import FlowCarry
 from slimeseg.video import VideoWriter, frame_labels, frame_scores
 from slimeseg.writers import colour_labels, write_json
 
-from .quality import LAB_MODEL, TRAIN_POOL, UNSEEN_WORLDS, mean_std, parse_seeds
+from .quality import LAB_MODEL, LAB_PRECISION, TRAIN_POOL, UNSEEN_WORLDS, mean_std, parse_seeds
 
 
 def flow(weight: float, hysteresis: float = 0.0, **settings: Any) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def measure(seg: Segmenter, args: argparse.Namespace, units: dict[str, Any], sav
         for shots in map(int, args.shots.split(",")):
             for seed in parse_seeds(args.seeds):
                 images, masks, classes = examples(kind, shots, seed, args.size, args.worlds[0])
-                base = SlimeConfig(image_size=args.size, seed=seed, method="match")
+                base = SlimeConfig(image_size=args.size, seed=seed, method="match", **LAB_PRECISION)
                 learned = seg.match(images, masks, classes, base)
                 for index in range(args.clips):
                     key = f"{kind}/{shots}/{seed}/{index}"
@@ -228,7 +228,7 @@ def speed(seg: Segmenter, args: argparse.Namespace) -> dict[str, Any]:
     """Frames/s of `predict_video` on an encoded lab clip (each temporal mode) against the same
     frames as still images through `predict_batch`, same batch size, after one warm-up."""
     images, masks, classes = examples("car", 1, 0, args.size, args.worlds[0])
-    learned = seg.match(images, masks, classes, SlimeConfig(image_size=args.size, method="match"))
+    learned = seg.match(images, masks, classes, SlimeConfig(image_size=args.size, method="match", **LAB_PRECISION))
     clip = lab_clip("car", 0, args.size, args.speed_frames, seed=args.worlds[1])
     out: dict[str, Any] = {"frames": len(clip.frames), "batch": args.batch}
     with tempfile.TemporaryDirectory() as tmp:
@@ -265,7 +265,7 @@ def memory(args: argparse.Namespace, lengths: list[int], side: tuple[int, int] =
     with tempfile.TemporaryDirectory() as tmp:
         images, masks, classes = examples("car", 1, 0, args.size, args.worlds[0])
         learned = Segmenter.from_pretrained(args.model, device="cpu").match(
-            images, masks, classes, SlimeConfig(image_size=args.size, method="match"))
+            images, masks, classes, SlimeConfig(image_size=args.size, method="match", **LAB_PRECISION))
         art = learned.save(Path(tmp) / "car.safetensors")
         for n in lengths:
             clip = Path(tmp) / f"long{n}.mp4"
@@ -292,7 +292,7 @@ def strip(seg: Segmenter, args: argparse.Namespace, path: str) -> None:
     flickered (white) under it (rows)."""
     kind, index = args.strip_clip.split(":")
     images, masks, classes = examples(kind, 1, 0, args.size, args.worlds[0])
-    base = SlimeConfig(image_size=args.size, method="match")
+    base = SlimeConfig(image_size=args.size, method="match", **LAB_PRECISION)
     learned = seg.match(images, masks, classes, base)
     clip = lab_clip(kind, int(index), args.size, args.frames, seed=args.worlds[1])
     scores = score_clip(seg, clip, learned, base, args.batch)
