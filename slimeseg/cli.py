@@ -120,9 +120,10 @@ def _add_settings(p: argparse.ArgumentParser, train: bool) -> None:
                            help="augmentation preset of the paper for a dataset (crop ratio, rotation)")
         group.add_argument("--fast-fit", action="store_true",
                            help="a fit in minutes on a CPU: views encoded once, local gradients, most "
-                                "steps at half the side, 100 epochs (docs/speed.md; about half a lab "
-                                "mIoU point below the default fit with the fused method, not for "
-                                "--method slime); flags you type win over it")
+                                "steps at half the side, 100 epochs (docs/speed.md; on the lab, within "
+                                "half a mIoU point of the default fit from one example with the fused "
+                                "method, 2 points below on faces from five; not for --method slime); "
+                                "flags you type win over it")
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -32,7 +32,8 @@ AUGMENT_PRESETS: dict[str, dict[str, float]] = {
 def fast_fit(image_size: int) -> dict[str, Any]:
     """The settings of `train --fast-fit`: a fit in minutes on a CPU (docs/speed.md): 16 augmented
     views encoded once, local gradients, the first 75 % of the steps at half the side, 100 epochs.
-    On the lab they cost the default fused method about half a point; SLiMe alone loses ~35."""
+    On the lab the default fused method loses under half a point from one example and 2 (faces)
+    from five; SLiMe's own maps lose 11 to 25 points, so not for method "slime"."""
     coarse = image_size // 2 // 64 * 64  # a multiple of 64 below the side, or none
     return {"view_pool": 16, "gradients": "local", "coarse_size": coarse if coarse >= 64 else 0,
             "epochs": 100}
