@@ -191,6 +191,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_example_check(seg, learned)
         return 0
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
+    hint = cpu_fit_hint(seg.sd.device.type, overrides, args.fast_fit)
+    if hint and not args.quiet:
+        print(hint, file=sys.stderr)
     try:
         learned = seg.fit(args.image, args.mask, args.classes, progress=not args.quiet,
                           checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every,
@@ -215,6 +218,17 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"final loss {losses[-1]:.4f}{chosen}{stopped})")
     _print_example_check(seg, learned)
     return 0
+
+
+def cpu_fit_hint(device_type: str, overrides: dict[str, Any], fast_fit: bool) -> str | None:
+    """A one-line pointer to the faster options when a full fit at 512 px or more runs on a CPU
+    (tens of minutes there, docs/speed.md); None where it does not apply."""
+    cfg = SlimeConfig().replace(**overrides)
+    if device_type != "cpu" or fast_fit or cfg.image_size < 512 or cfg.gradients == "local":
+        return None
+    faster = "--fast-fit fits in minutes" + ("" if cfg.method == "slime" else ", --method match in seconds")
+    return (f"note: a full fit at {cfg.image_size} px on a CPU takes tens of minutes; {faster} "
+            "(docs/speed.md)")
 
 
 def _print_example_check(seg: Any, learned: Any) -> None:

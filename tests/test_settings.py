@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from slimeseg.cli import build_parser, config_overrides
+from slimeseg.cli import build_parser, config_overrides, cpu_fit_hint
 from slimeseg.config import BOTH, TRAIN, SlimeConfig, fast_fit
 
 
@@ -56,6 +56,16 @@ def test_fast_fit_is_a_preset_beneath_the_typed_flags(size, coarse):
     typed = config_overrides(build_parser().parse_args(base + ["--view-pool", "4", "--epochs", "30"]))
     assert typed["view_pool"] == 4 and typed["epochs"] == 30 and typed["gradients"] == "local"
     assert "fast_fit" not in _dests("segment")
+
+
+def test_a_long_cpu_fit_points_to_the_faster_options():
+    hint = cpu_fit_hint("cpu", {}, fast_fit=False)
+    assert hint and "--fast-fit" in hint and "--method match" in hint and "512 px" in hint
+    assert "--method match" not in cpu_fit_hint("cpu", {"method": "slime"}, fast_fit=False)
+    assert cpu_fit_hint("cpu", {}, fast_fit=True) is None
+    assert cpu_fit_hint("cuda", {}, fast_fit=False) is None
+    assert cpu_fit_hint("cpu", {"image_size": 256}, fast_fit=False) is None
+    assert cpu_fit_hint("cpu", {"gradients": "local"}, fast_fit=False) is None
 
 
 def test_bad_flag_values_are_refused_by_the_parser(capsys):
