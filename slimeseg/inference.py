@@ -69,13 +69,6 @@ def precision(sd: StableDiffusion, cfg: SlimeConfig) -> tuple[torch.dtype | None
     return (torch.bfloat16 if encoder else None), cast
 
 
-def _autocast(sd: StableDiffusion, cfg: SlimeConfig) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast for the UNet pass when `precision` says so; nothing otherwise."""
-    if not precision(sd, cfg)[1]:
-        return contextlib.nullcontext()
-    return torch.autocast(sd.device.type, dtype=torch.bfloat16)
-
-
 def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: SlimeConfig,
              store: AttentionStore | None, features: FeatureCapture | None = None,
              context: torch.Tensor | None = None, repeat: int = 1) -> AttentionStore | None:
@@ -83,7 +76,8 @@ def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: Sl
     with attention capture into `store` and, given `features`, the up blocks' outputs kept.
     `repeat`: the UNet runs on the batch `repeat` times over (R*B; each image encoded once).
     `context`: the text conditioning per image (R*B, 77, D) (default: the artifact's, for all)."""
-    latents = sd.encode_image(batch, precision(sd, cfg)[0])  # (B, 4, h/8, w/8)
+    encoder, cast = precision(sd, cfg)
+    latents = sd.encode_image(batch, encoder)  # (B, 4, h/8, w/8)
     if repeat > 1:
         latents = latents.repeat(repeat, 1, 1, 1)  # (R*B, 4, h/8, w/8)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -96,7 +90,8 @@ def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: Sl
             stack.enter_context(capture(sd.unet, learned.layer_plan(sd).roles(), store))
         if features is not None:
             stack.enter_context(features.hooked(sd.unet))
-        stack.enter_context(_autocast(sd, cfg))
+        if cast:  # a float32 model's products and convolutions in bfloat16 (`precision`)
+            stack.enter_context(torch.autocast(sd.device.type, dtype=torch.bfloat16))
         sd.denoise(latents, noise, t, context.to(sd.device))
     return store
 

@@ -175,7 +175,7 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     if dtype is None:
         if device.type != "cuda":
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bfloat16(device) else torch.float16
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
