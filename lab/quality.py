@@ -142,6 +142,10 @@ INFER_SPEED: dict[str, dict[str, Any]] = {
 for _name, _speed in INFER_SPEED.items():
     VARIANTS[f"fuse-gf3-{_name}"] = {**VARIANTS["fuse-gf3"], **_speed}
     DERIVED[f"fuse-gf3-{_name}"] = "full"
+# today's default with the default precision "auto" (not LAB_PRECISION's float32): what a user on
+# this machine gets; equals fuse-sp5c64 on a CPU without bfloat16 units
+VARIANTS["fuse-sp5c64-auto"] = {**VARIANTS["fuse-sp5c64"], "encoder_dtype": "auto", "autocast": "auto"}
+DERIVED["fuse-sp5c64-auto"] = "full"
 # rows from before the small-part boost (`match_small`) keep their meaning: off unless they say
 for _settings in VARIANTS.values():
     if _settings.get("method") != "slime":
