@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import os
 import platform
 import statistics
@@ -44,6 +43,7 @@ from slimeseg.errors import TrainingError  # noqa: E402
 from slimeseg.examples import image_tensor  # noqa: E402
 from slimeseg.losses import ldm_loss  # noqa: E402
 from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
+from slimeseg.writers import write_json  # noqa: E402
 
 GiB = 1024 ** 3
 
@@ -334,8 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     text = f"times: {CLOCK} seconds, median of {args.repeats}; memory: peak GiB\n" + table(results)
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": results, "table": text},
-                                              indent=1))
+        write_json(args.json, {"meta": meta, "results": results, "table": text})
     return 0
 
 

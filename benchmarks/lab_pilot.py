@@ -37,6 +37,7 @@ from lab.train_model import (  # noqa: E402
 from slimeseg import Segmenter, SlimeConfig  # noqa: E402
 from slimeseg.synthetic import World, caption_vocabulary  # noqa: E402
 from slimeseg.synthetic.tokenizer import build_tokenizer  # noqa: E402
+from slimeseg.writers import write_json  # noqa: E402
 
 # name: (size, UNet widths, heads per block, layers per block)
 CONFIGS = {
@@ -135,9 +136,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{r['asset_mb']:>6.1f} {r['unet_train_step_s']:>11.3f} {r['slime_fit_step_s']:>10.4f} "
               f"{r['predict_image_s']:>8.4f}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"benchmark": "lab SD pilot", "threads": a.threads, "rows": rows,
-                                            "torch": torch.__version__, "python": platform.python_version(),
-                                            "machine": platform.machine()}, indent=1) + "\n")
+        write_json(a.json, {"benchmark": "lab SD pilot", "threads": a.threads, "rows": rows,
+                            "torch": torch.__version__, "python": platform.python_version(),
+                            "machine": platform.machine()})
     return rows
 
 

@@ -8,7 +8,6 @@ against float32, on the SD 2.1-shaped full-size UNet with random weights.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from dataclasses import asdict
@@ -20,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: la
 
 from lab.fullsize import build_full_sd, fake_prompts  # noqa: E402
 from lab.precision import compare  # noqa: E402
+from slimeseg.writers import write_json  # noqa: E402
 
 VARIANTS = [(torch.bfloat16, "off"), (torch.float16, "off"), (torch.float16, "dynamic"),
             (torch.float16, "static")]
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         meta = {"device": a.device, "size": a.size, "threads": torch.get_num_threads(),
                 "torch": torch.__version__, "python": platform.python_version(),
                 "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None}
-        Path(a.json).write_text(json.dumps({"meta": meta, "rows": rows, "table": "\n".join(lines)}, indent=2))
+        write_json(a.json, {"meta": meta, "rows": rows, "table": "\n".join(lines)})
     return rows
 
 

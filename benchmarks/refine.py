@@ -39,6 +39,7 @@ from lab.quality import (  # noqa: E402
 from slimeseg import Learned, Segmenter, SlimeConfig, __version__  # noqa: E402
 from slimeseg.metrics import ConfusionMatrix, image_confusion, iou_from_confusion  # noqa: E402
 from slimeseg.synthetic import World  # noqa: E402
+from slimeseg.writers import write_json  # noqa: E402
 
 CANDIDATES = 30  # unused training-world images a user could correct: samples TRAIN_POOL.. of the world
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["table"] = table(report["rows"])
     print(report["table"])
     if a.json:
-        Path(a.json).write_text(json.dumps(report, indent=2))
+        write_json(a.json, report)
     return report
 
 

@@ -23,7 +23,6 @@ pool), the driver's cost per input (listing, naming, skipping), and Ray Data's o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -43,7 +42,7 @@ from slimeseg import Segmenter, distributed  # noqa: E402
 from slimeseg.io import load_image  # noqa: E402
 from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene  # noqa: E402
 from slimeseg.synthetic.tiny import save_tiny_sd  # noqa: E402
-from slimeseg.writers import SegmentWriter  # noqa: E402
+from slimeseg.writers import SegmentWriter, write_json  # noqa: E402
 
 LAB = ROOT / "tests" / "assets" / "lab-sd"
 CONFIGS = ("single", "ray-1", "ray-2")
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
               "cluster_start_s": cluster_start_s, "rows": rows,
               "io_ms": io, "driver": driver, "engine_ceiling": ceiling, "table": table}
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return result
 
 

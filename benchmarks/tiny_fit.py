@@ -10,7 +10,6 @@ SD; this shows the mechanics work, not real-world quality.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ from slimeseg import Segmenter
 from slimeseg.metrics import ConfusionMatrix
 from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 from slimeseg.synthetic.tiny import save_tiny_sd
+from slimeseg.writers import write_json
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['step_s_median']:>8.3f} {r['image_s_median']:>8.3f}")
     report = {"size": args.size, "steps": args.steps, "threads": torch.get_num_threads(), "rows": rows}
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
+        write_json(args.json, report)
     return report
 
 

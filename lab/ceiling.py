@@ -16,7 +16,6 @@ retrained on all of them.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from slimeseg import Segmenter
 from slimeseg.metrics import ConfusionMatrix
 from slimeseg.models import StableDiffusion
 from slimeseg.synthetic import World
+from slimeseg.writers import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_MODEL = ROOT / "tests" / "assets" / "lab-sd"
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"benchmark": "lab ceiling (linear probe on UNet up-block features)", "model": a.model,
               "size": a.size, "threads": torch.get_num_threads(), "results": results}
     if a.json:
-        Path(a.json).write_text(json.dumps(report, indent=1) + "\n")
+        write_json(a.json, report)
     return report
 
 

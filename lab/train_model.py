@@ -17,7 +17,6 @@ uninterrupted run (one thread, same machine). The rendered images are cached the
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import shlex
@@ -46,7 +45,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from slimeseg.synthetic.tiny import tie_self_attention
 from slimeseg.synthetic.tokenizer import build_tokenizer
 from slimeseg.synthetic.world import KIND_CLASSES, SceneWorld, World, caption_vocabulary
-from slimeseg.writers import atomic_path
+from slimeseg.writers import atomic_path, write_json
 
 from .probe import AttentionStats, self_attention_stats
 
@@ -966,7 +965,7 @@ class Trainer:
         report.encode_s, report.unet_s, report.final_s = st["cpu"]["encode"], st["cpu"]["unet"], st["cpu"]["final"]
         report.cpu_s = sum(st["cpu"].values())
         report.wall_s = st["wall_s"]
-        (self.out / "training.json").write_text(json.dumps(asdict(report), indent=1) + "\n")
+        write_json(self.out / "training.json", asdict(report))
         (self.out / "README.md").write_text(render_readme(report))
         return report
 
