@@ -146,6 +146,13 @@ for _name, _speed in INFER_SPEED.items():
 # this machine gets; equals fuse-sp5c64 on a CPU without bfloat16 units
 VARIANTS["fuse-sp5c64-auto"] = {**VARIANTS["fuse-sp5c64"], "encoder_dtype": "auto", "autocast": "auto"}
 DERIVED["fuse-sp5c64-auto"] = "full"
+# issue 29, test-time ensembling: today's default and matching alone with N noise draws at t_test
+# (maps and features averaged, the bank's too): fuse-sp5c64-nN, match-sp5c64-nN
+for _n in (2, 4):
+    VARIANTS[f"fuse-sp5c64-n{_n}"] = {**VARIANTS["fuse-sp5c64"], "noise_draws": _n}
+    DERIVED[f"fuse-sp5c64-n{_n}"] = "full"
+    VARIANTS[f"match-sp5c64-n{_n}"] = {**VARIANTS["match-sp5c64"], "noise_draws": _n}
+    DERIVED[f"match-sp5c64-n{_n}"] = "match"
 # rows from before the small-part boost (`match_small`) keep their meaning: off unless they say
 for _settings in VARIANTS.values():
     if _settings.get("method") != "slime":

@@ -199,6 +199,9 @@ class SlimeConfig:
         "float32", "inference, matching: the precision of the image's cells' similarities to the "
                    "bank's (bfloat16: faster on CPUs with bfloat16 units; top-k and weights stay "
                    "float32)", BOTH)
+    noise_draws: int = _setting(1, "inference: UNet passes per image, each under its own noise at "
+                                   "t_test, their maps and features averaged (the matching bank's "
+                                   "too); N times the UNet's cost", BOTH)
     tta_flip: bool = _setting(False, "test-time flip: also segment the mirrored image (same UNet "
                                      "batch) and average", BOTH)
     # default by measurement (lab SD, unseen worlds, 30 paired 1-shot seeds, docs/methods.md):
@@ -278,6 +281,8 @@ class SlimeConfig:
         if self.match_k < 1 or self.match_temperature <= 0 or self.match_cells < 0 or self.match_views < 0:
             raise ValueError("need match_k >= 1, match_temperature > 0, match_cells >= 0 and "
                              "match_views >= 0")
+        if self.noise_draws < 1:
+            raise ValueError(f"noise_draws must be >= 1, got {self.noise_draws}")
         if self.match_small < 0 or self.match_small_cells <= 0:
             raise ValueError("need match_small >= 0 and match_small_cells > 0")
         if not 0 <= self.fuse_weight <= 1:

@@ -71,16 +71,20 @@ def precision(sd: StableDiffusion, cfg: SlimeConfig) -> tuple[torch.dtype | None
 
 def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: SlimeConfig,
              store: AttentionStore | None, features: FeatureCapture | None = None,
-             context: torch.Tensor | None = None, repeat: int = 1) -> AttentionStore | None:
+             context: torch.Tensor | None = None, repeat: int = 1, draw: int = 0,
+             latents: torch.Tensor | None = None) -> AttentionStore | None:
     """Encode a (B, 3, h, w) batch, noise it at t_test (one noise for all) and run the UNet once
     with attention capture into `store` and, given `features`, the up blocks' outputs kept.
     `repeat`: the UNet runs on the batch `repeat` times over (R*B; each image encoded once).
-    `context`: the text conditioning per image (R*B, 77, D) (default: the artifact's, for all)."""
+    `context`: the text conditioning per image (R*B, 77, D) (default: the artifact's, for all).
+    `draw`: which noise draw (0: the seed's own; `noise_draws`); `latents`: the batch already
+    encoded (B, 4, h/8, w/8), so further draws skip the VAE."""
     encoder, cast = precision(sd, cfg)
-    latents = sd.encode_image(batch, encoder)  # (B, 4, h/8, w/8)
+    if latents is None:
+        latents = sd.encode_image(batch, encoder)  # (B, 4, h/8, w/8)
     if repeat > 1:
         latents = latents.repeat(repeat, 1, 1, 1)  # (R*B, 4, h/8, w/8)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + DRAW_SEED_STEP * draw)
     noise = torch.randn(latents.shape[1:], generator=gen).expand_as(latents)  # one noise for all
     t = torch.full((latents.shape[0],), cfg.t_test, dtype=torch.long, device=sd.device)
     if context is None:
@@ -94,6 +98,10 @@ def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: Sl
             stack.enter_context(torch.autocast(sd.device.type, dtype=torch.bfloat16))
         sd.denoise(latents, noise, t, context.to(sd.device))
     return store
+
+
+# seeds of the noise draws after the first: cfg.seed + DRAW_SEED_STEP * draw
+DRAW_SEED_STEP = 7919
 
 
 def match_context(sd: StableDiffusion, learned: Learned) -> torch.Tensor:
@@ -132,22 +140,30 @@ def _one_pass(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: S
     slime, matched = cfg.method != "match", cfg.method != "slime"
     spread = matched and cfg.match_spread > 0
     contexts = ([learned.context] * b if slime else []) + ([match_context(sd, learned)] * b if matched else [])
-    store = (_slime_store(learned, cfg, hw) if slime
-             else AttentionStore(learned.num_classes, hw, want_was=False) if spread else None)
-    if store is not None:
-        store.keep_self = spread
-    feats = FeatureCapture() if matched else None
-    _capture(sd, batch, learned, cfg, store, feats, torch.stack(contexts),  # (B or 2B, 77, D)
-             repeat=slime + matched)  # fused: the batch is encoded once and runs twice
-    return (_slime_scores(store, cfg, hw)[:b] if slime else None,
-            None if feats is None else feats.features(hw)[-b:], store if spread else None)
+    scores = features = store = None
+    latents = (sd.encode_image(batch, precision(sd, cfg)[0])  # (B, 4, h/8, w/8), once for every draw
+               if cfg.noise_draws > 1 else None)
+    for draw in range(cfg.noise_draws):  # each draw its own noise; maps and features averaged
+        store = (_slime_store(learned, cfg, hw) if slime
+                 else AttentionStore(learned.num_classes, hw, want_was=False) if spread else None)
+        if store is not None:
+            store.keep_self = spread
+        feats = FeatureCapture() if matched else None
+        _capture(sd, batch, learned, cfg, store, feats, torch.stack(contexts),  # (B or 2B, 77, D)
+                 repeat=slime + matched, draw=draw, latents=latents)  # fused: the batch runs twice
+        s = _slime_scores(store, cfg, hw)[:b] / cfg.noise_draws if slime else None  # (B, K, h, w)
+        f = feats.features(hw)[-b:] / cfg.noise_draws if feats is not None else None  # (B, C, h, w)
+        scores = s if scores is None or s is None else scores + s
+        features = f if features is None or f is None else features + f
+    # the spread reads the last draw's self-attention (spread and draws were measured apart)
+    return scores, features, store if spread else None
 
 
 def match_bank(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig) -> MatchBank:
     """The examples' cells for matching, from the artifact's stored examples (and their mirror
     images with `match_mirror`), through the matching pass (the empty prompt) as the images to
     segment. Built once per model and setting, and kept with the artifact in memory."""
-    key = (sd.fingerprint, str(sd.device), str(sd.dtype), cfg.t_test, cfg.seed, cfg.match_mirror,
+    key = (sd.fingerprint, str(sd.device), str(sd.dtype), cfg.t_test, cfg.seed, cfg.noise_draws, cfg.match_mirror,
            cfg.match_cells, cfg.match_views, cfg.match_hue, precision(sd, cfg))
     cache = learned.__dict__.setdefault("_match_banks", {})
     if key not in cache:
@@ -191,6 +207,16 @@ def example_views(examples: Sequence[Example], cfg: SlimeConfig) -> list[tuple[t
 # The example check below which `train` warns: on the lab (unseen worlds, 20 examples per kind)
 # the 3 of 40 examples under it had the 3 lowest held-out mIoUs (docs/methods.md; chosen there).
 POOR_EXAMPLE = 0.47
+# The cycle check (`Segmenter.check_examples` with images): how many of the images it sends back
+CYCLE_IMAGES = 10
+
+
+def present_miou(pred: np.ndarray, mask: np.ndarray, k: int) -> float:
+    """mIoU of a label map (h, w) over the classes present in the true mask (h, w)."""
+    from .metrics import image_confusion, iou_from_confusion
+
+    matrix = image_confusion(pred, mask.astype(np.uint8), k, None)
+    return float(iou_from_confusion(matrix)[matrix.sum(axis=1) > 0].mean())
 
 
 @torch.no_grad()
@@ -204,7 +230,6 @@ def example_check(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig, views
     `copy(image (3, h, w) in [0, 1], mask (h, w), generator) -> (image, mask)` makes the copies
     another way (benchmarks/warning_variants.py ranks other kinds of copies)."""
     from .augment import augment
-    from .metrics import image_confusion, iou_from_confusion
 
     # as measured when POOR_EXAMPLE was chosen: plain votes (no spread, no small-part boost)
     check = cfg.replace(method="match", tta_flip=False, match_mirror=False, match_spread=0.0,
@@ -225,9 +250,7 @@ def example_check(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig, views
             x, m = copy(image.float().div(255), mask, gen)
             _, f, _ = _one_pass(sd, x[None].to(sd.device), learned, check)
             votes = matching.vote(bank, f.cpu(), check.match_k, check.match_temperature)[0]
-            matrix = image_confusion(labels_at(votes, tuple(m.shape)), m.numpy().astype(np.uint8), k, None)
-            present = matrix.sum(axis=1) > 0
-            scores.append(float(iou_from_confusion(matrix)[present].mean()))
+            scores.append(present_miou(labels_at(votes, tuple(m.shape)), m.numpy(), k))
     return float(np.mean(scores))
 
 

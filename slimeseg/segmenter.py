@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -148,24 +149,55 @@ class Segmenter:
         size) whose UNet features label new images by nearest cells (`method="match"`); also
         sets it for predict. `fit` artifacts carry the same data, so they can match or fuse."""
         cfg = (config or SlimeConfig()).replace(**overrides).replace(method="match")
+        self.learned = self._matching(images, masks, classes, cfg)
+        return self.learned
+
+    def _matching(self, images: Sequence[ImageLike], masks: Sequence[ImageLike], classes: Sequence[str],
+                  cfg: SlimeConfig) -> Learned:
+        """`match`'s artifact, without making it the one in use."""
         examples = prepare_examples(images, masks, classes)
         empty = self.sd.encode_prompt("")[0].float().cpu()  # (77, D)
-        learned = Learned(context=empty, uncond=empty.clone(), classes=list(classes),
-                          model_id=self.sd.model_id, fingerprint=self.sd.fingerprint,
-                          config=cfg.to_dict(), revision=self.sd.revision,
-                          model_config=self.sd.model_config,
-                          image_hashes=[e.sha256 for e in examples], history={"steps_done": 0},
-                          layers=self.sd.plan.to_dict(), trained=False,
-                          examples=inference.example_views(examples, cfg))
-        self.learned = learned
-        return learned
+        return Learned(context=empty, uncond=empty.clone(), classes=list(classes),
+                       model_id=self.sd.model_id, fingerprint=self.sd.fingerprint,
+                       config=cfg.to_dict(), revision=self.sd.revision,
+                       model_config=self.sd.model_config,
+                       image_hashes=[e.sha256 for e in examples], history={"steps_done": 0},
+                       layers=self.sd.plan.to_dict(), trained=False,
+                       examples=inference.example_views(examples, cfg))
 
-    def check_examples(self, learned: Learned | None = None, views: int = 4) -> float:
-        """The example check (`inference.example_check`): mIoU with which matching re-finds the
-        examples' own parts in augmented copies of them, from the examples alone; under
-        `inference.POOR_EXAMPLE` it warns that new images may segment poorly."""
+    def check_examples(self, learned: Learned | None = None, views: int = 4,
+                       images: Sequence[ImageLike] | None = None,
+                       labels: Sequence[np.ndarray] | None = None) -> float:
+        """The example check, an mIoU in [0, 1]. Without `images`, from the examples alone
+        (`inference.example_check`): how well matching re-finds their parts in augmented copies
+        (warn under `inference.POOR_EXAMPLE`). With images like those to segment (unlabelled; the
+        first `inference.CYCLE_IMAGES` are used) the cycle check: matching labels each (or takes
+        its `labels`, e.g. a preview's), then each image with those labels alone segments the
+        examples back, scored against their masks; on the lab it ranks examples by their
+        held-out mIoU better (docs/methods.md)."""
         learned = self._require_learned(learned)
-        return inference.example_check(self.sd, learned, SlimeConfig.from_dict(learned.config), views)
+        cfg = SlimeConfig.from_dict(learned.config)
+        if not images:
+            return inference.example_check(self.sd, learned, cfg, views)
+        if not learned.examples:
+            raise InputError("these embeddings hold no examples to check (made by an older slimeseg)")
+        cfg = cfg.replace(method="match")
+        images = list(images)[:inference.CYCLE_IMAGES]
+        arrs = [as_image_array(im, input_name(im, "image", i)) for i, im in enumerate(images)]
+        if labels is None:
+            labels = inference.predict_labels(self.sd, arrs, learned, cfg, 4)
+        labels = list(labels)[:len(arrs)]
+        if len(labels) != len(arrs):
+            raise InputError(f"the cycle check got {len(arrs)} images but {len(labels)} label maps")
+        k, scores = learned.num_classes, []
+        for arr, lab in zip(arrs, labels, strict=True):  # 1. each image, its labels: a bank of one
+            with warnings.catch_warnings():  # a class the image lacks is expected here, not news
+                warnings.simplefilter("ignore", UserWarning)
+                back = self._matching([arr], [np.asarray(lab)], learned.classes, cfg)
+            for image, mask in learned.examples:  # 2. ... labels each example back: mIoU on its mask
+                pred = inference.predict_labels(self.sd, [image.permute(1, 2, 0).numpy()], back, cfg, 1)[0]
+                scores.append(inference.present_miou(pred, mask.numpy(), k))
+        return float(np.mean(scores))
 
     # ------------------------------------------------------------------ predict
     def _predict_config(self, learned: Learned, config: SlimeConfig | None,

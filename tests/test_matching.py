@@ -142,6 +142,34 @@ def test_fit_artifacts_carry_examples_and_fuse_deterministically(segmenter, fitt
     assert 0 <= check <= 1 and check == segmenter.check_examples(fitted, views=2)
 
 
+def test_cycle_check_sends_the_images_labels_back_to_the_examples(segmenter, fitted):
+    image, mask = shapes_scene(0, 64)  # the fit's own example (shapes_scene seed 0)
+    images = [shapes_scene(s, 64)[0] for s in (4, 5)]
+    before = segmenter.learned
+    check = segmenter.check_examples(fitted, images=images)  # matching labels them, then back
+    assert 0 <= check <= 1 and check == segmenter.check_examples(fitted, images=images)
+    assert segmenter.learned is before  # the one-image banks never become the artifact in use
+    labels = segmenter.predict_batch(images, fitted, method="match")
+    assert segmenter.check_examples(fitted, images=images, labels=labels) == check
+    # the example itself with its true mask labels it back far better than with everything background
+    right = segmenter.check_examples(fitted, images=[image], labels=[np.asarray(mask)])
+    wrong = segmenter.check_examples(fitted, images=[image], labels=[np.zeros((64, 64), np.uint8)])
+    assert right > 0.5 and right > wrong + 0.3
+    with pytest.raises(InputError, match="2 images but 1 label"):
+        segmenter.check_examples(fitted, images=images, labels=labels[:1])
+
+
+def test_noise_draws_average_passes_and_one_draw_is_today(segmenter, fitted):
+    test = shapes_scene(4, 64)[0]
+    one = segmenter.predict_scores(test, fitted, method="fuse")  # (K, H, W)
+    assert torch.equal(segmenter.predict_scores(test, fitted, method="fuse", noise_draws=1), one)
+    two = segmenter.predict_scores(test, fitted, method="fuse", noise_draws=2)  # (K, H, W)
+    assert two.shape == one.shape and torch.isfinite(two).all() and not torch.equal(two, one)
+    assert torch.equal(segmenter.predict_scores(test, fitted, method="fuse", noise_draws=2), two)
+    with pytest.raises(ValueError, match="noise_draws"):
+        SlimeConfig(noise_draws=0)
+
+
 def test_an_artifact_without_examples_says_how_to_go_on(segmenter, fitted):
     old = Learned(context=fitted.context, classes=fitted.classes, model_id=fitted.model_id,
                   fingerprint=fitted.fingerprint, config=fitted.config)  # made before matching
