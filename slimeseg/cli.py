@@ -156,6 +156,7 @@ def _check_writable_file(path: Path) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .artifact import Learned
     from .examples import prepare_examples
+    from .io import as_image_array
     from .segmenter import Segmenter
 
     if not args.image or not args.mask:
@@ -173,6 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         prepare_examples(args.image, args.mask, args.classes)
         if args.val_image:
             prepare_examples(args.val_image, args.val_mask, args.classes)
+    check_images = [as_image_array(path) for path in args.check_image]  # read now: bad ones fail early
     resume = Learned.load(args.resume) if args.resume else None
     parent = Learned.load(args.init) if args.init else None
     model = args.model or (parent.model_id if parent else DEFAULT_MODEL)
@@ -188,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         learned.save(out)
         print(f"saved {out} ({len(args.classes)} classes, matching: {len(args.image)} example(s), "
               "no training)")
-        _print_example_check(seg, learned)
+        _print_example_check(seg, learned, check_images)
         return 0
     checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
     hint = cpu_fit_hint(seg.sd.device.type, overrides, args.fast_fit)
@@ -216,7 +218,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     stopped = f", stopped early at step {hist['stopped_early_at']}" if "stopped_early_at" in hist else ""
     print(f"saved {out} ({len(args.classes)} classes, {hist.get('steps_done')} steps, "
           f"final loss {losses[-1]:.4f}{chosen}{stopped})")
-    _print_example_check(seg, learned)
+    _print_example_check(seg, learned, check_images)
     return 0
 
 
@@ -231,15 +233,22 @@ def cpu_fit_hint(device_type: str, overrides: dict[str, Any], fast_fit: bool) ->
             "(docs/speed.md)")
 
 
-def _print_example_check(seg: Any, learned: Any) -> None:
-    """The poor-example warning: how well the examples' own parts are re-found (docs/methods.md)."""
-    from .inference import POOR_EXAMPLE
+def _print_example_check(seg: Any, learned: Any, images: list[Any] | None = None) -> None:
+    """The poor-example warning (docs/methods.md): how well the examples' own parts are re-found
+    in copies of them, or, given images like those to segment (`--check-image`), how well those
+    images, labelled by matching, label the examples back (the cycle check)."""
+    from .inference import CYCLE_IMAGES, POOR_CYCLE, POOR_EXAMPLE
 
-    check = seg.check_examples(learned)
-    print(f"example check: matching re-finds the examples' parts at {100 * check:.0f} % mIoU in "
-          "augmented copies of them")
-    if check < POOR_EXAMPLE:
-        print(f"warning: that is below {100 * POOR_EXAMPLE:.0f} %: new images may segment poorly; "
+    if images:
+        check, poor = seg.check_examples(learned, images=images), POOR_CYCLE
+        print(f"example check: {min(len(images), CYCLE_IMAGES)} --check-image(s), labelled by matching, "
+              f"label the examples back at {100 * check:.0f} % mIoU")
+    else:
+        check, poor = seg.check_examples(learned), POOR_EXAMPLE
+        print(f"example check: matching re-finds the examples' parts at {100 * check:.0f} % mIoU in "
+              "augmented copies of them")
+    if check < poor:
+        print(f"warning: that is below {100 * poor:.0f} %: new images may segment poorly; "
               "a clearer example (the object large, its parts visible) or more examples may help",
               file=sys.stderr)
 
@@ -477,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation image for --select-best / --patience (repeat; default: "
                         "--validation's rule)")
     p.add_argument("--val-mask", action="append", default=[], dest="val_mask", help="its mask (repeat)")
+    p.add_argument("--check-image", action="append", default=[], dest="check_image",
+                   help="an image like those you will segment, unlabelled (repeat; the first 10 are "
+                        "used): the example check then labels them by matching and sends those "
+                        "labels back to the examples, which ranks examples better (docs/methods.md)")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--checkpoint-every", type=int, default=0, dest="checkpoint_every",
                    help="save a resumable checkpoint every N steps (and on Ctrl-C)")

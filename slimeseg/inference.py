@@ -207,8 +207,12 @@ def example_views(examples: Sequence[Example], cfg: SlimeConfig) -> list[tuple[t
 # The example check below which `train` warns: on the lab (unseen worlds, 20 examples per kind)
 # the 3 of 40 examples under it had the 3 lowest held-out mIoUs (docs/methods.md; chosen there).
 POOR_EXAMPLE = 0.47
-# The cycle check (`Segmenter.check_examples` with images): how many of the images it sends back
+# The cycle check (`Segmenter.check_examples` with images): how many of the images it sends back,
+# and the value below which `train --check-image` warns: on the lab (unseen worlds, examples 0-19
+# of each kind) the 5 of 40 under it were 5 of the 6 lowest held-out mIoUs (docs/methods.md; chosen
+# there, then tried on examples 20-39)
 CYCLE_IMAGES = 10
+POOR_CYCLE = 0.46
 
 
 def present_miou(pred: np.ndarray, mask: np.ndarray, k: int) -> float:

@@ -193,7 +193,15 @@ def test_cli_train_method_match_and_segment_fused(tiny_dir, tmp_path, capsys):
     common = ["--image", str(tmp_path / "a.png"), "--mask", str(tmp_path / "a_mask.png"), "--classes",
               ",".join(SHAPE_CLASSES), "--model", str(tiny_dir), "--image-size", "64", "--quiet"]
     assert main(["train", *common, "--method", "match", "--out", str(tmp_path / "m.safetensors")]) == 0
-    assert "no training" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no training" in out and "augmented copies" in out  # the example check from the example alone
+    assert main(["train", *common, "--method", "match", "--check-image", str(tmp_path / "b.png"),
+                 "--out", str(tmp_path / "m2.safetensors")]) == 0
+    assert "1 --check-image(s), labelled by matching, label the examples back at" in capsys.readouterr().out
+    (tmp_path / "bad.png").write_bytes(b"not a png")  # read before anything loads: a one-line error
+    assert main(["train", *common, "--method", "match", "--check-image", str(tmp_path / "bad.png"),
+                 "--out", str(tmp_path / "m3.safetensors")]) == 2
+    assert "bad.png" in capsys.readouterr().err and not (tmp_path / "m3.safetensors").exists()
     assert main(["segment", str(tmp_path / "m.safetensors"), str(tmp_path / "b.png"), "--out",
                  str(tmp_path / "o1"), "--quiet"]) == 0
     assert main(["train", *common, "--steps", "1", "--out", str(tmp_path / "s.safetensors")]) == 0
