@@ -38,7 +38,7 @@ from PIL import Image  # noqa: E402
 from .artifact import Learned  # noqa: E402
 from .config import MAX_CLASSES, SlimeConfig  # noqa: E402
 from .errors import InputError, SlimeError  # noqa: E402
-from .inference import POOR_EXAMPLE  # noqa: E402
+from .inference import CYCLE_IMAGES, POOR_CYCLE, POOR_EXAMPLE  # noqa: E402
 from .io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, as_image_array, load_mask  # noqa: E402
 from .job import SegmentJob  # noqa: E402
 from .video import OVERLAY_VIDEO_SUFFIX, VIDEO_EXTENSIONS, FrameRange, is_video  # noqa: E402
@@ -186,6 +186,8 @@ class Session:
     # (name, image, labels)
     picked: int | None = None  # the result opened in the correction editor
     previewed: dict[str, np.ndarray] = field(default_factory=dict)  # name -> labels by matching alone
+    preview_learned: Learned | None = None  # the last preview's matching artifact (the example check)
+    preview_note: str = ""  # and its note
 
     @property
     def learned_path(self) -> str | None:
@@ -533,11 +535,32 @@ class SlimeApp:
         result = self._segment_with(learned, files, sess, resolution, "previewed by matching "
                                     "(no training yet; Train to improve)")
         sess.previewed = {name: labels for name, _, labels in sess.results}
-        check = self.segmenter.check_examples(learned)  # the poor-example warning (docs/methods.md)
-        result.note += f"; example check {100 * check:.0f} %" + (
-            f" (below {100 * POOR_EXAMPLE:.0f} %: new images may segment poorly; a clearer or "
-            "another example may help)" if check < POOR_EXAMPLE else "")
+        sess.preview_learned, sess.preview_note = learned, result.note
         return result
+
+    def check_example(self, sess: Session) -> str:
+        """The poor-example warning after a preview (docs/methods.md), its note: the previewed
+        images, labelled by matching, sent back to label the examples (the cycle check, on up to
+        `CYCLE_IMAGES` of them), or, without still images, matching re-finding the examples in
+        augmented copies of them. Run after the preview is shown, so the preview stays instant."""
+        learned = sess.preview_learned
+        if learned is None:
+            raise InputError("Preview first: the example check uses the previewed images.")
+        stills = [(image, labels) for name, image, labels in sess.results
+                  if Path(name).suffix.lower() in IMAGE_EXTENSIONS and name in sess.previewed]
+        stills = stills[:CYCLE_IMAGES]
+        if stills:
+            check = self.segmenter.check_examples(learned, images=[i for i, _ in stills],
+                                                  labels=[lab for _, lab in stills])
+            poor, what = POOR_CYCLE, (f"{len(stills)} previewed image(s) label the example(s) back at "
+                                      f"{100 * check:.0f} %")
+        else:
+            check, poor = self.segmenter.check_examples(learned), POOR_EXAMPLE
+            what = f"matching re-finds the example(s) in copies at {100 * check:.0f} %"
+        sess.preview_learned = None  # once per preview: its matching bank is not kept in the tab
+        return f"{sess.preview_note}; example check: {what}" + (
+            f" (below {100 * poor:.0f} %: new images may segment poorly; a clearer or another "
+            "example may help)" if check < poor else "")
 
     def _segment_with(self, learned: Learned, files: Sequence[Any] | None, sess: Session,
                       resolution: str | None, what: str = "segmented") -> SegmentResult:
@@ -967,6 +990,10 @@ def _wire_segmenting(app: SlimeApp, state: "gr.State", ex: ExamplePanel, seg: Se
     def preview(files: list[Any] | None, resolution: str, image_size: float, sess: Session) -> dict[Any, Any]:
         return shown(app.preview(files, sess, image_size, RESOLUTIONS.get(resolution)))
 
+    def check(sess: Session) -> dict[Any, Any]:  # after the preview is shown: the example check
+        learned = sess.preview_learned
+        return {seg.legend: legend_html(learned.classes if learned else [], app.check_example(sess))}
+
     def pick(sess: Session, number: float | None, evt: gr.SelectData) -> dict[Any, Any]:
         app.pick_result(int(evt.index), sess)
         name = sess.results[sess.picked][0]
@@ -980,7 +1007,8 @@ def _wire_segmenting(app: SlimeApp, state: "gr.State", ex: ExamplePanel, seg: Se
                       _ui(segment), [seg.files, seg.resolution, state], shows,
                       concurrency_limit=1, concurrency_id=CONCURRENCY_ID)
     seg.preview.click(_ui(preview), [seg.files, seg.resolution, image_size, state], shows,
-                      concurrency_limit=1, concurrency_id=CONCURRENCY_ID)
+                      concurrency_limit=1, concurrency_id=CONCURRENCY_ID).success(
+                      _ui(check), [state], [seg.legend], concurrency_limit=1, concurrency_id=CONCURRENCY_ID)
     seg.results.select(_ui(pick), [state, fix.picks], [fix.picks, state, ex.legend, fix.note],
                        queue=False)
 

@@ -16,8 +16,10 @@ bands of rows (`labels_at`), so memory stays bounded whatever the image's size.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -255,6 +257,38 @@ def example_check(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig, views
             _, f, _ = _one_pass(sd, x[None].to(sd.device), learned, check)
             votes = matching.vote(bank, f.cpu(), check.match_k, check.match_temperature)[0]
             scores.append(present_miou(labels_at(votes, tuple(m.shape)), m.numpy(), k))
+    return float(np.mean(scores))
+
+
+@torch.no_grad()
+def cycle_check(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig, images: Sequence[np.ndarray],
+                labels: Sequence[np.ndarray]) -> float:
+    """The cycle check: each (H, W, 3) image with its (H, W) labels (matching's, from the
+    examples) alone as the bank labels every stored example back by matching, scored by mIoU
+    over the classes in the example's mask, averaged. The examples' own features are computed
+    once; per image, one UNet batch (it and its mirror) builds its bank. Equal to segmenting the
+    examples with `Segmenter.match([image], [labels])` (benchmarks/warning_variants.py)."""
+    from .examples import prepare_examples
+
+    cfg = cfg.replace(method="match", tta_flip=False, match_spread=0.0)  # as measured
+    k = learned.num_classes
+    targets = []  # the examples: (H, W, 3) uint8, (H, W) mask, (1, C, h, w) features
+    for image, mask in learned.examples:
+        arr = image.permute(1, 2, 0).numpy()  # (H, W, 3) uint8, the model input's size
+        _, feats, _ = _one_pass(sd, model_input(arr, cfg)[None].to(sd.device), learned, cfg)
+        targets.append((arr, mask.numpy(), feats))
+    scores = []
+    for image, lab in zip(images, labels, strict=True):  # 1. each image with its labels: a bank
+        with warnings.catch_warnings():  # a class the image lacks is expected here, not news
+            warnings.simplefilter("ignore", UserWarning)
+            views = example_views(prepare_examples([image], [np.asarray(lab)], learned.classes), cfg)
+        back = dataclasses.replace(learned, examples=views)
+        bank = match_bank(sd, back, cfg)
+        for arr, mask, feats in targets:  # 2. ... labels each example back, scored on its mask
+            votes = matching.vote(bank, feats, cfg.match_k, cfg.match_temperature,
+                                  getattr(torch, cfg.match_dtype))  # (1, K, h, w)
+            votes = small_part_boost(votes, back, cfg)  # (1, K, h, w)
+            scores.append(present_miou(labels_for(votes[0], arr, cfg), mask, k))
     return float(np.mean(scores))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -189,15 +188,7 @@ class Segmenter:
         labels = list(labels)[:len(arrs)]
         if len(labels) != len(arrs):
             raise InputError(f"the cycle check got {len(arrs)} images but {len(labels)} label maps")
-        k, scores = learned.num_classes, []
-        for arr, lab in zip(arrs, labels, strict=True):  # 1. each image, its labels: a bank of one
-            with warnings.catch_warnings():  # a class the image lacks is expected here, not news
-                warnings.simplefilter("ignore", UserWarning)
-                back = self._matching([arr], [np.asarray(lab)], learned.classes, cfg)
-            for image, mask in learned.examples:  # 2. ... labels each example back: mIoU on its mask
-                pred = inference.predict_labels(self.sd, [image.permute(1, 2, 0).numpy()], back, cfg, 1)[0]
-                scores.append(inference.present_miou(pred, mask.numpy(), k))
-        return float(np.mean(scores))
+        return inference.cycle_check(self.sd, learned, cfg, arrs, labels)
 
     # ------------------------------------------------------------------ predict
     def _predict_config(self, learned: Learned, config: SlimeConfig | None,

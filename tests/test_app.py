@@ -303,6 +303,8 @@ def test_browser_paint_train_segment(app_server, tmp_path, tiny_dir):
             page.wait_for_function("document.querySelector('#result_legend').innerText"
                                    ".includes('previewed by matching')", timeout=60_000)
             page.wait_for_function("document.querySelectorAll('#results img').length >= 3")
+            page.wait_for_function("document.querySelector('#result_legend').innerText"
+                                   ".includes('example check: 1 previewed image')", timeout=60_000)
             shot(page, "03b-preview")
             page.locator("#train").click()
             page.wait_for_function(

@@ -210,11 +210,15 @@ def test_preview_matches_before_training_and_segment_compares(app, tmp_path):
     sess = Session()
     with pytest.raises(InputError, match="Add an example first"):
         app.preview([str(tmp_path / "x.png")], sess)
+    with pytest.raises(InputError, match="Preview first"):
+        app.check_example(sess)
     sess = _session_with_example(app, tmp_path)
     Image.fromarray(shapes_scene(2, 48)[0]).save(tmp_path / "p.png")
     result = app.preview([str(tmp_path / "p.png")], sess, image_size=64)
-    assert result.note.startswith("1 image(s) previewed by matching (no training yet; Train to "
-                                  "improve); example check ")
+    assert result.note == "1 image(s) previewed by matching (no training yet; Train to improve)"
+    note = app.check_example(sess)  # shown after the preview: the previewed image sent back
+    assert note.startswith(result.note + "; example check: 1 previewed image(s) label the example(s) "
+                           "back at ") and note.split(" at ")[1].split(" %")[0].isdigit()
     assert len(result.gallery) == 3 and not sess.rounds and set(sess.previewed) == {"p.png"}
     assert sess.previewed["p.png"].shape == (48, 48)
     with pytest.raises(InputError, match="That was a preview"):
