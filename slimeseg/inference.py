@@ -210,9 +210,10 @@ def example_views(examples: Sequence[Example], cfg: SlimeConfig) -> list[tuple[t
 # the 3 of 40 examples under it had the 3 lowest held-out mIoUs (docs/methods.md; chosen there).
 POOR_EXAMPLE = 0.47
 # The cycle check (`Segmenter.check_examples` with images): how many of the images it sends back,
-# and the value below which `train --check-image` warns: on the lab (unseen worlds, examples 0-19
-# of each kind) the 5 of 40 under it were 5 of the 6 lowest held-out mIoUs (docs/methods.md; chosen
-# there, then tried on examples 20-39)
+# and the value below which `train --check-image` and the app warn. Chosen on the lab's examples
+# 0-19 of each kind (unseen worlds) as the lowest value flagging the worst example of each kind
+# there (6 of the 7 flagged are among the 5 lowest held-out mIoUs of their kind); on examples
+# 20-39, not seen in choosing it, 3 of the 4 it flags are among the 3 lowest (docs/methods.md)
 CYCLE_IMAGES = 10
 POOR_CYCLE = 0.46
 
