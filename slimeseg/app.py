@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from .artifact import Learned  # noqa: E402
-from .config import MAX_CLASSES, SlimeConfig  # noqa: E402
+from .config import MAX_CLASSES, SlimeConfig, fast_fit  # noqa: E402
 from .errors import InputError, SlimeError  # noqa: E402
 from .inference import CYCLE_IMAGES, POOR_CYCLE, POOR_EXAMPLE  # noqa: E402
 from .io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, as_image_array, load_mask  # noqa: E402
@@ -327,23 +327,26 @@ class SlimeApp:
 
     # ------------------------------------------------------------ training
     def train_settings(self, steps: float | None, image_size: float | None, seed: float | None,
-                       sess: Session) -> dict[str, int]:
+                       sess: Session, fast: bool = False) -> dict[str, Any]:
         """The fit settings for these fields, refusing a job that cannot run (before it queues).
 
-        Empty fields take SlimeConfig's defaults (steps: its epochs over the examples)."""
+        Empty fields take SlimeConfig's defaults (steps: its epochs over the examples); `fast`
+        adds `fast_fit`'s (a fit in minutes on a CPU; its 100 epochs when steps are empty)."""
         if not sess.images:
             raise InputError("Add at least one painted example first.")
         if steps is not None and (steps != int(steps) or not 1 <= int(steps) <= MAX_STEPS):
             raise InputError(STEPS_RULE)
-        total = self.defaults.total_steps(len(sess.images)) if steps is None else int(steps)
-        if total > MAX_STEPS:
-            raise InputError(f"{total} steps ({self.defaults.epochs} per example) exceed the app's "
-                             f"limit of {MAX_STEPS}; set fewer steps.")
         size = self.defaults.image_size if image_size is None else int(image_size)
+        quick = fast_fit(size) if fast else {}
+        defaults = self.defaults.replace(epochs=quick["epochs"]) if fast else self.defaults
+        total = defaults.total_steps(len(sess.images)) if steps is None else int(steps)
+        if total > MAX_STEPS:
+            raise InputError(f"{total} steps ({defaults.epochs} per example) exceed the app's "
+                             f"limit of {MAX_STEPS}; set fewer steps.")
         if size % 64 or not IMAGE_SIZES[0] <= size <= IMAGE_SIZES[1]:
             raise InputError(f"Image size must be a multiple of 64 from {IMAGE_SIZES[0]} to "
                              f"{IMAGE_SIZES[1]}.")
-        return {"steps": total, "image_size": size,
+        return {**{k: v for k, v in quick.items() if k != "epochs"}, "steps": total, "image_size": size,
                 "seed": self.defaults.seed if seed is None else int(seed)}
 
     def refine_settings(self, steps: float | None, seed: float | None, sess: Session) -> dict[str, Any]:
@@ -360,12 +363,14 @@ class SlimeApp:
         return {**settings, "init": learned}
 
     def train(self, steps: float | None, image_size: float | None, seed: float | None,
-              sess: Session, key: str = "default", refine: bool = False) -> Iterator[TrainUpdate]:
+              sess: Session, key: str = "default", refine: bool = False,
+              fast: bool = False) -> Iterator[TrainUpdate]:
         """Fit on the session's examples in a worker thread, yielding progress; the last update
         carries the artifact (saved for download, a new round). `refine` continues the current
-        embeddings instead of starting afresh. `stop(key)` ends it early, keeping the result."""
+        embeddings instead of starting afresh; `fast` fits with `fast_fit`'s settings. `stop(key)`
+        ends it early, keeping the result."""
         settings = (self.refine_settings(steps, seed, sess) if refine
-                    else self.train_settings(steps, image_size, seed, sess))
+                    else self.train_settings(steps, image_size, seed, sess, fast))
         total = settings["steps"]
         flag = threading.Event()
         self._stop_flags[key] = flag
@@ -673,6 +678,7 @@ class TrainPanel:
     steps: "gr.Textbox"
     seed: "gr.Number"
     image_size: "gr.Slider"
+    fast: "gr.Checkbox"  # fast_fit's settings: a fit in minutes on a CPU
     train: "gr.Button"
     stop: "gr.Button"
     refine: "gr.Button"
@@ -765,6 +771,9 @@ def _train_panel(d: SlimeConfig) -> TrainPanel:
         image_size = gr.Slider(label="Image size (px, the model's input side)",
                                minimum=IMAGE_SIZES[0], maximum=IMAGE_SIZES[1], step=64,
                                value=d.image_size, elem_id="image_size")
+        fast = gr.Checkbox(label="Fast fit: minutes on a CPU (cached views, local gradients, "
+                                 "coarse-to-fine, 100 epochs; docs/speed.md)", value=False,
+                           elem_id="fast_fit")
         with gr.Row():
             train = gr.Button("Train", variant="primary", elem_id="train")
             stop = gr.Button("Stop (keep result)", variant="stop", elem_id="stop")
@@ -782,7 +791,7 @@ def _train_panel(d: SlimeConfig) -> TrainPanel:
                               file_types=[".safetensors"], elem_id="artifact_upload")
         hub_in = gr.Textbox(label="…or a hub id (USER/REPO, shared with `slimeseg push`; Enter)",
                             placeholder="USER/REPO[@REVISION]", elem_id="hub_id")
-    return TrainPanel(steps, seed, image_size, train, stop, refine, undo, progress, loss_plot,
+    return TrainPanel(steps, seed, image_size, fast, train, stop, refine, undo, progress, loss_plot,
                       artifact_out, rounds_out, artifact_in, hub_in)
 
 
@@ -889,8 +898,8 @@ def _wire_training(app: SlimeApp, state: "gr.State", tr: TrainPanel, seg: Segmen
     import gradio as gr
 
     def run_training(steps: str | None, image_size: float | None, seed: float | None,
-                     sess: Session, key: str, refine: bool) -> Iterator[dict[Any, Any]]:
-        for u in app.train(steps_field(steps), image_size, seed, sess, key=key, refine=refine):
+                     sess: Session, key: str, refine: bool, fast: bool = False) -> Iterator[dict[Any, Any]]:
+        for u in app.train(steps_field(steps), image_size, seed, sess, key=key, refine=refine, fast=fast):
             update = {tr.progress: progress_html(u.step, u.total, u.loss, u.state),
                       tr.loss_plot: loss_frame(u.losses)}
             if u.learned is not None:
@@ -903,14 +912,14 @@ def _wire_training(app: SlimeApp, state: "gr.State", tr: TrainPanel, seg: Segmen
                     update[fix.before_after] = app.before_after(sess)
             yield update
 
-    def check_train(steps: str | None, image_size: float, seed: float | None,
+    def check_train(steps: str | None, image_size: float, seed: float | None, fast: bool,
                     sess: Session) -> None:
-        app.train_settings(steps_field(steps), image_size, seed, sess)
+        app.train_settings(steps_field(steps), image_size, seed, sess, fast)
 
-    def train(steps: str | None, image_size: float, seed: float | None, sess: Session,
+    def train(steps: str | None, image_size: float, seed: float | None, fast: bool, sess: Session,
               request: gr.Request) -> Iterator[dict[Any, Any]]:
         yield from run_training(steps, image_size, seed, sess, request.session_hash or "default",
-                                False)
+                                False, fast)
 
     def check_refine(steps: str | None, seed: float | None, sess: Session) -> None:
         app.refine_settings(steps_field(steps), seed, sess)
@@ -925,9 +934,9 @@ def _wire_training(app: SlimeApp, state: "gr.State", tr: TrainPanel, seg: Segmen
 
     trained = [tr.progress, tr.loss_plot, tr.artifact_out, seg.legend, state, tr.rounds_out,
                fix.before_after]
-    tr.train.click(_ui(check_train), [tr.steps, tr.image_size, tr.seed, state], None,
+    tr.train.click(_ui(check_train), [tr.steps, tr.image_size, tr.seed, tr.fast, state], None,
                    queue=False).success(
-                   _ui(train), [tr.steps, tr.image_size, tr.seed, state], trained,
+                   _ui(train), [tr.steps, tr.image_size, tr.seed, tr.fast, state], trained,
                    concurrency_limit=1, concurrency_id=CONCURRENCY_ID, show_progress="minimal")
     tr.refine.click(_ui(check_refine), [tr.steps, tr.seed, state], None, queue=False).success(
                     _ui(refine), [tr.steps, tr.seed, state], trained,

@@ -75,6 +75,22 @@ def test_train_settings_default_to_slimeconfig(app, tmp_path):
         app.train_settings(5, 64, 0, Session())
 
 
+def test_fast_fit_box_adds_the_fast_fit_settings(app, tmp_path):
+    """The app's "Fast fit" box: `fast_fit`'s settings under the typed fields, its 100 epochs
+    when the steps are empty; the fit it starts runs with them."""
+    from slimeseg import fast_fit
+
+    sess = _session_with_example(app, tmp_path)
+    quick = {k: v for k, v in fast_fit(256).items() if k != "epochs"}
+    assert app.train_settings(None, 256, 1, sess, fast=True) == {**quick, "steps": 100, "image_size": 256,
+                                                                 "seed": 1}
+    assert app.train_settings(7, 256, 1, sess, fast=True)["steps"] == 7  # typed steps win
+    assert "gradients" not in app.train_settings(7, 256, 1, sess)  # off: as before
+    *_, last = app.train(2, 64, 0, sess, fast=True)
+    assert last.learned is not None and last.learned.config["gradients"] == "local"
+    assert last.learned.config["view_pool"] == 16 and last.step == 2
+
+
 def test_steps_box_and_refused_input_are_input_errors(app, tmp_path):
     for empty in (None, "", "  "):
         assert steps_field(empty) is None  # empty: the default steps
