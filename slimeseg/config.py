@@ -199,6 +199,8 @@ class SlimeConfig:
         "float32", "inference, matching: the precision of the image's cells' similarities to the "
                    "bank's (bfloat16: faster on CPUs with bfloat16 units; top-k and weights stay "
                    "float32)", BOTH)
+    match_blocks: str = _setting("all", "matching: which UNet up blocks' outputs are the features "
+                                        "(all, or a comma list of indices from 0 = the coarsest)", BOTH)
     noise_draws: int = _setting(1, "inference: UNet passes per image, each under its own noise at "
                                    "t_test, their maps and features averaged (the matching bank's "
                                    "too); N times the UNet's cost", BOTH)
@@ -281,6 +283,8 @@ class SlimeConfig:
         if self.match_k < 1 or self.match_temperature <= 0 or self.match_cells < 0 or self.match_views < 0:
             raise ValueError("need match_k >= 1, match_temperature > 0, match_cells >= 0 and "
                              "match_views >= 0")
+        if self.match_blocks != "all" and not all(b.strip().isdigit() for b in self.match_blocks.split(",")):
+            raise ValueError(f"match_blocks must be 'all' or a comma list of indices, got {self.match_blocks!r}")
         if self.noise_draws < 1:
             raise ValueError(f"noise_draws must be >= 1, got {self.noise_draws}")
         if self.match_small < 0 or self.match_small_cells <= 0:
@@ -303,6 +307,10 @@ class SlimeConfig:
             allowed = typing.get_args(setting_types()[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    def feature_blocks(self) -> list[int] | None:
+        """The up blocks matching reads (`match_blocks`): their indices, or None for all."""
+        return None if self.match_blocks == "all" else [int(b) for b in self.match_blocks.split(",")]
 
     def window_scale(self) -> float | None:
         """The scale of the image that windows run over (native: 1.0), or None for one model pass."""

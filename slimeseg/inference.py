@@ -150,7 +150,7 @@ def _one_pass(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: S
                  else AttentionStore(learned.num_classes, hw, want_was=False) if spread else None)
         if store is not None:
             store.keep_self = spread
-        feats = FeatureCapture() if matched else None
+        feats = FeatureCapture(cfg.feature_blocks()) if matched else None
         _capture(sd, batch, learned, cfg, store, feats, torch.stack(contexts),  # (B or 2B, 77, D)
                  repeat=slime + matched, draw=draw, latents=latents)  # fused: the batch runs twice
         s = _slime_scores(store, cfg, hw)[:b] / cfg.noise_draws if slime else None  # (B, K, h, w)
@@ -165,7 +165,7 @@ def match_bank(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig) -> Match
     """The examples' cells for matching, from the artifact's stored examples (and their mirror
     images with `match_mirror`), through the matching pass (the empty prompt) as the images to
     segment. Built once per model and setting, and kept with the artifact in memory."""
-    key = (sd.fingerprint, str(sd.device), str(sd.dtype), cfg.t_test, cfg.seed, cfg.noise_draws, cfg.match_mirror,
+    key = (sd.fingerprint, str(sd.device), str(sd.dtype), cfg.t_test, cfg.seed, cfg.noise_draws, cfg.match_blocks, cfg.match_mirror,
            cfg.match_cells, cfg.match_views, cfg.match_hue, precision(sd, cfg))
     cache = learned.__dict__.setdefault("_match_banks", {})
     if key not in cache:

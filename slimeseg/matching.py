@@ -37,6 +37,10 @@ class FeatureCapture:
         """Install the hooks for the `with` block, then remove them."""
         self.outputs = []
         chosen = range(len(unet.up_blocks)) if self.blocks is None else self.blocks
+        if any(not 0 <= i < len(unet.up_blocks) for i in chosen):
+            from .errors import InputError
+
+            raise InputError(f"match_blocks {self.blocks}: this UNet has up blocks 0-{len(unet.up_blocks) - 1}")
         hooks = [unet.up_blocks[i].register_forward_hook(self._keep) for i in chosen]
         try:
             yield self

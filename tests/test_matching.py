@@ -170,6 +170,18 @@ def test_noise_draws_average_passes_and_one_draw_is_today(segmenter, fitted):
         SlimeConfig(noise_draws=0)
 
 
+def test_match_blocks_choose_the_features_read(segmenter, fitted):
+    test = shapes_scene(4, 64)[0]
+    every = segmenter.predict_scores(test, fitted, method="match")  # (K, H, W)
+    assert torch.equal(segmenter.predict_scores(test, fitted, method="match", match_blocks="all"), every)
+    some = segmenter.predict_scores(test, fitted, method="match", match_blocks="1")  # (K, H, W)
+    assert some.shape == every.shape and not torch.equal(some, every)
+    with pytest.raises(InputError, match="up blocks 0-"):
+        segmenter.predict(test, fitted, method="match", match_blocks="9")
+    with pytest.raises(ValueError, match="match_blocks"):
+        SlimeConfig(match_blocks="first")
+
+
 def test_an_artifact_without_examples_says_how_to_go_on(segmenter, fitted):
     old = Learned(context=fitted.context, classes=fitted.classes, model_id=fitted.model_id,
                   fingerprint=fitted.fingerprint, config=fitted.config)  # made before matching
