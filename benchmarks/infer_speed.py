@@ -79,7 +79,8 @@ def main_path(on: bool) -> Iterator[None]:
         return
     real = inference._capture
 
-    def legacy(sd, batch, learned, cfg, store, features=None, context=None, repeat=1, draw=0, latents=None):
+    def legacy(sd, batch, learned, cfg, store, features=None, context=None, repeat=1, draw=0, latents=None,
+               times=None):
         return real(sd, torch.cat([batch] * repeat), learned, cfg, store, features, context, draw=draw)
 
     inference._capture = legacy

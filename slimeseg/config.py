@@ -199,6 +199,8 @@ class SlimeConfig:
         "float32", "inference, matching: the precision of the image's cells' similarities to the "
                    "bank's (bfloat16: faster on CPUs with bfloat16 units; top-k and weights stay "
                    "float32)", BOTH)
+    match_t: int | None = _setting(None, "matching: the timestep its features are read at (default: "
+                                         "t_test; fused, SLiMe's half of the batch keeps t_test)", BOTH)
     match_blocks: str = _setting("all", "matching: which UNet up blocks' outputs are the features "
                                         "(all, or a comma list of indices from 0 = the coarsest)", BOTH)
     noise_draws: int = _setting(1, "inference: UNet passes per image, each under its own noise at "
@@ -285,6 +287,8 @@ class SlimeConfig:
                              "match_views >= 0")
         if self.match_blocks != "all" and not all(b.strip().isdigit() for b in self.match_blocks.split(",")):
             raise ValueError(f"match_blocks must be 'all' or a comma list of indices, got {self.match_blocks!r}")
+        if self.match_t is not None and not 0 <= self.match_t < 1000:
+            raise ValueError(f"match_t must be in [0, 1000), got {self.match_t}")
         if self.noise_draws < 1:
             raise ValueError(f"noise_draws must be >= 1, got {self.noise_draws}")
         if self.match_small < 0 or self.match_small_cells <= 0:
@@ -307,6 +311,10 @@ class SlimeConfig:
             allowed = typing.get_args(setting_types()[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    def match_timestep(self) -> int:
+        """The timestep matching reads its features at: `match_t`, or `t_test`."""
+        return self.t_test if self.match_t is None else self.match_t
 
     def feature_blocks(self) -> list[int] | None:
         """The up blocks matching reads (`match_blocks`): their indices, or None for all."""

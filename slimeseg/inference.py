@@ -74,13 +74,14 @@ def precision(sd: StableDiffusion, cfg: SlimeConfig) -> tuple[torch.dtype | None
 def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: SlimeConfig,
              store: AttentionStore | None, features: FeatureCapture | None = None,
              context: torch.Tensor | None = None, repeat: int = 1, draw: int = 0,
-             latents: torch.Tensor | None = None) -> AttentionStore | None:
+             latents: torch.Tensor | None = None, times: Sequence[int] | None = None) -> AttentionStore | None:
     """Encode a (B, 3, h, w) batch, noise it at t_test (one noise for all) and run the UNet once
     with attention capture into `store` and, given `features`, the up blocks' outputs kept.
     `repeat`: the UNet runs on the batch `repeat` times over (R*B; each image encoded once).
     `context`: the text conditioning per image (R*B, 77, D) (default: the artifact's, for all).
     `draw`: which noise draw (0: the seed's own; `noise_draws`); `latents`: the batch already
-    encoded (B, 4, h/8, w/8), so further draws skip the VAE."""
+    encoded (B, 4, h/8, w/8), so further draws skip the VAE; `times`: the timestep of each of
+    the R runs (default: t_test for all)."""
     encoder, cast = precision(sd, cfg)
     if latents is None:
         latents = sd.encode_image(batch, encoder)  # (B, 4, h/8, w/8)
@@ -88,7 +89,8 @@ def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: Sl
         latents = latents.repeat(repeat, 1, 1, 1)  # (R*B, 4, h/8, w/8)
     gen = torch.Generator().manual_seed(cfg.seed + DRAW_SEED_STEP * draw)
     noise = torch.randn(latents.shape[1:], generator=gen).expand_as(latents)  # one noise for all
-    t = torch.full((latents.shape[0],), cfg.t_test, dtype=torch.long, device=sd.device)
+    b = latents.shape[0] // repeat
+    t = torch.tensor(list(times or [cfg.t_test] * repeat), dtype=torch.long).repeat_interleave(b).to(sd.device)
     if context is None:
         context = learned.context[None].expand(latents.shape[0], -1, -1)  # (B, 77, D)
     with contextlib.ExitStack() as stack:
@@ -152,7 +154,8 @@ def _one_pass(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: S
             store.keep_self = spread
         feats = FeatureCapture(cfg.feature_blocks()) if matched else None
         _capture(sd, batch, learned, cfg, store, feats, torch.stack(contexts),  # (B or 2B, 77, D)
-                 repeat=slime + matched, draw=draw, latents=latents)  # fused: the batch runs twice
+                 repeat=slime + matched, draw=draw, latents=latents,  # fused: the batch runs twice
+                 times=[cfg.t_test] * slime + [cfg.match_timestep()] * matched)
         s = _slime_scores(store, cfg, hw)[:b] / cfg.noise_draws if slime else None  # (B, K, h, w)
         f = feats.features(hw)[-b:] / cfg.noise_draws if feats is not None else None  # (B, C, h, w)
         scores = s if scores is None or s is None else scores + s
@@ -165,7 +168,7 @@ def match_bank(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig) -> Match
     """The examples' cells for matching, from the artifact's stored examples (and their mirror
     images with `match_mirror`), through the matching pass (the empty prompt) as the images to
     segment. Built once per model and setting, and kept with the artifact in memory."""
-    key = (sd.fingerprint, str(sd.device), str(sd.dtype), cfg.t_test, cfg.seed, cfg.noise_draws, cfg.match_blocks, cfg.match_mirror,
+    key = (sd.fingerprint, str(sd.device), str(sd.dtype), cfg.match_timestep(), cfg.seed, cfg.noise_draws, cfg.match_blocks, cfg.match_mirror,
            cfg.match_cells, cfg.match_views, cfg.match_hue, precision(sd, cfg))
     cache = learned.__dict__.setdefault("_match_banks", {})
     if key not in cache:

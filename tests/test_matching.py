@@ -170,6 +170,18 @@ def test_noise_draws_average_passes_and_one_draw_is_today(segmenter, fitted):
         SlimeConfig(noise_draws=0)
 
 
+def test_match_t_moves_only_matchings_half_of_the_fused_batch(segmenter, fitted):
+    test = shapes_scene(4, 64)[0]
+    fused = segmenter.predict_scores(test, fitted, method="fuse")  # (K, H, W)
+    assert torch.equal(segmenter.predict_scores(test, fitted, method="fuse", match_t=100), fused)  # = t_test
+    later = segmenter.predict_scores(test, fitted, method="fuse", match_t=300)  # (K, H, W)
+    assert later.shape == fused.shape and not torch.equal(later, fused)
+    slime = segmenter.predict_scores(test, fitted, method="slime")  # SLiMe's maps stay at t_test
+    assert torch.equal(segmenter.predict_scores(test, fitted, method="slime", match_t=300), slime)
+    with pytest.raises(ValueError, match="match_t"):
+        SlimeConfig(match_t=1000)
+
+
 def test_match_blocks_choose_the_features_read(segmenter, fitted):
     test = shapes_scene(4, 64)[0]
     every = segmenter.predict_scores(test, fitted, method="match")  # (K, H, W)
