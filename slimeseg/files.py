@@ -14,6 +14,12 @@ from pathlib import Path
 
 from .errors import InputError
 
+# the process's umask, read once at import (reading it means setting it, which is not thread-safe):
+# mkstemp makes its files 0600, but what we write is an ordinary output, readable as any other
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -32,6 +38,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, FILE_MODE)  # as open() would have made it, not mkstemp's 0600
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(OSError):

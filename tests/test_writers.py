@@ -96,6 +96,18 @@ def test_failed_write_leaves_nothing(tmp_path):
     assert not target.exists() and not list(tmp_path.iterdir())
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through mkstemp (0600); the file in place has open()'s mode (0666 less
+    the umask), like any output, readable by whoever may read the folder."""
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    with atomic_path(tmp_path / "x.json") as tmp:
+        tmp.write_text("{}")
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_writer_refuses_an_unusable_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
