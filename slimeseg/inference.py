@@ -461,11 +461,16 @@ def native_scores(sd: StableDiffusion, image: np.ndarray, learned: Learned, cfg:
     return combine(windows, whole, cfg.context)
 
 
-def labels_at(scores: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
+def labels_at(scores: torch.Tensor, hw: tuple[int, int], argmax: torch.Tensor | None = None
+              ) -> np.ndarray:
     """Argmax of low-resolution (K, h, w) scores bilinearly upsampled to `hw`, in bands of rows so
-    that at most BAND_ELEMENTS upsampled scores exist at once: (H, W) uint8."""
+    that at most BAND_ELEMENTS upsampled scores exist at once: (H, W) uint8. `argmax`: the
+    scores' own argmax (h, w) where the caller took it already (`temporal.FlowCarry.finish`),
+    used when the scores are at `hw` (resizing to their own size is exact: the same labels)."""
     k = scores.shape[0]
     if k * hw[0] * hw[1] <= BAND_ELEMENTS:
+        if argmax is not None and tuple(argmax.shape) == tuple(scores.shape[1:]) == tuple(hw):
+            return argmax.cpu().numpy().astype(np.uint8)
         return labels_of(to_image_size(scores, hw))
     scores = scores[None].float().cpu()
     out = np.empty(hw, np.uint8)
