@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import SlimeConfig
+from .inference import class_argmax
 
 CUT_VALID_SHARE = 0.3  # under this share of trusted pixels the frame is taken as a cut
 PHOTO_TOLERANCE = 24.0  # grey levels a pixel may differ from where the flow says it came from
@@ -192,7 +193,7 @@ class FlowCarry:
                 blend = self.weight * now + (1 - self.weight) * moved  # (K, h, w)
                 now = torch.where(valid[None], blend, now)
                 if self.margin > 0:  # the label the carry brings keeps its place unless beaten
-                    keep = F.one_hot(moved.argmax(0), now.shape[0]).permute(2, 0, 1)  # (K, h, w)
+                    keep = F.one_hot(class_argmax(moved), now.shape[0]).permute(2, 0, 1)  # (K, h, w)
                     shown = now + self.margin * keep * valid[None]  # (K, h, w)
             else:
                 self.trusted = 0.0
@@ -231,5 +232,5 @@ class FlowCarry:
         if self.carried is not None and final.shape[1] * final.shape[2] < self.carried[0].numel():
             at = F.interpolate(final[None].float(), size=self.carried.shape[1:], mode="bilinear",
                                align_corners=False)[0]  # (K, h, w)
-        self.labels = at.argmax(0).cpu()  # (H', W')
+        self.labels = class_argmax(at).cpu()  # (H', W')
         return final
