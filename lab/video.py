@@ -225,28 +225,58 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def speed(seg: Segmenter, args: argparse.Namespace) -> dict[str, Any]:
-    """Frames/s of `predict_video` on an encoded lab clip (each temporal mode) against the same
-    frames as still images through `predict_batch`, same batch size, after one warm-up."""
+    """Frames/s of `predict_video` on an encoded lab clip (temporal none, and flow with each of
+    `--speed-methods`) against the same frames as still images through `predict_batch`, same
+    batch size, after one warm-up. `--speed-repeats` N times the whole round in turn (still,
+    none, each flow method), so every ratio is to the still rate of its own round; the rates
+    and ratios of the first round keep their old keys, every round's are under `rounds`, and
+    `median_ratio` is each mode's median over the rounds. `*_cpu_ratio`: the same ratios of the
+    process's CPU time (all its threads), which other jobs on the machine move less than the
+    wall time (`median_cpu_ratio`)."""
     images, masks, classes = examples("car", 1, 0, args.size, args.worlds[0])
     learned = seg.match(images, masks, classes, SlimeConfig(image_size=args.size, method="match", **LAB_PRECISION))
     clip = lab_clip("car", 0, args.size, args.speed_frames, seed=args.worlds[1])
-    out: dict[str, Any] = {"frames": len(clip.frames), "batch": args.batch}
+    methods = args.speed_methods.split(",") if args.speed_methods else [None]  # None: the default
+    modes = ["none"] + [f"flow-{m}" if m else "flow" for m in methods]
+    out: dict[str, Any] = {"frames": len(clip.frames), "batch": args.batch, "opencv_threads": _cv2_threads(),
+                           "rounds": []}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
         with VideoWriter(path, 12) as w:
             for f in clip.frames:
                 w.write(f)
         seg.predict_batch(clip.frames[:args.batch], learned, batch_size=args.batch)  # warm-up
-        t0 = time.perf_counter()
-        seg.predict_batch(clip.frames, learned, batch_size=args.batch)
-        out["still_fps"] = len(clip.frames) / (time.perf_counter() - t0)
-        for mode in ("none", "flow"):
-            t0 = time.perf_counter()
-            n = sum(1 for _ in seg.predict_video(path, learned, batch_size=args.batch, temporal=mode))
-            out[f"video_{mode}_fps"] = n / (time.perf_counter() - t0)
-    for mode in ("none", "flow"):
-        out[f"video_{mode}_ratio"] = out[f"video_{mode}_fps"] / out["still_fps"]
+        for _ in range(args.speed_repeats):
+            rnd: dict[str, float] = {}
+            t0, c0 = time.perf_counter(), time.process_time()
+            seg.predict_batch(clip.frames, learned, batch_size=args.batch)
+            rnd["still_fps"] = len(clip.frames) / (time.perf_counter() - t0)
+            rnd["still_cpu_fps"] = len(clip.frames) / (time.process_time() - c0)
+            for mode, method in zip(modes, [None, *methods], strict=True):
+                settings = {"temporal": "none"} if mode == "none" else {"temporal": "flow"}
+                if method:
+                    settings["flow_method"] = method
+                t0, c0 = time.perf_counter(), time.process_time()
+                n = sum(1 for _ in seg.predict_video(path, learned, batch_size=args.batch, **settings))
+                rnd[f"video_{mode}_fps"] = n / (time.perf_counter() - t0)
+                rnd[f"video_{mode}_cpu_fps"] = n / (time.process_time() - c0)
+                rnd[f"video_{mode}_ratio"] = rnd[f"video_{mode}_fps"] / rnd["still_fps"]
+                rnd[f"video_{mode}_cpu_ratio"] = rnd[f"video_{mode}_cpu_fps"] / rnd["still_cpu_fps"]
+            out["rounds"].append(rnd)
+            print("speed round: " + ", ".join(f"{k} {v:.3g}" for k, v in rnd.items() if "ratio" in k), flush=True)
+    out.update(out["rounds"][0])
+    for key in ("ratio", "cpu_ratio"):
+        out[f"median_{key}"] = {m: float(np.median([r[f"video_{m}_{key}"] for r in out["rounds"]])) for m in modes}
     return out
+
+
+def _cv2_threads() -> int | None:
+    """OpenCV's thread count (DIS flow runs its stripes on it; `--threads` sets torch's only)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return int(cv2.getNumThreads())
 
 
 def memory(args: argparse.Namespace, lengths: list[int], side: tuple[int, int] = (1080, 1920)
@@ -333,9 +363,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch", type=int, default=4, help="frames per UNet batch")
     p.add_argument("--size", type=int, default=None, help="frame side (default: the lab SD's size)")
     p.add_argument("--worlds", default=",".join(map(str, UNSEEN_WORLDS)))
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch's threads (and OpenCV's unless "
+                                                          "--opencv-threads)")
+    p.add_argument("--opencv-threads", type=int, help="OpenCV's threads (the DIS flow's; default: "
+                                                      "--threads when given, else OpenCV's own)")
     p.add_argument("--speed", action="store_true", help="also time predict_video against still images")
     p.add_argument("--speed-frames", type=int, default=24)
+    p.add_argument("--speed-methods", help="comma-separated flow_method values to time in turn "
+                                           "(default: the default's alone, key 'flow')")
+    p.add_argument("--speed-repeats", type=int, default=1, help="rounds of the speed timing")
     p.add_argument("--memory", metavar="N,M",
                    help="peak memory of `slimeseg segment` on 1080p clips of these lengths")
     p.add_argument("--strip", metavar="PNG", help="save a frame strip of --strip-clip here")
@@ -348,6 +384,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.kinds, args.seeds, args.clips, args.frames = "car", "0", 2, 6
     if args.threads:
         torch.set_num_threads(args.threads)
+    cv_threads = args.threads if args.opencv_threads is None else args.opencv_threads
+    if cv_threads:  # the flow gets the threads the still images' path gets (docs/video.md, speed)
+        import cv2
+
+        cv2.setNumThreads(cv_threads)
     args.worlds = [int(w) for w in str(args.worlds).split(",")]
     seg = Segmenter.from_pretrained(args.model, device="cpu")
     if args.size is None:
@@ -381,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.speed:
         extra["speed"] = speed(seg, args)
         print("speed: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                                    for k, v in extra["speed"].items()), flush=True)
+                                    for k, v in extra["speed"].items() if k != "rounds"), flush=True)
     out = report()
     save()
     print()

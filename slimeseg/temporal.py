@@ -23,11 +23,14 @@ trusted flow) unless another class beats it by that much there.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import SlimeConfig
+from .inference import class_argmax
 
 CUT_VALID_SHARE = 0.3  # under this share of trusted pixels the frame is taken as a cut
 PHOTO_TOLERANCE = 24.0  # grey levels a pixel may differ from where the flow says it came from
@@ -52,20 +55,29 @@ def working_hw(hw: tuple[int, int], flow_size: int) -> tuple[int, int]:
     return max(8, round(hw[0] * scale)), max(8, round(hw[1] * scale))
 
 
-def _grid(flow: torch.Tensor) -> torch.Tensor:
-    """grid_sample's sampling grid (1, h, w, 2) for a (h, w, 2) pixel flow (x, y)."""
-    h, w = flow.shape[:2]
+@functools.lru_cache(maxsize=8)
+def _pixels(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pixel's x and y, (h, w) float32 each, built once per size (shared: read only)."""
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
                             indexing="ij")
+    return xs, ys
+
+
+def sampling_grid(flow: torch.Tensor) -> torch.Tensor:
+    """grid_sample's sampling grid (1, h, w, 2) for a (h, w, 2) pixel flow (x, y)."""
+    h, w = flow.shape[:2]
+    xs, ys = _pixels(h, w)  # (h, w) each
     gx = (xs + flow[..., 0] + 0.5) / w * 2 - 1  # (h, w)
     gy = (ys + flow[..., 1] + 0.5) / h * 2 - 1  # (h, w)
     return torch.stack([gx, gy], -1)[None]
 
 
-def warp(values: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """values (C, h, w) sampled at each pixel + flow (h, w, 2): (C, h, w) (border-clamped)."""
-    return F.grid_sample(values[None], _grid(flow), mode=mode, padding_mode="border",
-                         align_corners=False)[0]
+def warp(values: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear",
+         grid: torch.Tensor | None = None) -> torch.Tensor:
+    """values (C, h, w) sampled at each pixel + flow (h, w, 2): (C, h, w) (border-clamped).
+    `grid`: the flow's `sampling_grid` where the caller has it already."""
+    grid = sampling_grid(flow) if grid is None else grid  # (1, h, w, 2)
+    return F.grid_sample(values[None], grid, mode=mode, padding_mode="border", align_corners=False)[0]
 
 
 def optical_flow(a: np.ndarray, b: np.ndarray, method: str = "dis-medium") -> np.ndarray:
@@ -92,16 +104,16 @@ def resized_flow(flow: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return (out * scale).permute(1, 2, 0)
 
 
-def consistent(back: torch.Tensor, fwd: torch.Tensor, tolerance: float = FB_TOLERANCE) -> torch.Tensor:
+def consistent(back: torch.Tensor, fwd: torch.Tensor, tolerance: float = FB_TOLERANCE,
+               grid: torch.Tensor | None = None) -> torch.Tensor:
     """Where the backward flow (t -> t-1) and the forward flow (t-1 -> t) agree, (h, w) bool:
     |b(p) + f(p + b(p))|^2 < 0.01 (|b|^2 + |f|^2) + tolerance (Sundaram et al. 2010), and the
-    source p + b(p) lies inside the frame."""
+    source p + b(p) lies inside the frame. `grid`: the backward flow's `sampling_grid`, if known."""
     h, w = back.shape[:2]
-    f_at = warp(fwd.permute(2, 0, 1), back).permute(1, 2, 0)  # (h, w, 2) forward flow at the source
+    f_at = warp(fwd.permute(2, 0, 1), back, grid=grid).permute(1, 2, 0)  # (h, w, 2) forward flow at the source
     err = (back + f_at).square().sum(-1)  # (h, w)
     bound = 0.01 * (back.square().sum(-1) + f_at.square().sum(-1)) + tolerance
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                            indexing="ij")
+    xs, ys = _pixels(h, w)  # (h, w) each
     sx, sy = xs + back[..., 0], ys + back[..., 1]
     inside = (sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)
     return (err < bound) & inside
@@ -131,6 +143,14 @@ class FlowCarry:
         self.back: torch.Tensor | None = None  # (h, w, 2) the last step's flow t -> t-1, if carried
         self.valid: torch.Tensor | None = None  # (h, w) bool, where it was trusted
         self.labels: torch.Tensor | None = None  # (H', W') int64, the last frame's final labels
+        self._grid: tuple[torch.Tensor, torch.Tensor] | None = None  # a flow and its sampling grid
+
+    def grid(self, flow: torch.Tensor) -> torch.Tensor:
+        """The (1, h, w, 2) `sampling_grid` of a (h, w, 2) flow, built once per flow: a step's
+        warps (the forward flow, the grey frame, the carried scores) and the hold share it."""
+        if self._grid is None or self._grid[0] is not flow:
+            self._grid = (flow, sampling_grid(flow))
+        return self._grid[1]
 
     def _flow(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return optical_flow(a, b, self.method)  # (h, w, 2) float32, a -> b
@@ -142,12 +162,12 @@ class FlowCarry:
         assert self.gray is not None
         back = torch.from_numpy(self._flow(gray, self.gray))  # (h, w, 2) t -> t-1
         fwd = torch.from_numpy(self._flow(self.gray, gray))  # (h, w, 2) t-1 -> t
-        return back, consistent(back, fwd) & self.looks_same(gray, back)
+        return back, consistent(back, fwd, grid=self.grid(back)) & self.looks_same(gray, back)
 
     def looks_same(self, gray: np.ndarray, back: torch.Tensor) -> torch.Tensor:
         """Where a pixel of this frame is within PHOTO_TOLERANCE of its source: (h, w) bool."""
         assert self.gray is not None
-        before = warp(torch.from_numpy(self.gray).float()[None], back)[0]  # (h, w)
+        before = warp(torch.from_numpy(self.gray).float()[None], back, grid=self.grid(back))[0]  # (h, w)
         return (before - torch.from_numpy(gray).float()).abs() < PHOTO_TOLERANCE
 
     def step(self, frame: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
@@ -169,11 +189,11 @@ class FlowCarry:
             self.trusted = float(valid.float().mean())
             if self.trusted >= CUT_VALID_SHARE:
                 self.back, self.valid = back, valid
-                moved = warp(self.carried, back)  # (K, h, w)
+                moved = warp(self.carried, back, grid=self.grid(back))  # (K, h, w)
                 blend = self.weight * now + (1 - self.weight) * moved  # (K, h, w)
                 now = torch.where(valid[None], blend, now)
                 if self.margin > 0:  # the label the carry brings keeps its place unless beaten
-                    keep = F.one_hot(moved.argmax(0), now.shape[0]).permute(2, 0, 1)  # (K, h, w)
+                    keep = F.one_hot(class_argmax(moved), now.shape[0]).permute(2, 0, 1)  # (K, h, w)
                     shown = now + self.margin * keep * valid[None]  # (K, h, w)
             else:
                 self.trusted = 0.0
@@ -193,16 +213,24 @@ class FlowCarry:
             return final
         hw = tuple(final.shape[1:])
         if self.back is not None and self.valid is not None and self.labels is not None:
+            # 1. the flow, where it is trusted and the last labels at the final size (as they are
+            # when it is the working one)
             back = resized_flow(self.back, hw)  # (H', W', 2)
-            valid = F.interpolate(self.valid[None, None].float(), size=hw, mode="nearest")[0, 0]  # (H', W')
-            labels = F.interpolate(self.labels[None, None].float(), size=hw, mode="nearest")[0, 0]  # (H', W')
-            held = F.one_hot(labels.long(), final.shape[0]).permute(2, 0, 1).float()  # (K, H', W')
-            # nearest: a label, not a blend (bilinear sampling measured the same on the lab clips)
-            keep = warp(held, back, mode="nearest") * valid[None]  # (K, H', W')
-            final = final + self.hysteresis * keep.to(final.device, final.dtype)  # (K, H', W')
+            valid, labels = self.valid.float(), self.labels.float()  # (h, w), (H'', W'')
+            if tuple(valid.shape) != hw:
+                valid = F.interpolate(valid[None, None], size=hw, mode="nearest")[0, 0]  # (H', W')
+            if tuple(labels.shape) != hw:
+                labels = F.interpolate(labels[None, None], size=hw, mode="nearest")[0, 0]  # (H', W')
+            # 2. the label each pixel had, at its source's nearest pixel: a label, not a blend
+            # (bilinear sampling measured the same on the lab clips); one channel sampled, which
+            # picks what sampling its one-hot (K channels) picked
+            held = warp(labels[None], back, mode="nearest", grid=self.grid(back))[0].long()  # (H', W')
+            # 3. that class raised by the hysteresis where the flow is trusted (+ 0 elsewhere)
+            raise_by = (self.hysteresis * valid).to(final.device, final.dtype)  # (H', W')
+            final = final.scatter_add(0, held[None].to(final.device), raise_by[None])  # (K, H', W')
         at = final  # labels kept at least at the working resolution (a still's scores come coarser)
         if self.carried is not None and final.shape[1] * final.shape[2] < self.carried[0].numel():
             at = F.interpolate(final[None].float(), size=self.carried.shape[1:], mode="bilinear",
                                align_corners=False)[0]  # (K, h, w)
-        self.labels = at.argmax(0).cpu()  # (H', W')
+        self.labels = class_argmax(at).cpu()  # (H', W')
         return final

@@ -214,7 +214,10 @@ def frame_labels(frame: np.ndarray, scores: Any, carry: Any, cfg: Any, want: boo
     final = scores if before else inference.upsampled(scores, frame, cfg)  # (K, h'', w'')
     if carry is not None:
         final = carry.finish(final)  # (K, h'', w'')
-    return inference.labels_at(final, frame.shape[:2]) if want else None
+    if not want:
+        return None
+    taken = None if carry is None else carry.labels  # final's argmax, where finish took it (hysteresis)
+    return inference.labels_at(final, frame.shape[:2], taken)
 
 
 def label_frames(sd: Any, clip: str | os.PathLike, learned: Any, cfg: Any,
