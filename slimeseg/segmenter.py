@@ -148,21 +148,17 @@ class Segmenter:
         size) whose UNet features label new images by nearest cells (`method="match"`); also
         sets it for predict. `fit` artifacts carry the same data, so they can match or fuse."""
         cfg = (config or SlimeConfig()).replace(**overrides).replace(method="match")
-        self.learned = self._matching(images, masks, classes, cfg)
-        return self.learned
-
-    def _matching(self, images: Sequence[ImageLike], masks: Sequence[ImageLike], classes: Sequence[str],
-                  cfg: SlimeConfig) -> Learned:
-        """`match`'s artifact, without making it the one in use."""
         examples = prepare_examples(images, masks, classes)
         empty = self.sd.encode_prompt("")[0].float().cpu()  # (77, D)
-        return Learned(context=empty, uncond=empty.clone(), classes=list(classes),
-                       model_id=self.sd.model_id, fingerprint=self.sd.fingerprint,
-                       config=cfg.to_dict(), revision=self.sd.revision,
-                       model_config=self.sd.model_config,
-                       image_hashes=[e.sha256 for e in examples], history={"steps_done": 0},
-                       layers=self.sd.plan.to_dict(), trained=False,
-                       examples=inference.example_views(examples, cfg))
+        learned = Learned(context=empty, uncond=empty.clone(), classes=list(classes),
+                          model_id=self.sd.model_id, fingerprint=self.sd.fingerprint,
+                          config=cfg.to_dict(), revision=self.sd.revision,
+                          model_config=self.sd.model_config,
+                          image_hashes=[e.sha256 for e in examples], history={"steps_done": 0},
+                          layers=self.sd.plan.to_dict(), trained=False,
+                          examples=inference.example_views(examples, cfg))
+        self.learned = learned
+        return learned
 
     def check_examples(self, learned: Learned | None = None, views: int = 4,
                        images: Sequence[ImageLike] | None = None,
