@@ -54,23 +54,15 @@ def _copy(image: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, zoom: t
     return bank_view(image, mask.long(), gen, zoom, hue)
 
 
-def present_miou(pred: np.ndarray, mask: np.ndarray, k: int) -> float:
-    """mIoU of a label map over the classes present in the true mask."""
-    from slimeseg.metrics import image_confusion, iou_from_confusion
-
-    matrix = image_confusion(pred, np.asarray(mask).astype(np.uint8), k, None)
-    return float(iou_from_confusion(matrix)[matrix.sum(axis=1) > 0].mean())
-
-
-def cycle_check(seg: Segmenter, example, test: list, preds: list[np.ndarray], classes: list[str],
+def cycle_check(seg: Segmenter, learned, example, test: list, preds: list[np.ndarray], classes: list[str],
                 cfg: SlimeConfig, each: tuple[int, ...] = (10,)) -> dict[str, float]:
     """The held-out images with the labels matching gave them, as examples segmenting the example
-    back: pooled (one bank of all of them) and one at a time (the mean over the first n, for each
-    n of `each`)."""
+    back: pooled (one bank of all of them) and one at a time (`inference.cycle_check`, the
+    product's check, image by image: the mean over the first n, for each n of `each`)."""
     k = len(classes)
     back = seg.match([t.image for t in test], preds, classes, cfg)
-    out = {"cycle_pool": present_miou(seg.predict(example.image, back), example.mask, k)}
-    singles = [present_miou(seg.predict(example.image, seg.match([t.image], [p], classes, cfg)), example.mask, k)
+    out = {"cycle_pool": inference.present_miou(seg.predict(example.image, back), np.asarray(example.mask), k)}
+    singles = [inference.cycle_check(seg.sd, learned, cfg, [t.image], [p])
                for t, p in zip(test[:max(each)], preds[:max(each)], strict=True)]
     for n in each:
         out["cycle_each" if n == 10 else f"cycle_each{n}"] = float(np.mean(singles[:n]))
@@ -127,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
                 y = float(cm.result(list(world.classes)).miou)
                 each = tuple(int(n) for n in a.cycle_each.split(","))
                 row = {**({"check": held[f"{kind}/{i}"]["check"]} if f"{kind}/{i}" in held else {}),
-                       **cycle_check(seg, s, test, [np.asarray(q) for q in preds], list(world.classes), cfg, each)}
+                       **cycle_check(seg, learned, s, test, [np.asarray(q) for q in preds], list(world.classes), cfg,
+                                   each)}
             else:
                 cm, conf, top = ConfusionMatrix(len(world.classes)), [], []
                 for t in test:
