@@ -159,23 +159,27 @@ def test_cycle_check_sends_the_images_labels_back_to_the_examples(segmenter, fit
         segmenter.check_examples(fitted, images=images, labels=labels[:1])
 
 
-def test_noise_draws_average_passes_and_one_draw_is_today(segmenter, fitted):
+def _setting_moves_scores(segmenter, fitted, method: str, name: str, today, other) -> tuple:
+    """A test scene's scores (K, H, W) by default and with setting `name` at `other`: its default
+    value `today` typed out gives the same scores, `other` different ones of the same shape."""
     test = shapes_scene(4, 64)[0]
-    one = segmenter.predict_scores(test, fitted, method="fuse")  # (K, H, W)
-    assert torch.equal(segmenter.predict_scores(test, fitted, method="fuse", noise_draws=1), one)
-    two = segmenter.predict_scores(test, fitted, method="fuse", noise_draws=2)  # (K, H, W)
-    assert two.shape == one.shape and torch.isfinite(two).all() and not torch.equal(two, one)
+    base = segmenter.predict_scores(test, fitted, method=method)  # (K, H, W)
+    assert torch.equal(segmenter.predict_scores(test, fitted, method=method, **{name: today}), base)
+    moved = segmenter.predict_scores(test, fitted, method=method, **{name: other})  # (K, H, W)
+    assert moved.shape == base.shape and not torch.equal(moved, base)
+    return test, base, moved
+
+
+def test_noise_draws_average_passes_and_one_draw_is_today(segmenter, fitted):
+    test, _, two = _setting_moves_scores(segmenter, fitted, "fuse", "noise_draws", 1, 2)
+    assert torch.isfinite(two).all()
     assert torch.equal(segmenter.predict_scores(test, fitted, method="fuse", noise_draws=2), two)
     with pytest.raises(ValueError, match="noise_draws"):
         SlimeConfig(noise_draws=0)
 
 
 def test_match_t_moves_only_matchings_half_of_the_fused_batch(segmenter, fitted):
-    test = shapes_scene(4, 64)[0]
-    fused = segmenter.predict_scores(test, fitted, method="fuse")  # (K, H, W)
-    assert torch.equal(segmenter.predict_scores(test, fitted, method="fuse", match_t=100), fused)  # = t_test
-    later = segmenter.predict_scores(test, fitted, method="fuse", match_t=300)  # (K, H, W)
-    assert later.shape == fused.shape and not torch.equal(later, fused)
+    test, _, _ = _setting_moves_scores(segmenter, fitted, "fuse", "match_t", 100, 300)  # 100 = t_test
     slime = segmenter.predict_scores(test, fitted, method="slime")  # SLiMe's maps stay at t_test
     assert torch.equal(segmenter.predict_scores(test, fitted, method="slime", match_t=300), slime)
     with pytest.raises(ValueError, match="match_t"):
@@ -183,11 +187,7 @@ def test_match_t_moves_only_matchings_half_of_the_fused_batch(segmenter, fitted)
 
 
 def test_match_blocks_choose_the_features_read(segmenter, fitted):
-    test = shapes_scene(4, 64)[0]
-    every = segmenter.predict_scores(test, fitted, method="match")  # (K, H, W)
-    assert torch.equal(segmenter.predict_scores(test, fitted, method="match", match_blocks="all"), every)
-    some = segmenter.predict_scores(test, fitted, method="match", match_blocks="1")  # (K, H, W)
-    assert some.shape == every.shape and not torch.equal(some, every)
+    test, _, _ = _setting_moves_scores(segmenter, fitted, "match", "match_blocks", "all", "1")
     with pytest.raises(InputError, match="up blocks 0-"):
         segmenter.predict(test, fitted, method="match", match_blocks="9")
     with pytest.raises(ValueError, match="match_blocks"):
