@@ -153,13 +153,15 @@ for _n in (2, 4):
     DERIVED[f"fuse-sp5c64-n{_n}"] = "full"
     VARIANTS[f"match-sp5c64-n{_n}"] = {**VARIANTS["match-sp5c64"], "noise_draws": _n}
     DERIVED[f"match-sp5c64-n{_n}"] = "match"
-# issue 29, which features and timestep matching reads (today's default otherwise)
+# issue 29, which features and timestep matching reads, and the mirror (today's default otherwise)
 for _name, _extra in {"t50": {"t_test": 50}, "t200": {"t_test": 200}, "b123": {"match_blocks": "1,2,3"},
                       "b012": {"match_blocks": "0,1,2"}, "b23": {"match_blocks": "2,3"},
                       "t300": {"t_test": 300}, "t400": {"t_test": 400}, "mt200": {"match_t": 200},
-                      "mt300": {"match_t": 300}}.items():
+                      "mt300": {"match_t": 300}, "flip": {"tta_flip": True}}.items():
     VARIANTS[f"fuse-sp5c64-{_name}"] = {**VARIANTS["fuse-sp5c64"], **_extra}
     DERIVED[f"fuse-sp5c64-{_name}"] = "full"
+VARIANTS["match-sp5c64-flip"] = {**VARIANTS["match-sp5c64"], "tta_flip": True}  # ... mirrored too
+DERIVED["match-sp5c64-flip"] = "match"
 for _n in (200, 300):  # matching alone at that timestep
     VARIANTS[f"match-sp5c64-t{_n}"] = {**VARIANTS["match-sp5c64"], "t_test": _n}
     DERIVED[f"match-sp5c64-t{_n}"] = "match"

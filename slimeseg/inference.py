@@ -289,11 +289,15 @@ def cycle_check(sd: StableDiffusion, learned: Learned, cfg: SlimeConfig, images:
         back = dataclasses.replace(learned, examples=views)
         bank = match_bank(sd, back, cfg)
         for arr, mask, feats in targets:  # 2. ... labels each example back, scored on its mask
-            votes = matching.vote(bank, feats, cfg.match_k, cfg.match_temperature,
-                                  getattr(torch, cfg.match_dtype))  # (1, K, h, w)
-            votes = small_part_boost(votes, back, cfg)  # (1, K, h, w)
+            votes = small_part_boost(match_votes(bank, feats, cfg), back, cfg)  # (1, K, h, w)
             scores.append(present_miou(labels_for(votes[0], arr, cfg), mask, k))
     return float(np.mean(scores))
+
+
+def match_votes(bank: MatchBank, features: torch.Tensor, cfg: SlimeConfig) -> torch.Tensor:
+    """Matching's class distributions (B, K, h, w) for (B, C, h, w) features, by the settings'
+    k, temperature and similarity dtype (`matching.vote`)."""
+    return matching.vote(bank, features, cfg.match_k, cfg.match_temperature, getattr(torch, cfg.match_dtype))
 
 
 def fuse(slime: torch.Tensor, votes: torch.Tensor, cfg: SlimeConfig) -> torch.Tensor:
@@ -356,8 +360,7 @@ def score_batch(sd: StableDiffusion, batch: torch.Tensor, learned: Learned,
     if feats is None:
         scores = slime
     else:
-        votes = matching.vote(match_bank(sd, learned, cfg), feats, cfg.match_k, cfg.match_temperature,
-                              getattr(torch, cfg.match_dtype))
+        votes = match_votes(match_bank(sd, learned, cfg), feats, cfg)  # (B, K, h, w)
         if store is not None:  # (b): the votes spread by the pass's own self-attention, mixed in
             votes = (1 - cfg.match_spread) * votes + cfg.match_spread * maps.self_spread(votes, store)
         scores = votes if slime is None else fuse(slime.float(), votes.to(slime.device), cfg)
