@@ -232,7 +232,9 @@ def speed(seg: Segmenter, args: argparse.Namespace) -> dict[str, Any]:
     and ratios of the first round keep their old keys, every round's are under `rounds`, and
     `median_ratio` is each mode's median over the rounds. `*_cpu_ratio`: the same ratios of the
     process's CPU time (all its threads), which other jobs on the machine move less than the
-    wall time (`median_cpu_ratio`)."""
+    wall time (`median_cpu_ratio`). `*_main_ratio`: the same ratios of the calling thread's CPU
+    time alone (`median_main_ratio`), what the wall time comes to when the flow thread
+    (`temporal.FlowAhead`) has a core of its own; with one torch thread."""
     images, masks, classes = examples("car", 1, 0, args.size, args.worlds[0])
     learned = seg.match(images, masks, classes, SlimeConfig(image_size=args.size, method="match", **LAB_PRECISION))
     clip = lab_clip("car", 0, args.size, args.speed_frames, seed=args.worlds[1])
@@ -248,24 +250,26 @@ def speed(seg: Segmenter, args: argparse.Namespace) -> dict[str, Any]:
         seg.predict_batch(clip.frames[:args.batch], learned, batch_size=args.batch)  # warm-up
         for _ in range(args.speed_repeats):
             rnd: dict[str, float] = {}
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
             seg.predict_batch(clip.frames, learned, batch_size=args.batch)
             rnd["still_fps"] = len(clip.frames) / (time.perf_counter() - t0)
             rnd["still_cpu_fps"] = len(clip.frames) / (time.process_time() - c0)
+            rnd["still_main_fps"] = len(clip.frames) / (time.thread_time() - m0)
             for mode, method in zip(modes, [None, *methods], strict=True):
                 settings = {"temporal": "none"} if mode == "none" else {"temporal": "flow"}
                 if method:
                     settings["flow_method"] = method
-                t0, c0 = time.perf_counter(), time.process_time()
+                t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
                 n = sum(1 for _ in seg.predict_video(path, learned, batch_size=args.batch, **settings))
                 rnd[f"video_{mode}_fps"] = n / (time.perf_counter() - t0)
                 rnd[f"video_{mode}_cpu_fps"] = n / (time.process_time() - c0)
-                rnd[f"video_{mode}_ratio"] = rnd[f"video_{mode}_fps"] / rnd["still_fps"]
-                rnd[f"video_{mode}_cpu_ratio"] = rnd[f"video_{mode}_cpu_fps"] / rnd["still_cpu_fps"]
+                rnd[f"video_{mode}_main_fps"] = n / (time.thread_time() - m0)
+                for key in ("", "cpu_", "main_"):
+                    rnd[f"video_{mode}_{key}ratio"] = rnd[f"video_{mode}_{key}fps"] / rnd[f"still_{key}fps"]
             out["rounds"].append(rnd)
             print("speed round: " + ", ".join(f"{k} {v:.3g}" for k, v in rnd.items() if "ratio" in k), flush=True)
     out.update(out["rounds"][0])
-    for key in ("ratio", "cpu_ratio"):
+    for key in ("ratio", "cpu_ratio", "main_ratio"):
         out[f"median_{key}"] = {m: float(np.median([r[f"video_{m}_{key}"] for r in out["rounds"]])) for m in modes}
     return out
 

@@ -19,11 +19,19 @@ After the final upsampling (`video.frame_labels`), `finish` takes the frame's fi
 `temporal_filter="recursive"` they become the carry (the edge refinement itself is then smoothed
 over time), and with `temporal_hysteresis` a pixel keeps the label it had (followed along the
 trusted flow) unless another class beats it by that much there.
+
+The flows a clip needs depend on its frames alone, not on the scores, so `FlowAhead` computes
+them in a background thread while the UNet runs on the batch (`video.label_frames`); OpenCV
+releases the GIL. The carry takes them (`step(..., ahead=...)`) when they are the flows between
+its previous frame and this one, and computes them itself otherwise (`step` without them), so
+the labels are the same either way.
 """
 
 from __future__ import annotations
 
 import functools
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -94,6 +102,68 @@ def optical_flow(a: np.ndarray, b: np.ndarray, method: str = "dis-medium") -> np
     return dis.calc(a, b, None)
 
 
+def working_gray(frame: np.ndarray, flow_size: int) -> np.ndarray:
+    """A (H, W, 3) uint8 RGB frame as the flow sees it: (h, w) uint8 grey at `working_hw`."""
+    cv2 = _cv2()
+    hw = working_hw(frame.shape[:2], flow_size)
+    small = cv2.resize(frame, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+
+
+@dataclass(frozen=True)
+class Motion:
+    """What a frame's step needs from its frames alone: its working grey frame and, when it
+    follows a frame, the flows (by `method`) back to that frame's grey `prev` and forward from
+    it, (h, w, 2) float32 each (None: no previous frame, or one of another size)."""
+
+    method: str
+    gray: np.ndarray
+    prev: np.ndarray | None = None
+    back: np.ndarray | None = None  # t -> t-1
+    fwd: np.ndarray | None = None  # t-1 -> t
+
+
+def frame_motion(frame: np.ndarray, flow_size: int, method: str, prev: Motion | None = None) -> Motion:
+    """A frame's `Motion`, with the flows to `prev`'s frame where there is one (same size)."""
+    gray = working_gray(frame, flow_size)
+    if prev is None or prev.gray.shape != gray.shape:
+        return Motion(method, gray)
+    return Motion(method, gray, prev.gray, optical_flow(gray, prev.gray, method),
+                  optical_flow(prev.gray, gray, method))
+
+
+class FlowAhead:
+    """Frames' `Motion` computed in one background thread, in the order they are given, so
+    the flows are ready when the carry reaches the frame (the UNet runs meanwhile): `submit`
+    each frame the carry will step, saying whether it follows the frame submitted before
+    (False at a gap, where the carry restarts), and hand the future to `FlowCarry.step`.
+    `close` (or leaving the `with` block) cancels what has not started and waits for the rest."""
+
+    def __init__(self, cfg: SlimeConfig) -> None:
+        self.flow_size, self.method = cfg.flow_size, cfg.flow_method
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimeseg-flow")
+        self._last: Future[Motion] | None = None
+
+    def submit(self, frame: np.ndarray, follows: bool = True) -> Future[Motion]:
+        before = self._last if follows else None
+        self._last = self._pool.submit(self._motion, frame, before)
+        return self._last
+
+    def _motion(self, frame: np.ndarray, before: Future[Motion] | None) -> Motion:
+        # one worker runs the tasks in order, so the frame before's is done (or failed) here
+        return frame_motion(frame, self.flow_size, self.method, None if before is None else before.result())
+
+    def close(self) -> None:
+        self._last = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> FlowAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def resized_flow(flow: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """A (h, w, 2) pixel flow at another (H, W): (H, W, 2), its vectors scaled with the grid."""
     h, w = flow.shape[:2]
@@ -144,6 +214,7 @@ class FlowCarry:
         self.valid: torch.Tensor | None = None  # (h, w) bool, where it was trusted
         self.labels: torch.Tensor | None = None  # (H', W') int64, the last frame's final labels
         self._grid: tuple[torch.Tensor, torch.Tensor] | None = None  # a flow and its sampling grid
+        self._ahead: Motion | None = None  # the frame being stepped's precomputed motion, if any
 
     def grid(self, flow: torch.Tensor) -> torch.Tensor:
         """The (1, h, w, 2) `sampling_grid` of a (h, w, 2) flow, built once per flow: a step's
@@ -155,13 +226,20 @@ class FlowCarry:
     def _flow(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return optical_flow(a, b, self.method)  # (h, w, 2) float32, a -> b
 
+    def flows(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The flows (h, w, 2) from this grey frame back to the previous one and forward from it:
+        the ones `step` was handed when they are between these two grey frames, else computed."""
+        assert self.gray is not None
+        ahead = self._ahead
+        if ahead is not None and ahead.back is not None and ahead.prev is self.gray and ahead.gray is gray:
+            return ahead.back, ahead.fwd
+        return self._flow(gray, self.gray), self._flow(self.gray, gray)
+
     def motion(self, gray: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The flow from this (h, w) grey frame back to the previous one, (h, w, 2), and where it
         is trusted, (h, w) bool: the forward-backward check holds and the pixel looks like its
         source."""
-        assert self.gray is not None
-        back = torch.from_numpy(self._flow(gray, self.gray))  # (h, w, 2) t -> t-1
-        fwd = torch.from_numpy(self._flow(self.gray, gray))  # (h, w, 2) t-1 -> t
+        back, fwd = (torch.from_numpy(f) for f in self.flows(gray))  # (h, w, 2) t -> t-1, t-1 -> t
         return back, consistent(back, fwd, grid=self.grid(back)) & self.looks_same(gray, back)
 
     def looks_same(self, gray: np.ndarray, back: torch.Tensor) -> torch.Tensor:
@@ -170,14 +248,21 @@ class FlowCarry:
         before = warp(torch.from_numpy(self.gray).float()[None], back, grid=self.grid(back))[0]  # (h, w)
         return (before - torch.from_numpy(gray).float()).abs() < PHOTO_TOLERANCE
 
-    def step(self, frame: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
+    def step(self, frame: np.ndarray, scores: torch.Tensor,
+             ahead: Motion | Future[Motion] | None = None) -> torch.Tensor:
         """The carried scores (K, h, w) at the working resolution for the next frame (H, W, 3)
         uint8 and its own low-resolution scores (K, h', w'); where nothing was carried (the first
-        frame, a cut) the frame's own scores as they came, so it is labelled exactly as a still."""
-        cv2 = _cv2()
-        hw = working_hw(frame.shape[:2], self.flow_size)
-        small = cv2.resize(frame, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
-        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)  # (h, w)
+        frame, a cut) the frame's own scores as they came, so it is labelled exactly as a still.
+        `ahead`: this frame's `Motion` (or its future, `FlowAhead`); its flows are used when they
+        are this carry's method's and start from the grey frame it stepped last, and computed
+        here otherwise."""
+        if isinstance(ahead, Future):
+            ahead = ahead.result()
+        if ahead is not None and (ahead.method != self.method
+                                  or ahead.gray.shape != working_hw(frame.shape[:2], self.flow_size)):
+            ahead = None  # made for other settings
+        gray = working_gray(frame, self.flow_size) if ahead is None else ahead.gray  # (h, w)
+        hw = gray.shape
         now = F.interpolate(scores[None].float().cpu(), size=hw, mode="bilinear",
                             align_corners=False)[0]  # (K, h, w)
         shown = None  # what labels this frame, when it differs from the carry (the margin)
@@ -185,7 +270,11 @@ class FlowCarry:
         if self.gray is None or self.carried is None or self.gray.shape != gray.shape:
             self.trusted = 0.0
         else:
-            back, valid = self.motion(gray)  # (h, w, 2), (h, w)
+            self._ahead = ahead
+            try:
+                back, valid = self.motion(gray)  # (h, w, 2), (h, w)
+            finally:
+                self._ahead = None
             self.trusted = float(valid.float().mean())
             if self.trusted >= CUT_VALID_SHARE:
                 self.back, self.valid = back, valid

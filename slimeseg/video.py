@@ -194,21 +194,22 @@ def frame_scores(sd: Any, frames: list[np.ndarray], learned: Any, cfg: Any) -> l
     return list(inference.score_batch(sd, x, learned, cfg).float().cpu())  # B x (K, h/8, w/8)
 
 
-def frame_labels(frame: np.ndarray, scores: Any, carry: Any, cfg: Any, want: bool = True
-                 ) -> np.ndarray | None:
+def frame_labels(frame: np.ndarray, scores: Any, carry: Any, cfg: Any, want: bool = True,
+                 ahead: Any = None) -> np.ndarray | None:
     """A frame's (H, W) uint8 labels from its low-resolution scores (K, h, w): carried along the
     motion by `carry` (a `temporal.FlowCarry`, or None: the frame alone) and upsampled by
     `cfg.upsample`, the guided filter after the carry or, with `temporal_filter="before"`, on the
     frame's own scores before it (then the carried scores are only resized); the final scores
     then go back to the carry (`FlowCarry.finish`: the recursive carry, the label hysteresis).
-    `want=False` only steps the carry (a warm-up frame whose labels exist) and returns None."""
+    `want=False` only steps the carry (a warm-up frame whose labels exist) and returns None.
+    `ahead`: the frame's precomputed flows for the carry (`temporal.Motion` or its future)."""
     from . import inference
 
     before = carry is not None and cfg.temporal_filter == "before" and cfg.upsample == "guided"
     if before:
         scores = inference.upsampled(scores, frame, cfg)  # (K, h', w'): filtered, then carried
     if carry is not None:
-        scores = carry.step(frame, scores)  # (K, h', w')
+        scores = carry.step(frame, scores, ahead)  # (K, h', w')
     if not want and (carry is None or not carry.wants_final):
         return None
     final = scores if before else inference.upsampled(scores, frame, cfg)  # (K, h'', w'')
@@ -229,9 +230,11 @@ def label_frames(sd: Any, clip: str | os.PathLike, learned: Any, cfg: Any,
 
     With `cfg.temporal == "flow"` the scores are carried along the motion (`temporal.FlowCarry`);
     the `warmup` done frames before a frame to do are run again (not yielded) so its carry has a
-    past, and a gap in the frames run restarts the carry.
+    past, and a gap in the frames run restarts the carry. The optical flow a frame needs is
+    computed in a background thread (`temporal.FlowAhead`) from when the frame is read, so it
+    overlaps the UNet's batch; the thread ends with the generator (closed, exhausted or failed).
     """
-    from .temporal import FlowCarry
+    from .temporal import FlowAhead, FlowCarry
 
     carry = FlowCarry(cfg) if cfg.temporal == "flow" else None
     wanted = None if frames.stop is None else range(frames.start, frames.stop, frames.step)
@@ -240,29 +243,36 @@ def label_frames(sd: Any, clip: str | os.PathLike, learned: Any, cfg: Any,
         ahead = range(i + frames.step, i + 1 + warmup * frames.step, frames.step)
         return any(j not in done for j in ahead if wanted is None or j in wanted)
 
-    batch: list[tuple[int, np.ndarray]] = []
+    batch: list[tuple[int, np.ndarray, Any]] = []  # (index, frame, its flows' future or None)
     last = None  # the index run last (a gap before the next restarts the carry)
 
     def flush() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         nonlocal last
-        scores = frame_scores(sd, [f for _, f in batch], learned, cfg)
-        for (index, frame), sc in zip(batch, scores, strict=True):
+        scores = frame_scores(sd, [f for _, f, _ in batch], learned, cfg)
+        for (index, frame, motion), sc in zip(batch, scores, strict=True):
             if carry is not None and last is not None and index != last + frames.step:
                 carry.reset()
             last = index
-            labels = frame_labels(frame, sc, carry, cfg, want=index not in done)  # (H, W) or None
+            labels = frame_labels(frame, sc, carry, cfg, want=index not in done,
+                                  ahead=motion)  # (H, W) or None
             if labels is not None:
                 yield index, frame, labels
         batch.clear()
 
-    for index, frame in read_frames(clip, frames):
-        if index in done and (carry is None or not todo_after(index)):
-            continue
-        batch.append((index, frame))
-        if len(batch) >= batch_size:
+    with contextlib.ExitStack() as stack:
+        flows = None if carry is None else stack.enter_context(FlowAhead(cfg))
+        read = None  # the index added to a batch last
+        for index, frame in read_frames(clip, frames):
+            if index in done and (carry is None or not todo_after(index)):
+                continue
+            motion = None if flows is None else flows.submit(
+                frame, follows=read is not None and index == read + frames.step)
+            read = index
+            batch.append((index, frame, motion))
+            if len(batch) >= batch_size:
+                yield from flush()
+        if batch:
             yield from flush()
-    if batch:
-        yield from flush()
 
 
 # ---------------------------------------------------------------------------- writing

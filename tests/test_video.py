@@ -476,3 +476,66 @@ def test_each_optical_flow_follows_a_pan(method):
     assert flow.shape == (48, 64, 2) and flow.dtype == np.float32
     inner = flow[8:-8, 8:-8]
     assert abs(np.median(inner[..., 0]) + 2) < 0.3 and abs(np.median(inner[..., 1])) < 0.3
+
+
+def test_flows_computed_ahead_in_a_thread_give_the_same_labels_and_the_thread_ends(segmenter, learned_file,
+                                                                                   tmp_path, monkeypatch):
+    """`label_frames` computes each frame's flows in a background thread (`FlowAhead`) while the
+    UNet runs; the labels are the ones the carry gets computing the flows itself, through a gap
+    (skipped frames) and a resume's warm-up too, and the thread ends when the generator is
+    closed early or fails."""
+    import threading
+
+    from slimeseg import Learned, temporal
+    from slimeseg.video import frame_labels, frame_scores, label_frames
+
+    learned = Learned.load(learned_file)
+    frames = moving_frames(9)
+    path = write_clip(tmp_path / "nine.mov", frames)
+    where: list[str] = []  # the thread each flow was computed in
+    real_flow = temporal.optical_flow
+
+    def flow(a, b, method="dis-medium"):
+        where.append(threading.current_thread().name)
+        return real_flow(a, b, method)
+
+    monkeypatch.setattr(temporal, "optical_flow", flow)
+
+    def flow_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("slimeseg-flow") and t.is_alive()]
+
+    for settings in ({}, {"flow_method": "dis-fine", "temporal_filter": "before"}):
+        cfg = segmenter._predict_config(learned, None, settings)
+        scores = frame_scores(segmenter.sd, frames, learned, cfg)
+        for done, warmup in ((set(), 8), ({3, 4, 5}, 1), ({0, 1, 2, 3, 4}, 2)):  # all, a gap, a resume
+            run = [i for i in range(9) if i not in done or any(j not in done for j in range(i + 1, i + 1 + warmup)
+                                                                if j < 9)]
+            carry, by_itself = FlowCarry(cfg), {}
+            for i in run:  # the carry computing its own flows, the frames one by one
+                if by_itself and i != max(by_itself) + 1:
+                    carry.reset()
+                by_itself[i] = frame_labels(frames[i], scores[i], carry, cfg, want=i not in done)
+            where.clear()
+            got = {i: lab for i, _, lab in label_frames(segmenter.sd, path, learned, cfg, batch_size=2,
+                                                        done=done, warmup=warmup)}
+            assert sorted(got) == sorted(i for i in run if i not in done)
+            assert all(np.array_equal(got[i], by_itself[i]) for i in got)
+            gaps = sum(1 for a, b in zip(run, run[1:], strict=False) if b != a + 1)
+            assert len(where) == 2 * (len(run) - 1 - gaps)  # each pair's two flows, computed once
+            assert where and all(name.startswith("slimeseg-flow") for name in where)  # ahead
+            assert not flow_threads()
+    # closed early, or failing in the UNet: the thread is shut down
+    gen = label_frames(segmenter.sd, path, learned, cfg, batch_size=2)
+    next(gen)
+    assert flow_threads()
+    gen.close()
+    assert not flow_threads()
+    import slimeseg.video as video
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(video, "frame_scores", fails)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        list(label_frames(segmenter.sd, path, learned, cfg, batch_size=2))
+    assert not flow_threads()
