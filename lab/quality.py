@@ -157,7 +157,8 @@ for _n in (2, 4):
 for _name, _extra in {"t50": {"t_test": 50}, "t200": {"t_test": 200}, "b123": {"match_blocks": "1,2,3"},
                       "b012": {"match_blocks": "0,1,2"}, "b23": {"match_blocks": "2,3"},
                       "t300": {"t_test": 300}, "t400": {"t_test": 400}, "mt200": {"match_t": 200},
-                      "mt300": {"match_t": 300}, "flip": {"tta_flip": True}}.items():
+                      "mt300": {"match_t": 300}, "flip": {"tta_flip": True},
+                      "mean": {"fuse_rule": "mean"}, "w25": {"fuse_weight": 0.25}}.items():
     VARIANTS[f"fuse-sp5c64-{_name}"] = {**VARIANTS["fuse-sp5c64"], **_extra}
     DERIVED[f"fuse-sp5c64-{_name}"] = "full"
 VARIANTS["match-sp5c64-flip"] = {**VARIANTS["match-sp5c64"], "tta_flip": True}  # ... mirrored too
