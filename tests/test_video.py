@@ -463,7 +463,7 @@ def test_recursive_carry_and_hysteresis_on_the_final_scores():
             SlimeConfig(**bad)
 
 
-@pytest.mark.parametrize("method", ["dis-ultrafast", "dis-fast", "dis-medium", "dis-balanced", "dis-balanced-s4",
+@pytest.mark.parametrize("method", ["dis-ultrafast", "dis-fast", "dis-medium", "dis-balanced", "dis-balanced-v0",
                                     "dis-fine", "farneback"])
 def test_each_optical_flow_follows_a_pan(method):
     from slimeseg.temporal import optical_flow
