@@ -74,6 +74,8 @@ MODES: dict[str, dict[str, Any]] = {
     "flow-w0.1-fine": flow(0.1, flow_method="dis-fine"),
     "flow-w0.1-farneback": flow(0.1, flow_method="farneback"),
     "flow-w0.1-h0.2-fine": flow(0.1, 0.2, flow_method="dis-fine"),
+    "flow-w0.1-h0.2-balanced": flow(0.1, 0.2, flow_method="dis-balanced"),
+    "flow-w0.1-h0.2-balanced-v0": flow(0.1, 0.2, flow_method="dis-balanced-v0"),
     # a diagnostic, not a setting: the clip's exact motion instead of estimated flow (`TrueMotion`)
     "flow-w0.1-true": flow(0.1, true_motion=True),
     "flow-w0.1-h0.2-true": flow(0.1, 0.2, true_motion=True),

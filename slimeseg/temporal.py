@@ -88,6 +88,12 @@ def warp(values: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear",
     return F.grid_sample(values[None], grid, mode=mode, padding_mode="border", align_corners=False)[0]
 
 
+# dis-fine with fewer variational refinement iterations (fine and medium: 5): the patch search
+# at full resolution, where the flicker gain comes from, kept whole. Screened on flicker and
+# against the lab's true motion (docs/video.md, "A flow between medium and fine").
+DIS_BALANCED = {"dis-balanced": 1, "dis-balanced-v0": 0}
+
+
 def optical_flow(a: np.ndarray, b: np.ndarray, method: str = "dis-medium") -> np.ndarray:
     """Dense flow a -> b of two (h, w) uint8 grey frames by `method` (`SlimeConfig.flow_method`):
     (h, w, 2) float32 pixel offsets (x, y)."""
@@ -97,8 +103,10 @@ def optical_flow(a: np.ndarray, b: np.ndarray, method: str = "dis-medium") -> np
     preset = {"dis-ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
               "dis-fast": cv2.DISOPTICAL_FLOW_PRESET_FAST}.get(method, cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     dis = cv2.DISOpticalFlow_create(preset)
-    if method == "dis-fine":  # patches matched down to full resolution (medium stops at half)
+    if method in ("dis-fine", *DIS_BALANCED):  # patches matched down to full resolution (medium stops at half)
         dis.setFinestScale(0)
+    if method in DIS_BALANCED:  # less variational refinement: fine's flicker, cheaper
+        dis.setVariationalRefinementIterations(DIS_BALANCED[method])
     return dis.calc(a, b, None)
 
 

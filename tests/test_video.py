@@ -401,6 +401,7 @@ def test_video_benchmark_measures_each_mode_on_the_same_scores_and_resumes(tmp_p
     ("after", {}), ("before", {}), ("recursive", {}), ("after", {"temporal_hysteresis": 0.0}),
     ("recursive", {"temporal_hysteresis": 0.0}), ("after", {"temporal_hysteresis": 0.5}),
     ("recursive", {"temporal_hysteresis": 0.1}), ("after", {"flow_method": "dis-fine"}),
+    ("after", {"flow_method": "dis-balanced"}),
     ("after", {"flow_method": "farneback"}), ("after", {"flow_method": "dis-ultrafast"}),
     ("after", {"upsample": "bilinear", "temporal_hysteresis": 0.1})])
 def test_frame_labels_filter_before_or_after_the_carry(where, settings):
@@ -462,7 +463,8 @@ def test_recursive_carry_and_hysteresis_on_the_final_scores():
             SlimeConfig(**bad)
 
 
-@pytest.mark.parametrize("method", ["dis-ultrafast", "dis-fast", "dis-medium", "dis-fine", "farneback"])
+@pytest.mark.parametrize("method", ["dis-ultrafast", "dis-fast", "dis-medium", "dis-balanced", "dis-balanced-v0",
+                                    "dis-fine", "farneback"])
 def test_each_optical_flow_follows_a_pan(method):
     from slimeseg.temporal import optical_flow
 
