@@ -243,16 +243,15 @@ def label_frames(sd: Any, clip: str | os.PathLike, learned: Any, cfg: Any,
         ahead = range(i + frames.step, i + 1 + warmup * frames.step, frames.step)
         return any(j not in done for j in ahead if wanted is None or j in wanted)
 
-    batch: list[tuple[int, np.ndarray, Any]] = []  # (index, frame, its flows' future or None)
-    last = None  # the index run last (a gap before the next restarts the carry)
+    # (index, frame, whether it follows the frame before it in the run, its flows' future or None):
+    # a gap (skipped frames) restarts the carry, and the flow thread's frame has no frame before
+    batch: list[tuple[int, np.ndarray, bool, Any]] = []
 
     def flush() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        nonlocal last
-        scores = frame_scores(sd, [f for _, f, _ in batch], learned, cfg)
-        for (index, frame, motion), sc in zip(batch, scores, strict=True):
-            if carry is not None and last is not None and index != last + frames.step:
+        scores = frame_scores(sd, [f for _, f, _, _ in batch], learned, cfg)
+        for (index, frame, follows, motion), sc in zip(batch, scores, strict=True):
+            if carry is not None and not follows:
                 carry.reset()
-            last = index
             labels = frame_labels(frame, sc, carry, cfg, want=index not in done,
                                   ahead=motion)  # (H, W) or None
             if labels is not None:
@@ -261,14 +260,13 @@ def label_frames(sd: Any, clip: str | os.PathLike, learned: Any, cfg: Any,
 
     with contextlib.ExitStack() as stack:
         flows = None if carry is None else stack.enter_context(FlowAhead(cfg))
-        read = None  # the index added to a batch last
+        last = None  # the index added to a batch last
         for index, frame in read_frames(clip, frames):
             if index in done and (carry is None or not todo_after(index)):
                 continue
-            motion = None if flows is None else flows.submit(
-                frame, follows=read is not None and index == read + frames.step)
-            read = index
-            batch.append((index, frame, motion))
+            follows = last is not None and index == last + frames.step
+            last = index
+            batch.append((index, frame, follows, None if flows is None else flows.submit(frame, follows)))
             if len(batch) >= batch_size:
                 yield from flush()
         if batch:
