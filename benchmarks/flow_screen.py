@@ -9,7 +9,6 @@ source is inside the frame; 3 clips per kind, 16 frames (84 pairs across car and
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: sl
 
 from slimeseg.synthetic.clips import lab_clip  # noqa: E402
 from slimeseg.temporal import working_gray  # noqa: E402
+from slimeseg.writers import write_json  # noqa: E402
 
 # name -> finest scale, patch size, patch stride, gradient-descent and refinement iterations, mean
 # normalization (DIS medium: 1, 8, 3, 25, 5, on), and the working size
@@ -111,8 +111,8 @@ def main() -> None:
         print(f"{name:16s} >1px {100 * rows[name]['over_1px']:5.1f} %  median {rows[name]['median_px']:.3f} px"
               f"  {rows[name]['ms']:5.1f} ms", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"benchmark": "DIS vs lab true motion", "pairs": len(pairs),
-                                               "opencv": cv2.__version__, "rows": rows}, indent=1) + "\n")
+        write_json(args.json, {"benchmark": "DIS vs lab true motion", "pairs": len(pairs),
+                               "opencv": cv2.__version__, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def _capture(sd: StableDiffusion, batch: torch.Tensor, learned: Learned, cfg: Sl
              store: AttentionStore | None, features: FeatureCapture | None = None,
              context: torch.Tensor | None = None, repeat: int = 1, draw: int = 0,
              latents: torch.Tensor | None = None, times: Sequence[int] | None = None) -> AttentionStore | None:
-    """Encode a (B, 3, h, w) batch, noise it at t_test (one noise for all) and run the UNet once
+    """Encode a (B, 3, h, w) batch, noise it at its timestep (one noise for all) and run the UNet once
     with attention capture into `store` and, given `features`, the up blocks' outputs kept.
     `repeat`: the UNet runs on the batch `repeat` times over (R*B; each image encoded once).
     `context`: the text conditioning per image (R*B, 77, D) (default: the artifact's, for all).
