@@ -13,7 +13,9 @@
 # 3. a 200-step 1-shot fit of the full-size random-weight UNet (model building excluded) and
 #    batched inference throughput at 512x512 (images/s);
 # 4. fit_speed.py: a fit step with each speed setting (cached views, local gradients) vs the default;
-# 5. precision.py: one fit step's embedding gradient in bf16 and (loss-scaled) fp16 vs fp32.
+# 5. precision.py: one fit step's embedding gradient in bf16 and (loss-scaled) fp16 vs fp32;
+# 6. video.py --speed on the full-size shapes: clip frames/s against still images with each flow
+#    (the flow runs on the CPU beside the UNet: does it keep up with a GPU?).
 # Each step has its own timeout so a hang cannot eat the budget; results go to $OUT as JSON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +69,12 @@ timeout 120 "$PY" benchmarks/fit_speed.py --model "$FIT_MODEL" --device "$DEVICE
 stamp "precision: one step's embedding gradient in bf16 / fp16 (+ loss scale) vs fp32 at $SIZE"
 timeout 120 "$PY" benchmarks/precision.py --device "$DEVICE" --size "$SIZE" \
     --json "$OUT/precision-$DEVICE-$SIZE.json" || echo "precision.py failed or timed out (rc $?)"
+
+stamp "video: frames/s against still images, flow dis-medium / dis-balanced, full-size shapes at $SIZE"
+timeout 150 "$PY" benchmarks/video.py --model "$FIT_MODEL" --device "$DEVICE" --size "$SIZE" --clips 0 \
+    --seeds 0 --kinds car --speed --speed-frames "${VIDEO_FRAMES:-24}" --batch "$BATCH" \
+    --speed-methods dis-medium,dis-balanced --speed-repeats 2 --json "$OUT/video-speed-$DEVICE-$SIZE.json" \
+    || echo "video.py failed or timed out (rc $?)"
 
 stamp "done; results in $OUT"
 ls -l "$OUT"

@@ -39,9 +39,11 @@ from .quality import LAB_MODEL, LAB_PRECISION, TRAIN_POOL, UNSEEN_WORLDS, mean_s
 
 
 def flow(weight: float, hysteresis: float = 0.0, **settings: Any) -> dict[str, Any]:
-    """A flow mode's settings: every one names its weight and hysteresis, so a mode measures the
-    same whatever SlimeConfig's defaults become."""
-    return {"temporal": "flow", "temporal_weight": weight, "temporal_hysteresis": hysteresis, **settings}
+    """A flow mode's settings: every one names its weight, hysteresis and flow (dis-medium, the
+    default when most were measured, unless it says), so a mode measures the same whatever
+    SlimeConfig's defaults become."""
+    return {"temporal": "flow", "temporal_weight": weight, "temporal_hysteresis": hysteresis,
+            "flow_method": "dis-medium", **settings}
 
 
 # mode -> SlimeConfig settings of the temporal step (flow-wX: weight X; -hY: hysteresis Y)
@@ -62,7 +64,7 @@ MODES: dict[str, dict[str, Any]] = {
     # label hysteresis on the final scores (`temporal_hysteresis`)
     "flow-w0.1-h0.05": flow(0.1, 0.05),
     "flow-w0.1-h0.1": flow(0.1, 0.1),
-    "flow-w0.1-h0.2": flow(0.1, 0.2),  # the default (chosen here: docs/video.md)
+    "flow-w0.1-h0.2": flow(0.1, 0.2),  # the default weight and hysteresis (docs/video.md), DIS medium
     "flow-w0.1-h0.3": flow(0.1, 0.3),
     "flow-w0.1-h0.5": flow(0.1, 0.5),
     "flow-w0.2-h0.2": flow(0.2, 0.2),
@@ -74,7 +76,7 @@ MODES: dict[str, dict[str, Any]] = {
     "flow-w0.1-fine": flow(0.1, flow_method="dis-fine"),
     "flow-w0.1-farneback": flow(0.1, flow_method="farneback"),
     "flow-w0.1-h0.2-fine": flow(0.1, 0.2, flow_method="dis-fine"),
-    "flow-w0.1-h0.2-balanced": flow(0.1, 0.2, flow_method="dis-balanced"),
+    "flow-w0.1-h0.2-balanced": flow(0.1, 0.2, flow_method="dis-balanced"),  # the default
     "flow-w0.1-h0.2-balanced-v0": flow(0.1, 0.2, flow_method="dis-balanced-v0"),
     # a diagnostic, not a setting: the clip's exact motion instead of estimated flow (`TrueMotion`)
     "flow-w0.1-true": flow(0.1, true_motion=True),
@@ -358,7 +360,9 @@ def strip(seg: Segmenter, args: argparse.Namespace, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=str(LAB_MODEL))
+    p.add_argument("--model", default=str(LAB_MODEL), help="an SD folder, or 'full': SD 2.1-base's "
+                   "shapes with random weights in bfloat16, or 'tiny': the test SD (lab.fullsize; --speed only)")
+    p.add_argument("--device", default="cpu", help="where the UNet runs (the flow: on the CPU)")
     p.add_argument("--kinds", default="car,face")
     p.add_argument("--shots", default="1")
     p.add_argument("--seeds", default="0-2")
@@ -396,7 +400,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         cv2.setNumThreads(cv_threads)
     args.worlds = [int(w) for w in str(args.worlds).split(",")]
-    seg = Segmenter.from_pretrained(args.model, device="cpu")
+    if args.model in ("full", "tiny"):  # SD 2.1-base's shapes, random weights, or the test SD (speed only)
+        from .fullsize import load_model
+
+        seg = load_model(args.model, args.device, torch.bfloat16 if args.model == "full" else torch.float32,
+                         num_classes=len(World("car", size=64).classes) - 1)
+        args.size = args.size or 512
+    else:
+        seg = Segmenter.from_pretrained(args.model, device=args.device)
     if args.size is None:
         args.size = 8 * int(seg.sd.unet.config.sample_size)
     units: dict[str, Any] = {}

@@ -242,9 +242,11 @@ class SlimeConfig:
                                                "(filtered) scores", BOTH)
     flow_method: Literal["dis-ultrafast", "dis-fast", "dis-medium", "dis-balanced", "dis-balanced-v0",
                          "dis-fine", "farneback"] = _setting(
-        "dis-medium", "clips, temporal flow: OpenCV's optical flow (DIS presets; dis-fine = medium "
-                      "down to full resolution; dis-balanced / dis-balanced-v0 = fine with 1 / "
-                      "no variational refinement iteration, between the two; farneback)", BOTH)
+        "dis-balanced", "clips, temporal flow: OpenCV's optical flow (DIS presets; dis-fine = medium "
+                        "down to full resolution; dis-balanced / dis-balanced-v0 = fine with 1 / "
+                        "no variational refinement iteration, between the two; farneback). "
+                        "dis-medium is cheaper where the UNet is fast beside a CPU thread "
+                        "(docs/video.md)", BOTH)
     flow_size: int = _setting(320, "clips, temporal flow: long side in pixels at which flow is "
                                    "computed and scores are carried", BOTH)
     # -- reproducibility --

@@ -94,7 +94,7 @@ def warp(values: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear",
 DIS_BALANCED = {"dis-balanced": 1, "dis-balanced-v0": 0}
 
 
-def optical_flow(a: np.ndarray, b: np.ndarray, method: str = "dis-medium") -> np.ndarray:
+def optical_flow(a: np.ndarray, b: np.ndarray, method: str) -> np.ndarray:
     """Dense flow a -> b of two (h, w) uint8 grey frames by `method` (`SlimeConfig.flow_method`):
     (h, w, 2) float32 pixel offsets (x, y)."""
     cv2 = _cv2()

@@ -401,7 +401,7 @@ def test_video_benchmark_measures_each_mode_on_the_same_scores_and_resumes(tmp_p
     ("after", {}), ("before", {}), ("recursive", {}), ("after", {"temporal_hysteresis": 0.0}),
     ("recursive", {"temporal_hysteresis": 0.0}), ("after", {"temporal_hysteresis": 0.5}),
     ("recursive", {"temporal_hysteresis": 0.1}), ("after", {"flow_method": "dis-fine"}),
-    ("after", {"flow_method": "dis-balanced"}),
+    ("after", {"flow_method": "dis-medium"}),
     ("after", {"flow_method": "farneback"}), ("after", {"flow_method": "dis-ultrafast"}),
     ("after", {"upsample": "bilinear", "temporal_hysteresis": 0.1})])
 def test_frame_labels_filter_before_or_after_the_carry(where, settings):
