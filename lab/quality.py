@@ -166,6 +166,18 @@ DERIVED["match-sp5c64-flip"] = "match"
 for _n in (200, 300):  # matching alone at that timestep
     VARIANTS[f"match-sp5c64-t{_n}"] = {**VARIANTS["match-sp5c64"], "t_test": _n}
     DERIVED[f"match-sp5c64-t{_n}"] = "match"
+# issue 29, fusion (c): SLiMe's fit also trained on matching's confident labels of the first N
+# held-out images (the images to segment, unlabelled: `Segmenter.fit(unlabelled=...)`), labelled
+# by matching as today's default reads it (guided r3, small parts raised), the pixels of a top
+# score >= 0.5 (`-c3`: >= 0.3, the default); scored as SLiMe alone, guided r3 (full-stN) and as today's default
+# (fuse-sp5c64-stN); matching alone is what it was (a fit does not change it)
+SELF_TRAIN: dict[str, int] = {}
+for _name, _extra in {"st10": {"self_train_conf": 0.5}, "st10-c3": {"self_train_conf": 0.3}}.items():
+    VARIANTS[f"full-{_name}"] = {"method": "slime", "upsample": "guided", "guide_radius": 3.0, "match_small": 0.5,
+                                 "match_small_cells": 64.0, **_extra}
+    SELF_TRAIN[f"full-{_name}"] = 10
+    VARIANTS[f"fuse-sp5c64-{_name}"] = dict(VARIANTS["fuse-sp5c64"])
+    DERIVED[f"fuse-sp5c64-{_name}"] = f"full-{_name}"
 # rows from before the small-part boost (`match_small`) keep their meaning: off unless they say
 for _settings in VARIANTS.values():
     if _settings.get("method") != "slime":
@@ -211,8 +223,9 @@ def run_one(seg: Segmenter, kind: str, shots: int, variant: str, seed: int, size
         learned = Learned.load(kept)
         fit_s = float(learned.history.get("fit_seconds", float("nan")))
     else:
+        extra = {"unlabelled": test_images[:SELF_TRAIN[variant]]} if variant in SELF_TRAIN else {}
         learned = (seg.match(images, masks, classes, cfg) if variant in NO_FIT
-                   else seg.fit(images, masks, classes, cfg, progress=False))
+                   else seg.fit(images, masks, classes, cfg, progress=False, **extra))
         fit_s = time.perf_counter() - t0
         if kept is not None:
             learned.history["fit_seconds"] = fit_s

@@ -175,6 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.val_image:
             prepare_examples(args.val_image, args.val_mask, args.classes)
     check_images = [as_image_array(path) for path in args.check_image]  # read now: bad ones fail early
+    unlabelled = [as_image_array(path) for path in args.unlabelled]
     resume = Learned.load(args.resume) if args.resume else None
     parent = Learned.load(args.init) if args.init else None
     model = args.model or (parent.model_id if parent else DEFAULT_MODEL)
@@ -183,9 +184,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                                     model_config=args.model_config)
     overrides = config_overrides(args)
     if overrides.get("method") == "match":  # no training: the examples' features are the model
-        if args.init or args.resume or args.checkpoint_every:
-            raise InputError("--method match trains nothing: --init, --resume and --checkpoint-every "
-                             "do not apply")
+        if args.init or args.resume or args.checkpoint_every or args.unlabelled:
+            raise InputError("--method match trains nothing: --init, --resume, --checkpoint-every "
+                             "and --unlabelled do not apply")
         learned = seg.match(args.image, args.mask, args.classes, **overrides)
         learned.save(out)
         print(f"saved {out} ({len(args.classes)} classes, matching: {len(args.image)} example(s), "
@@ -200,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         learned = seg.fit(args.image, args.mask, args.classes, progress=not args.quiet,
                           checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every,
                           resume=resume, init=args.init, val_images=args.val_image or None,
-                          val_masks=args.val_mask or None, **overrides)
+                          val_masks=args.val_mask or None, unlabelled=unlabelled or None, **overrides)
     except KeyboardInterrupt:
         if args.checkpoint_every:
             print(f"interrupted; progress saved to {checkpoint} (continue with --resume {checkpoint})",
@@ -490,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an image like those you will segment, unlabelled (repeat; the first 10 are "
                         "used): the example check then labels them by matching and sends those "
                         "labels back to the examples, which ranks examples better (docs/methods.md)")
+    p.add_argument("--unlabelled", action="append", default=[], metavar="IMAGE",
+                   help="an image like those you will segment, unlabelled (repeat): self-training, "
+                        "fusion (c): matching labels it from the examples and the fit also trains on "
+                        "its confident pixels (--self-train-conf, --self-train-share; docs/methods.md)")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--checkpoint-every", type=int, default=0, dest="checkpoint_every",
                    help="save a resumable checkpoint every N steps (and on Ctrl-C)")

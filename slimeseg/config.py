@@ -99,6 +99,12 @@ class SlimeConfig:
                                    "64 below image_size; 0: every step at image_size)")
     coarse_share: float = _setting(0.75, "coarse-to-fine: the share of the steps at coarse_size (the "
                                          "first ones)")
+    # -- self-training, fusion (c) (`--unlabelled`; docs/methods.md) --
+    self_train_conf: float = _setting(0.3, "self-training: pixels of the unlabelled images whose "
+                                           "matching label scores under this are left out of the loss")
+    self_train_share: float = _setting(0.5, "self-training: the share of the fit's steps on the "
+                                            "pseudo-labelled images; the examples keep their own steps, "
+                                            "so the fit takes 1 / (1 - share) as long")
     # -- choosing the embeddings: validation, best step, early stopping (the reference's protocol) --
     select_best: bool = _setting(False, "keep the embeddings of the best validation mIoU, not the last")
     validation: Literal["auto", "train", "holdout"] = _setting(
@@ -277,6 +283,9 @@ class SlimeConfig:
         if self.coarse_size and (self.coarse_size % 64 or not 0 < self.coarse_size < self.image_size):
             raise ValueError(f"coarse_size must be 0 or a multiple of 64 below image_size "
                              f"({self.image_size}), got {self.coarse_size}")
+        if not 0 <= self.self_train_conf <= 1 or not 0 <= self.self_train_share <= 0.9:
+            raise ValueError(f"need self_train_conf in [0, 1] and self_train_share in [0, 0.9], got "
+                             f"{self.self_train_conf}, {self.self_train_share}")
         if not 0 <= self.coarse_share <= 1:
             raise ValueError(f"coarse_share must be in [0, 1], got {self.coarse_share}")
         if self.gradients == "local" and not (self.use_ce or (self.use_mse and self.use_was)):

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import inference, training
+from . import inference, selftrain, training
 from .artifact import Learned
 from .config import DEFAULT_MODEL, SlimeConfig
 from .errors import InputError, TrainingError
-from .examples import ImageLike, input_name, prepare_examples
+from .examples import Example, ImageLike, input_name, prepare_examples
 from .io import as_image_array
 from .models import StableDiffusion, load_stable_diffusion
 from .training import Callback
@@ -103,7 +103,8 @@ class Segmenter:
             callback: Callback | None = None, checkpoint_path: str | os.PathLike | None = None,
             checkpoint_every: int = 0, resume: Learned | None = None,
             val_images: Sequence[ImageLike] | None = None, val_masks: Sequence[ImageLike] | None = None,
-            init: Learned | str | os.PathLike | None = None, **overrides: Any) -> Learned:
+            init: Learned | str | os.PathLike | None = None,
+            unlabelled: Sequence[ImageLike] | None = None, **overrides: Any) -> Learned:
         """Learn one embedding per foreground class from (image, mask) pairs; also sets it for predict.
 
         `overrides` change single settings of `config` (None means "not set"). With
@@ -114,6 +115,8 @@ class Segmenter:
         pairs that validate with `select_best` / `patience` (default: `training.split_validation`).
         `init` (an artifact or its file) continues its embeddings instead of starting from the
         prompt: refining with corrected examples takes `refine_steps` steps, not 200 epochs.
+        `unlabelled`: images like those to segment, for self-training (fusion (c), `selftrain`):
+        matching labels them from the examples, and the fit also trains on their confident cells.
         """
         if init is not None:
             name = str(init) if isinstance(init, (str, os.PathLike)) else "the embeddings to continue"
@@ -126,11 +129,14 @@ class Segmenter:
         if val_images is not None or val_masks is not None:
             validation = prepare_examples(val_images or [], val_masks or [], classes)
             cfg = cfg.replace(select_best=True) if cfg.patience is None else cfg
+        pseudo = None
+        if unlabelled:
+            pseudo = selftrain.pseudo_examples(self.sd, self._matcher(examples, classes, cfg), unlabelled, cfg)
         try:
             learned = training.fit(self.sd, examples, classes, cfg, progress=progress,
                                    callback=callback, checkpoint_path=checkpoint_path,
                                    checkpoint_every=checkpoint_every, resume=resume,
-                                   validation=validation, init=init)
+                                   validation=validation, init=init, pseudo=pseudo)
         except TrainingError as exc:
             if exc.learned is not None:
                 self.learned = exc.learned
@@ -147,18 +153,21 @@ class Segmenter:
         """A matching-only artifact in seconds, no training: the examples (at the model input's
         size) whose UNet features label new images by nearest cells (`method="match"`); also
         sets it for predict. `fit` artifacts carry the same data, so they can match or fuse."""
-        cfg = (config or SlimeConfig()).replace(**overrides).replace(method="match")
-        examples = prepare_examples(images, masks, classes)
+        cfg = (config or SlimeConfig()).replace(**overrides)
+        self.learned = self._matcher(prepare_examples(images, masks, classes), classes, cfg)
+        return self.learned
+
+    def _matcher(self, examples: list[Example], classes: Sequence[str], cfg: SlimeConfig) -> Learned:
+        """The matching artifact of validated examples (`match`, and self-training's labeller)."""
+        cfg = cfg.replace(method="match")
         empty = self.sd.encode_prompt("")[0].float().cpu()  # (77, D)
-        learned = Learned(context=empty, uncond=empty.clone(), classes=list(classes),
-                          model_id=self.sd.model_id, fingerprint=self.sd.fingerprint,
-                          config=cfg.to_dict(), revision=self.sd.revision,
-                          model_config=self.sd.model_config,
-                          image_hashes=[e.sha256 for e in examples], history={"steps_done": 0},
-                          layers=self.sd.plan.to_dict(), trained=False,
-                          examples=inference.example_views(examples, cfg))
-        self.learned = learned
-        return learned
+        return Learned(context=empty, uncond=empty.clone(), classes=list(classes),
+                       model_id=self.sd.model_id, fingerprint=self.sd.fingerprint,
+                       config=cfg.to_dict(), revision=self.sd.revision,
+                       model_config=self.sd.model_config,
+                       image_hashes=[e.sha256 for e in examples], history={"steps_done": 0},
+                       layers=self.sd.plan.to_dict(), trained=False,
+                       examples=inference.example_views(examples, cfg))
 
     def check_examples(self, learned: Learned | None = None, views: int = 4,
                        images: Sequence[ImageLike] | None = None,

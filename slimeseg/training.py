@@ -37,7 +37,7 @@ from .augment import augment, resize_pair
 from .config import SlimeConfig
 from .errors import InputError, TrainingError
 from .examples import Example
-from .losses import ce_loss, class_weights, ldm_loss, mse_loss
+from .losses import IGNORE, ce_loss, class_weights, ldm_loss, mse_loss
 from .metrics import image_confusion, iou_from_confusion
 from .models import LayerPlan, StableDiffusion
 from .resume import ResumeState
@@ -183,13 +183,16 @@ class TrainingJob:
     # input side -> per example: latents (N, 4, h, w) and masks (N, h, w) of its cached views
     # (`view_pool`), made on first use
     views: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    # self-training (fusion (c), `selftrain`): unlabelled images labelled by matching, IGNORE
+    # where it was not confident; `pseudo_index` says which steps take them
+    pseudo: list[Example] = field(default_factory=list)
 
     @classmethod
     def create(cls, sd: StableDiffusion, examples: list[Example], classes: Sequence[str],
                cfg: SlimeConfig, validation: list[Example] | None = None,
-               init: Learned | None = None) -> TrainingJob:
+               init: Learned | None = None, pseudo: list[Example] | None = None) -> TrainingJob:
         """Encode the prompt once and set up the attention store for `cfg`; with `init`, start
-        from its embeddings (`warm_start`)."""
+        from its embeddings (`warm_start`); `pseudo`: pseudo-labelled pairs (self-training)."""
         examples, val = split_validation(examples, cfg, validation)
         k = len(classes)
         base = sd.encode_prompt(" ".join(["part"] * k)).to(sd.device)  # (1, 77, D)
@@ -200,7 +203,8 @@ class TrainingJob:
         store = AttentionStore(k, cls.latent_hw(cfg), want_was=cfg.use_was and cfg.use_mse,
                                values_fn=maps.train_values)
         plan = init.layer_plan(sd) if init is not None else sd.plan
-        return cls(sd, examples, list(classes), cfg, base, uncond, store, val, start, init, plan)
+        return cls(sd, examples, list(classes), cfg, base, uncond, store, val, start, init, plan,
+                   pseudo=list(pseudo or []))
 
     @staticmethod
     def latent_hw(cfg: SlimeConfig, size: int | None = None) -> tuple[int, int]:
@@ -214,7 +218,12 @@ class TrainingJob:
 
     @property
     def total(self) -> int:
-        return self.cfg.total_steps(len(self.examples), warm_start=self.parent is not None)
+        """The fit's steps: the examples' (`total_steps`), and with self-training as many more as
+        make `self_train_share` of all steps the pseudo-labelled images'."""
+        own = self.cfg.total_steps(len(self.examples), warm_start=self.parent is not None)
+        if not self.pseudo or not self.cfg.self_train_share:
+            return own
+        return math.ceil(own / (1 - self.cfg.self_train_share))
 
     def lineage(self, steps: int) -> list[dict[str, Any]]:
         """The rounds that made these embeddings: the parent's, then this one."""
@@ -224,6 +233,8 @@ class TrainingJob:
                  "validation": [e.sha256 for e in self.validation], "steps": steps,
                  "classes": list(self.classes), "seed": self.cfg.seed,
                  "new_classes": [] if parent is None else self.classes[len(parent.classes):]}
+        if self.pseudo:
+            entry["unlabelled"] = [e.sha256 for e in self.pseudo]
         return [*(parent.lineage if parent is not None else []), entry]
 
     @property
@@ -314,6 +325,10 @@ class TrainState:
         checkpoint.check_fits(job.sd, "checkpoint", hint=f"resume it with --model {checkpoint.model_id}")
         if not checkpoint.state:
             raise InputError("this file holds finished embeddings, not a resumable checkpoint")
+        unlabelled = checkpoint.lineage[-1].get("unlabelled", []) if checkpoint.lineage else []
+        if unlabelled != [e.sha256 for e in job.pseudo]:
+            raise InputError("checkpoint was made with other unlabelled images (self-training); "
+                             "resume with the same --unlabelled as the interrupted run")
         parent = checkpoint.lineage[-1].get("parent") if checkpoint.lineage else None
         if parent != (None if job.parent is None else job.parent.digest()):
             raise InputError("checkpoint continues other learned embeddings (--init) than this run; "
@@ -341,7 +356,7 @@ def _low_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 def _present(ex: Example) -> list[int]:
     """The foreground classes of an example's mask (what the crops' focus cycles through)."""
-    return [c for c in torch.unique(ex.mask).tolist() if c > 0]
+    return [c for c in torch.unique(ex.mask).tolist() if 0 < c != IGNORE]
 
 
 def step_size(cfg: SlimeConfig, step: int, total: int) -> int:
@@ -403,6 +418,35 @@ def _training_pair(job: TrainingJob, state: TrainState, idx: int, size: int
     return job.latent_cache[idx, size]
 
 
+def pseudo_index(job: TrainingJob, step: int) -> int | None:
+    """Which pseudo-labelled pair step `step` (0-based) trains on, or None for an example's step.
+    The pseudo steps are spread evenly (`self_train_share` of them) and go through the pairs in a
+    fresh seeded order each round: a function of the step alone, so a resumed fit repeats it."""
+    share = job.cfg.self_train_share
+    if not job.pseudo or not share or math.floor((step + 1) * share) == math.floor(step * share):
+        return None
+    rnd, pos = divmod(math.floor(step * share), len(job.pseudo))  # pseudo steps before this one
+    order = torch.randperm(len(job.pseudo), generator=torch.Generator().manual_seed(job.cfg.seed + 0xC0DE + rnd))
+    return int(order[pos])
+
+
+def _pseudo_pair(job: TrainingJob, state: TrainState, j: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents (1, 4, h, w) and mask (h, w) of pseudo-labelled pair `j` at input side `size`: a
+    fresh augmented view (each is seen a few times, so no view pool), or resized and cached."""
+    sd, ex = job.sd, job.pseudo[j]
+    cfg = job.cfg if size == job.cfg.image_size else job.cfg.replace(image_size=size, coarse_size=0)
+    hw = job.latent_hw(cfg)
+    if cfg.augment:
+        present = _present(ex)
+        focus = present[int(torch.randint(len(present), (), generator=state.gen))] if present else None
+        img, msk = augment(ex.image, ex.mask, cfg, state.gen, focus)
+        return sd.encode_image(img[None]), _low_mask(msk, hw)
+    if (-1 - j, size) not in job.latent_cache:
+        img, msk = resize_pair(ex.image, ex.mask, size)
+        job.latent_cache[-1 - j, size] = (sd.encode_image(img[None]), _low_mask(msk, hw))
+    return job.latent_cache[-1 - j, size]
+
+
 def step_lr(cfg: SlimeConfig, step: int, total: int) -> float:
     """The learning rate of step `step` (0-based) of `total` (`lr_schedule`; a function of the
     step alone, so a resumed fit continues the schedule exactly)."""
@@ -426,12 +470,16 @@ def train_step(job: TrainingJob, state: TrainState) -> dict[str, float]:
     sd, cfg, store, k = job.sd, job.cfg, job.store, job.num_classes
     size = step_size(cfg, state.step, job.total)  # coarse-to-fine: the first steps smaller
     hw = store.latent_hw = job.latent_hw(cfg, size)
-    # 1. the next training pair: a fresh seeded permutation every epoch
-    if not state.order:
+    # 1. the next training pair: a fresh seeded permutation every epoch (or, self-training, a
+    # pseudo-labelled image on its steps)
+    pseudo = pseudo_index(job, state.step)
+    if pseudo is None and not state.order:
         state.order = torch.randperm(len(job.examples), generator=state.gen).tolist()
-    idx = state.order.pop(0)
     # 2. augment (or just resize) and encode to latents (cached views: pick one)
-    latents, mask_lo = _training_pair(job, state, idx, size)
+    if pseudo is None:
+        latents, mask_lo = _training_pair(job, state, state.order.pop(0), size)
+    else:
+        latents, mask_lo = _pseudo_pair(job, state, pseudo, size)
     mask_lo = mask_lo.to(sd.device)  # (h, w)
     # 3. noise at a random t in [t_min, t_max] and run the UNet with capture (local gradients:
     # without a graph but for the captured layers' class-token parts; no diffusion loss, so no
@@ -528,8 +576,9 @@ def fit(sd: StableDiffusion, examples: list[Example], classes: Sequence[str], cf
         progress: bool = True, callback: Callback | None = None,
         checkpoint_path: str | os.PathLike | None = None, checkpoint_every: int = 0,
         resume: Learned | None = None, validation: list[Example] | None = None,
-        init: Learned | None = None) -> Learned:
+        init: Learned | None = None, pseudo: list[Example] | None = None) -> Learned:
     """Learn one embedding per foreground class from validated examples; returns the artifact.
+    `pseudo`: pseudo-labelled pairs for self-training (`selftrain.pseudo_examples`).
 
     With `select_best` (or `patience`), the embeddings are validated every `validate_every` steps
     on `validation` (default: `split_validation`'s rule) and the best ones are returned (early
@@ -542,7 +591,7 @@ def fit(sd: StableDiffusion, examples: list[Example], classes: Sequence[str], cf
     names its parent and the examples of every round.
     """
     # 0. the frozen prompt, the attention store and the starting state
-    job = TrainingJob.create(sd, examples, classes, cfg, validation, init)
+    job = TrainingJob.create(sd, examples, classes, cfg, validation, init, pseudo)
     state = TrainState(job)
     if resume is not None:
         state.restore(resume)

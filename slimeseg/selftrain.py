@@ -1,0 +1,63 @@
+"""Fusion (c): SLiMe's fit regularised by matching's labels of the images to segment.
+
+On the example itself matching returns the example's own labels (its cells are the bank), so it
+can only add to a fit on *other* images. Given unlabelled images like those to segment, matching
+labels them in seconds; the pixels it is confident about (top class score at least
+`self_train_conf`) become pseudo-labelled training pairs, the rest `losses.IGNORE`, and the fit
+spends `self_train_share` of its steps on them (`training.pseudo_index`), the examples keeping
+their own steps. Measured on the lab in docs/methods.md ("Fusion (c)").
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from . import inference
+from .artifact import Learned, image_hash
+from .config import SlimeConfig
+from .examples import Example, ImageLike, image_tensor, input_name
+from .io import as_image_array
+from .losses import IGNORE
+from .models import StableDiffusion
+
+
+def pseudo_label(scores: torch.Tensor, conf: float) -> torch.Tensor:
+    """Class scores (K, H, W) -> (H, W) long labels: the top class where its score is at least
+    `conf`, IGNORE elsewhere."""
+    top, labels = scores.max(0)  # (H, W) each
+    return torch.where(top >= conf, labels, torch.full_like(labels, IGNORE))
+
+
+def pseudo_examples(sd: StableDiffusion, matcher: Learned, images: Sequence[ImageLike],
+                    cfg: SlimeConfig) -> list[Example]:
+    """The unlabelled `images` as training pairs labelled by matching (`matcher`: a matching
+    artifact of the examples; `cfg`'s inference settings, method "match"). Images larger than
+    twice the model input are reduced first (the fit resizes them to it anyway); an image with no
+    confident cell is left out, with a warning."""
+    cfg = cfg.replace(method="match")
+    out = []
+    for i, item in enumerate(images):
+        name = input_name(item, "unlabelled image", i)
+        arr = as_image_array(item, name)
+        scale = 2 * cfg.image_size / max(arr.shape[:2])
+        if scale < 1:
+            arr = inference.scaled_image(arr, scale)
+        scores = inference.predict_scores(sd, arr, matcher, cfg)  # (K, H, W)
+        mask = pseudo_label(scores.float().cpu(), cfg.self_train_conf)  # (H, W)
+        if bool((mask == IGNORE).all()):
+            warnings.warn(f"{name}: matching is confident nowhere in it (top score under "
+                          f"{cfg.self_train_conf}); left out of self-training", stacklevel=2)
+            continue
+        out.append(Example(image_tensor(arr), mask, name, image_hash(arr)))
+    return out
+
+
+def confident_share(examples: Sequence[Example]) -> float:
+    """The share of the pseudo-labelled pixels that carry a label (not IGNORE)."""
+    if not examples:
+        return 0.0
+    return float(np.mean([float((e.mask != IGNORE).float().mean()) for e in examples]))
