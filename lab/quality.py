@@ -169,10 +169,12 @@ for _n in (200, 300):  # matching alone at that timestep
 # issue 29, fusion (c): SLiMe's fit also trained on matching's confident labels of the first N
 # held-out images (the images to segment, unlabelled: `Segmenter.fit(unlabelled=...)`), labelled
 # by matching as today's default reads it (guided r3, small parts raised), the pixels of a top
-# score >= 0.5 (`-c3`: >= 0.3, the default); scored as SLiMe alone, guided r3 (full-stN) and as today's default
+# share >= 0.5 (`-c3`: >= 0.3, the default); scored as SLiMe alone, guided r3 (full-stN) and as today's default
 # (fuse-sp5c64-stN); matching alone is what it was (a fit does not change it)
 SELF_TRAIN: dict[str, int] = {}
-for _name, _extra in {"st10": {"self_train_conf": 0.5}, "st10-c3": {"self_train_conf": 0.3}}.items():
+# (the thresholds in `selftrain.certainty`: 0.375 and 0.125 are top shares of 0.5 and 0.3 with
+# the lab's 5 classes)
+for _name, _extra in {"st10": {"self_train_conf": 0.375}, "st10-c3": {"self_train_conf": 0.125}}.items():
     VARIANTS[f"full-{_name}"] = {"method": "slime", "upsample": "guided", "guide_radius": 3.0, "match_small": 0.5,
                                  "match_small_cells": 64.0, **_extra}
     SELF_TRAIN[f"full-{_name}"] = 10

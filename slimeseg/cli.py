@@ -175,7 +175,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.val_image:
             prepare_examples(args.val_image, args.val_mask, args.classes)
     check_images = [as_image_array(path) for path in args.check_image]  # read now: bad ones fail early
-    unlabelled = [as_image_array(path) for path in args.unlabelled]
+    for path in args.unlabelled:  # read now: bad ones fail early (fit reads them again, by name)
+        as_image_array(path)
     resume = Learned.load(args.resume) if args.resume else None
     parent = Learned.load(args.init) if args.init else None
     model = args.model or (parent.model_id if parent else DEFAULT_MODEL)
@@ -201,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         learned = seg.fit(args.image, args.mask, args.classes, progress=not args.quiet,
                           checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every,
                           resume=resume, init=args.init, val_images=args.val_image or None,
-                          val_masks=args.val_mask or None, unlabelled=unlabelled or None, **overrides)
+                          val_masks=args.val_mask or None, unlabelled=args.unlabelled or None, **overrides)
     except KeyboardInterrupt:
         if args.checkpoint_every:
             print(f"interrupted; progress saved to {checkpoint} (continue with --resume {checkpoint})",

@@ -100,8 +100,11 @@ class SlimeConfig:
     coarse_share: float = _setting(0.75, "coarse-to-fine: the share of the steps at coarse_size (the "
                                          "first ones)")
     # -- self-training, fusion (c) (`--unlabelled`; docs/methods.md) --
-    self_train_conf: float = _setting(0.3, "self-training: pixels of the unlabelled images whose "
-                                           "matching label scores under this are left out of the loss")
+    self_train_conf: float = _setting(0.125, "self-training: pixels of the unlabelled images whose "
+                                             "matching label is less sure than this are left out of the "
+                                             "loss (certainty: how far the top class share lies above "
+                                             "chance, 1/K, on the way to 1; 0.125 = a share of 0.3 with "
+                                             "5 classes)")
     self_train_share: float = _setting(0.5, "self-training: the share of the fit's steps on the "
                                             "pseudo-labelled images; the examples keep their own steps, "
                                             "so the fit takes 1 / (1 - share) as long")

@@ -29,8 +29,8 @@ def ce_loss(scores: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> 
 
 
 def mse_loss(was: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum over classes of the mean squared error between WAS maps (K, h, w) and one-hot masks
-    (over the cells that are not IGNORE; the plain mean when there are none)."""
+    """Sum over classes of the mean squared error between WAS maps (K, h, w) and one-hot masks,
+    over the cells that are not IGNORE (all of them in a user's mask)."""
     k = was.shape[0]
     known = mask != IGNORE  # (h, w)
     if bool(known.all()):

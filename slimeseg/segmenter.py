@@ -130,8 +130,12 @@ class Segmenter:
             validation = prepare_examples(val_images or [], val_masks or [], classes)
             cfg = cfg.replace(select_best=True) if cfg.patience is None else cfg
         pseudo = None
-        if unlabelled:
-            pseudo = selftrain.pseudo_examples(self.sd, self._matcher(examples, classes, cfg), unlabelled, cfg)
+        if unlabelled is not None and (isinstance(unlabelled, (str, os.PathLike, np.ndarray))
+                                       or not isinstance(unlabelled, Sequence)):
+            raise InputError("unlabelled must be a list of images (paths, arrays or PIL images)")
+        if unlabelled and cfg.self_train_share > 0:  # labelled by the examples that train (not a held-out one)
+            train, _ = training.split_validation(examples, cfg, validation)
+            pseudo = selftrain.pseudo_examples(self.sd, self._matcher(train, classes, cfg), unlabelled, cfg)
         try:
             learned = training.fit(self.sd, examples, classes, cfg, progress=progress,
                                    callback=callback, checkpoint_path=checkpoint_path,

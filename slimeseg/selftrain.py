@@ -2,8 +2,8 @@
 
 On the example itself matching returns the example's own labels (its cells are the bank), so it
 can only add to a fit on *other* images. Given unlabelled images like those to segment, matching
-labels them in seconds; the pixels it is confident about (top class score at least
-`self_train_conf`) become pseudo-labelled training pairs, the rest `losses.IGNORE`, and the fit
+labels them in seconds; the pixels it is sure of (`certainty` at least `self_train_conf`)
+become pseudo-labelled training pairs, the rest `losses.IGNORE`, and the fit
 spends `self_train_share` of its steps on them (`training.pseudo_index`), the examples keeping
 their own steps. Measured on the lab in docs/methods.md ("Fusion (c)").
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from . import inference
@@ -25,11 +24,18 @@ from .losses import IGNORE
 from .models import StableDiffusion
 
 
+def certainty(top: torch.Tensor, k: int) -> torch.Tensor:
+    """How far a top class share (any shape) lies above chance, 1 / K, as a share of the way to
+    1: 0 for a tie of all K classes, 1 for a sure one. A raw top share would mean different
+    things for different K (with 2 classes it is never under 0.5)."""
+    return (top - 1 / k) / (1 - 1 / k)
+
+
 def pseudo_label(scores: torch.Tensor, conf: float) -> torch.Tensor:
-    """Class scores (K, H, W) -> (H, W) long labels: the top class where its score is at least
-    `conf`, IGNORE elsewhere."""
+    """Class shares (K, H, W) -> (H, W) long labels: the top class where its `certainty` is at
+    least `conf`, IGNORE elsewhere."""
     top, labels = scores.max(0)  # (H, W) each
-    return torch.where(top >= conf, labels, torch.full_like(labels, IGNORE))
+    return torch.where(certainty(top, scores.shape[0]) >= conf, labels, torch.full_like(labels, IGNORE))
 
 
 def pseudo_examples(sd: StableDiffusion, matcher: Learned, images: Sequence[ImageLike],
@@ -39,7 +45,7 @@ def pseudo_examples(sd: StableDiffusion, matcher: Learned, images: Sequence[Imag
     twice the model input are reduced first (the fit resizes them to it anyway); an image with no
     confident cell is left out, with a warning."""
     cfg = cfg.replace(method="match")
-    out = []
+    out: list[Example] = []
     for i, item in enumerate(images):
         name = input_name(item, "unlabelled image", i)
         arr = as_image_array(item, name)
@@ -49,15 +55,9 @@ def pseudo_examples(sd: StableDiffusion, matcher: Learned, images: Sequence[Imag
         scores = inference.predict_scores(sd, arr, matcher, cfg)  # (K, H, W)
         mask = pseudo_label(scores.float().cpu(), cfg.self_train_conf)  # (H, W)
         if bool((mask == IGNORE).all()):
-            warnings.warn(f"{name}: matching is confident nowhere in it (top score under "
-                          f"{cfg.self_train_conf}); left out of self-training", stacklevel=2)
+            warnings.warn(f"{name}: matching is sure of no pixel in it (certainty under "
+                          f"{cfg.self_train_conf}); left out of self-training", stacklevel=3)
             continue
         out.append(Example(image_tensor(arr), mask, name, image_hash(arr)))
     return out
 
-
-def confident_share(examples: Sequence[Example]) -> float:
-    """The share of the pseudo-labelled pixels that carry a label (not IGNORE)."""
-    if not examples:
-        return 0.0
-    return float(np.mean([float((e.mask != IGNORE).float().mean()) for e in examples]))

@@ -239,8 +239,13 @@ class TrainingJob:
 
     @property
     def validate_every(self) -> int:
-        """Steps between validations (default: one epoch)."""
-        return self.cfg.validate_every or len(self.examples)
+        """Steps between validations (default: one epoch of the examples, and with self-training
+        the pseudo steps among them)."""
+        if self.cfg.validate_every:
+            return self.cfg.validate_every
+        if self.pseudo and self.cfg.self_train_share:
+            return math.ceil(len(self.examples) / (1 - self.cfg.self_train_share))
+        return len(self.examples)
 
     def validation_due(self, step: int) -> bool:
         return bool(self.validation) and step > 0 and (step % self.validate_every == 0 or step == self.total)
@@ -421,7 +426,8 @@ def _training_pair(job: TrainingJob, state: TrainState, idx: int, size: int
 def pseudo_index(job: TrainingJob, step: int) -> int | None:
     """Which pseudo-labelled pair step `step` (0-based) trains on, or None for an example's step.
     The pseudo steps are spread evenly (`self_train_share` of them) and go through the pairs in a
-    fresh seeded order each round: a function of the step alone, so a resumed fit repeats it."""
+    fresh seeded order each round: a function of the step alone, so a resumed fit repeats it.
+    (With local gradients and an even `full_every` at share 0.5 every full step is a pseudo one.)"""
     share = job.cfg.self_train_share
     if not job.pseudo or not share or math.floor((step + 1) * share) == math.floor(step * share):
         return None

@@ -17,11 +17,16 @@ from slimeseg.synthetic.scenes import SHAPE_CLASSES, shapes_scene
 FAST = {"image_size": 64, "steps": 6, "view_pool": 0}
 
 
-def test_pseudo_label_keeps_confident_cells_only():
+def test_pseudo_label_keeps_sure_pixels_only():
     scores = torch.tensor([[[0.9, 0.4]], [[0.1, 0.35]], [[0.0, 0.25]]])  # (K=3, 1, 2)
-    lab = selftrain.pseudo_label(scores, 0.5)  # (1, 2)
-    assert lab.tolist() == [[0, IGNORE]]
-    assert selftrain.pseudo_label(scores, 0.3).tolist() == [[0, 0]]
+    lab = selftrain.pseudo_label(scores, 0.5)  # (1, 2): certainties 0.85 and 0.1
+    assert lab.shape == (1, 2) and lab.tolist() == [[0, IGNORE]]
+    assert selftrain.pseudo_label(scores, 0.05).tolist() == [[0, 0]]
+    # certainty is measured from chance: a 2-class tie is never sure, a 5-class share of 0.3 is 0.125
+    tie = torch.full((2, 1, 1), 0.5)
+    assert selftrain.pseudo_label(tie, 0.01).tolist() == [[IGNORE]]
+    assert selftrain.certainty(torch.tensor(0.3), 5).item() == pytest.approx(0.125)
+    assert selftrain.certainty(torch.tensor(1.0), 4).item() == pytest.approx(1.0)
 
 
 def test_losses_leave_ignored_cells_out():
@@ -43,7 +48,7 @@ def test_losses_leave_ignored_cells_out():
 
 
 def _job(n_pseudo: int, **cfg) -> training.TrainingJob:
-    """A job shell with only what `pseudo_index` and `total` read."""
+    """A job shell with only what `pseudo_index`, `total` and `validate_every` read."""
     job = training.TrainingJob.__new__(training.TrainingJob)
     job.cfg, job.parent, job.examples = SlimeConfig(**cfg), None, [object()]
     job.pseudo = [object()] * n_pseudo
@@ -63,6 +68,8 @@ def test_pseudo_steps_share_and_order():
     assert job.total == math.ceil(20 / 0.75) and sum(training.pseudo_index(job, s) is not None
                                                       for s in range(job.total)) == job.total // 4
     assert _job(0, steps=20).total == 20 and training.pseudo_index(_job(0, steps=20), 1) is None
+    # validation once per epoch of the examples, the pseudo steps among them counted
+    assert _job(3, steps=20).validate_every == 2 and _job(0, steps=20).validate_every == 1
 
 
 def test_config_rejects_bad_self_training_settings():
@@ -87,6 +94,13 @@ def test_fit_with_unlabelled_images(segmenter, tmp_path):
     assert a.history["steps_done"] == 12 and plain.history["steps_done"] == 6
     assert len(a.lineage[-1]["unlabelled"]) == 2 and "unlabelled" not in plain.lineage[-1]
     assert len(a.examples) == 1  # the artifact keeps the examples only, not the pseudo-labelled
+    # no share of the steps: nothing labelled, the plain fit; a bare image is not a list of them
+    none = segmenter.fit([image], [mask], SHAPE_CLASSES, SlimeConfig(**FAST, seed=3, self_train_share=0.0),
+                         progress=False, unlabelled=unlabelled)
+    assert torch.equal(none.context, plain.context) and "unlabelled" not in none.lineage[-1]
+    with pytest.raises(InputError, match="list of images"):
+        segmenter.fit([image], [mask], SHAPE_CLASSES, SlimeConfig(**FAST), progress=False,
+                      unlabelled=unlabelled[0])
     pred = segmenter.predict(unlabelled[0], a)
     assert pred.shape == (64, 64) and pred.dtype == np.uint8
     # a checkpoint of a self-trained fit resumes only with the same unlabelled images
@@ -118,7 +132,7 @@ def test_pseudo_examples_from_matching(segmenter):
     # the example itself, labelled by its own bank: mostly its own mask where confident
     known = ex[0].mask != IGNORE
     assert bool(known.all()) and float((ex[0].mask == torch.from_numpy(mask.astype(np.int64))).float().mean()) > 0.8
-    with pytest.warns(UserWarning, match="confident nowhere"):
+    with pytest.warns(UserWarning, match="sure of no pixel"):
         none = selftrain.pseudo_examples(segmenter.sd, matcher, [image], cfg.replace(self_train_conf=1.0))
     assert none == []
 
