@@ -45,6 +45,9 @@ def resolve_model(name: str) -> str:
 
 
 MAX_CLASSES = 76  # K <= 76: class k takes CLIP output position k (0 = start token = background)
+# a label value for pixels left out of training losses and metrics: a dataset's "void", and the
+# unsure pixels of self-training's pseudo-labels; never a class (K <= MAX_CLASSES)
+IGNORE = 255
 
 TRAIN, BOTH = "train", "both"  # which commands take a setting: training only, or inference too
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# a mask value that no loss reads: the cells of a pseudo-labelled image (`selftrain`) whose label
-# was not confident; a user's mask never holds it (classes are 0..K-1, K <= 76)
-IGNORE = 255
+# IGNORE: cells no loss reads (a dataset's void, a pseudo-labelled image's unsure cells, `selftrain`)
+from .config import IGNORE
 
 
 def class_weights(mask: torch.Tensor, num_classes: int) -> torch.Tensor:

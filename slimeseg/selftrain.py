@@ -3,7 +3,7 @@
 On the example itself matching returns the example's own labels (its cells are the bank), so it
 can only add to a fit on *other* images. Given unlabelled images like those to segment, matching
 labels them in seconds; the pixels it is sure of (`certainty` at least `self_train_conf`)
-become pseudo-labelled training pairs, the rest `losses.IGNORE`, and the fit
+become pseudo-labelled training pairs, the rest `config.IGNORE`, and the fit
 spends `self_train_share` of its steps on them (`training.pseudo_index`), the examples keeping
 their own steps. Measured on the lab in docs/methods.md ("Fusion (c)").
 """
@@ -17,10 +17,9 @@ import torch
 
 from . import inference
 from .artifact import Learned, image_hash
-from .config import SlimeConfig
+from .config import IGNORE, SlimeConfig
 from .examples import Example, ImageLike, image_tensor, input_name
 from .io import as_image_array
-from .losses import IGNORE
 from .models import StableDiffusion
 
 

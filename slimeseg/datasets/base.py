@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import IGNORE
 from ..errors import InputError
 
-IGNORE = 255  # label value for pixels left out of training losses and metrics
 CLASS_FILES = ("classes.txt", "labels.txt", "classes.json")  # classes.json: as `segment` writes it
 
 
