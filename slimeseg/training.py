@@ -34,10 +34,10 @@ from . import inference, maps
 from .artifact import Learned
 from .attention import AttentionStore, capture
 from .augment import augment, resize_pair
-from .config import SlimeConfig
+from .config import IGNORE, SlimeConfig
 from .errors import InputError, TrainingError
 from .examples import Example
-from .losses import IGNORE, ce_loss, class_weights, ldm_loss, mse_loss
+from .losses import ce_loss, class_weights, ldm_loss, mse_loss
 from .metrics import image_confusion, iou_from_confusion
 from .models import LayerPlan, StableDiffusion
 from .resume import ResumeState
@@ -218,12 +218,15 @@ class TrainingJob:
 
     @property
     def total(self) -> int:
-        """The fit's steps: the examples' (`total_steps`), and with self-training as many more as
-        make `self_train_share` of all steps the pseudo-labelled images'."""
-        own = self.cfg.total_steps(len(self.examples), warm_start=self.parent is not None)
+        """The fit's steps: the examples' (`total_steps`) and the pseudo steps among them."""
+        return self._with_pseudo(self.cfg.total_steps(len(self.examples), warm_start=self.parent is not None))
+
+    def _with_pseudo(self, steps: int) -> int:
+        """`steps` of the examples and, with self-training, as many more as make
+        `self_train_share` of all of them the pseudo-labelled images'."""
         if not self.pseudo or not self.cfg.self_train_share:
-            return own
-        return math.ceil(own / (1 - self.cfg.self_train_share))
+            return steps
+        return math.ceil(steps / (1 - self.cfg.self_train_share))
 
     def lineage(self, steps: int) -> list[dict[str, Any]]:
         """The rounds that made these embeddings: the parent's, then this one."""
@@ -241,11 +244,7 @@ class TrainingJob:
     def validate_every(self) -> int:
         """Steps between validations (default: one epoch of the examples, and with self-training
         the pseudo steps among them)."""
-        if self.cfg.validate_every:
-            return self.cfg.validate_every
-        if self.pseudo and self.cfg.self_train_share:
-            return math.ceil(len(self.examples) / (1 - self.cfg.self_train_share))
-        return len(self.examples)
+        return self.cfg.validate_every or self._with_pseudo(len(self.examples))
 
     def validation_due(self, step: int) -> bool:
         return bool(self.validation) and step > 0 and (step % self.validate_every == 0 or step == self.total)
@@ -400,27 +399,39 @@ def view_pool(job: TrainingJob, size: int | None = None) -> list[tuple[torch.Ten
     return job.views[size]
 
 
+def _at_side(job: TrainingJob, size: int) -> SlimeConfig:
+    """The settings a pair is drawn with at input side `size` (augment() draws at image_size)."""
+    return job.cfg if size == job.cfg.image_size else job.cfg.replace(image_size=size, coarse_size=0)
+
+
+def _view(job: TrainingJob, state: TrainState, ex: Example, key: int, size: int,
+          focus: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents (1, 4, h, w) and mask (h, w) of `ex` at input side `size`: a fresh augmented view
+    (its crop keeping class `focus`), or, with augmentation off, resized once and cached under
+    (`key`, size)."""
+    sd, cfg = job.sd, _at_side(job, size)
+    hw = job.latent_hw(cfg)
+    if cfg.augment:
+        img, msk = augment(ex.image, ex.mask, cfg, state.gen, focus)
+        return sd.encode_image(img[None]), _low_mask(msk, hw)
+    if (key, size) not in job.latent_cache:
+        img, msk = resize_pair(ex.image, ex.mask, size)
+        job.latent_cache[key, size] = (sd.encode_image(img[None]), _low_mask(msk, hw))
+    return job.latent_cache[key, size]
+
+
 def _training_pair(job: TrainingJob, state: TrainState, idx: int, size: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents (1, 4, h, w) and mask (h, w) of example `idx` at input side `size` for this step:
-    augmented (a fresh view, or one of the cached `view_pool` picked by the fit's generator), or
-    resized once and cached when augmentation is off."""
-    sd, ex = job.sd, job.examples[idx]
-    cfg = job.cfg if size == job.cfg.image_size else job.cfg.replace(image_size=size, coarse_size=0)
-    hw = job.latent_hw(cfg)
+    augmented (one of the cached `view_pool` picked by the fit's generator, or a fresh view whose
+    crop's focus cycles with the step), or resized once and cached when augmentation is off."""
+    cfg, ex = _at_side(job, size), job.examples[idx]
     if cfg.augment and cfg.view_pool:
         latents, masks = view_pool(job, size)[idx]
         j = int(torch.randint(cfg.view_pool, (), generator=state.gen))
         return latents[j:j + 1], masks[j]
-    if cfg.augment:
-        present = _present(ex)
-        focus = present[state.step % len(present)] if present else None
-        img, msk = augment(ex.image, ex.mask, cfg, state.gen, focus)
-        return sd.encode_image(img[None]), _low_mask(msk, hw)
-    if (idx, size) not in job.latent_cache:
-        img, msk = resize_pair(ex.image, ex.mask, size)
-        job.latent_cache[idx, size] = (sd.encode_image(img[None]), _low_mask(msk, hw))
-    return job.latent_cache[idx, size]
+    present = _present(ex) if cfg.augment else []
+    return _view(job, state, ex, idx, size, present[state.step % len(present)] if present else None)
 
 
 def pseudo_index(job: TrainingJob, step: int) -> int | None:
@@ -438,19 +449,12 @@ def pseudo_index(job: TrainingJob, step: int) -> int | None:
 
 def _pseudo_pair(job: TrainingJob, state: TrainState, j: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents (1, 4, h, w) and mask (h, w) of pseudo-labelled pair `j` at input side `size`: a
-    fresh augmented view (each is seen a few times, so no view pool), or resized and cached."""
-    sd, ex = job.sd, job.pseudo[j]
-    cfg = job.cfg if size == job.cfg.image_size else job.cfg.replace(image_size=size, coarse_size=0)
-    hw = job.latent_hw(cfg)
-    if cfg.augment:
-        present = _present(ex)
-        focus = present[int(torch.randint(len(present), (), generator=state.gen))] if present else None
-        img, msk = augment(ex.image, ex.mask, cfg, state.gen, focus)
-        return sd.encode_image(img[None]), _low_mask(msk, hw)
-    if (-1 - j, size) not in job.latent_cache:
-        img, msk = resize_pair(ex.image, ex.mask, size)
-        job.latent_cache[-1 - j, size] = (sd.encode_image(img[None]), _low_mask(msk, hw))
-    return job.latent_cache[-1 - j, size]
+    fresh augmented view, its crop's focus drawn by the fit's generator (each pair is seen a few
+    times, so no view pool), or resized once and cached (under key -1 - j)."""
+    ex = job.pseudo[j]
+    present = _present(ex) if job.cfg.augment else []
+    focus = present[int(torch.randint(len(present), (), generator=state.gen))] if present else None
+    return _view(job, state, ex, -1 - j, size, focus)
 
 
 def step_lr(cfg: SlimeConfig, step: int, total: int) -> float:
